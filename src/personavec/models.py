@@ -66,7 +66,9 @@ class LoadedModel:
 
     @property
     def hidden_size(self) -> int:
-        return int(self.model.get_input_embeddings().weight.shape[1])
+        weight = self.model.get_input_embeddings().weight
+        assert isinstance(weight, torch.Tensor)
+        return int(weight.shape[1])
 
 
 def cache_root() -> Path:

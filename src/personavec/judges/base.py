@@ -30,7 +30,7 @@ class Judge(Protocol):
 
     @property
     def identity(self) -> str:
-        """Stable id recorded with scores and used as the cache key (e.g. ``contrast:<model>:<hash>``)."""
+        """Stable id recorded with scores and the cache key, e.g. ``contrast:<model>:<hash>``."""
         ...
 
     @property

@@ -68,8 +68,9 @@ class TraitSpec(BaseModel):
                 raise ValueError(f"rubric must contain {placeholder}")
         return value
 
-    @field_validator("extraction_questions", "evaluation_questions", "positive_examples",
-                     "negative_examples")
+    @field_validator(
+        "extraction_questions", "evaluation_questions", "positive_examples", "negative_examples"
+    )
     @classmethod
     def _non_empty_unique(cls, values: list[str]) -> list[str]:
         if any(not v.strip() for v in values):

@@ -1,0 +1,283 @@
+"""``PersonaVector``: per-layer trait directions plus the metadata that says where they came from.
+
+File format (safetensors, never pickle):
+
+* tensors ``vector.<readout>``: float32 ``[n_layers + 1, hidden]``, one row per layer under the
+  block-output convention (row 0 = embeddings, row L = output of block L);
+* tensor ``typical_norm``: float32 ``[n_layers + 1]``, the mean L2 norm of the residual stream at
+  each layer (so coefficients can be given relative to it); optional;
+* header metadata key ``personavec``: JSON of :class:`VectorMetadata`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from personavec import __version__
+from personavec.errors import VectorFileError
+from personavec.layers import LAYER_CONVENTION, check_layer
+from personavec.store import atomic_write_bytes
+
+FORMAT_VERSION = 1
+METADATA_KEY = "personavec"
+_FINGERPRINT_KEYS = (
+    "model_type",
+    "architectures",
+    "hidden_size",
+    "n_embd",
+    "num_hidden_layers",
+    "n_layer",
+    "num_attention_heads",
+    "n_head",
+    "num_key_value_heads",
+    "intermediate_size",
+    "vocab_size",
+    "head_dim",
+)
+
+
+def config_fingerprint(config: Any) -> str:
+    """Short sha256 of the architecture-defining config fields (not the weights).
+
+    A base model and its finetunes share a fingerprint, so a vector extracted on the base can
+    monitor a finetune; a different architecture or size does not.
+    """
+    raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    picked = {key: raw[key] for key in _FINGERPRINT_KEYS if raw.get(key) is not None}
+    blob = json.dumps(picked, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class VectorMetadata(BaseModel):
+    """Everything recorded about how a persona vector was made."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    trait: str
+    model_id: str
+    model_fingerprint: str
+    hidden_size: int = Field(gt=0)
+    n_layers: int = Field(gt=0, description="Decoder blocks; tensors have n_layers + 1 rows.")
+    layer_convention: str = LAYER_CONVENTION
+    readouts: list[str]
+    default_readout: str = "response_avg"
+    sample_counts: dict[str, int] = Field(default_factory=dict)
+    judge: str | None = None
+    thresholds: dict[str, float] | None = None
+    recommended_layer: int | None = None
+    recommended_coef: float | None = None
+    calibration: dict[str, Any] | None = None
+    personavec_version: str = __version__
+    created_at: str = Field(
+        default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
+    )
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass
+class PersonaVector:
+    """Trait directions at every layer, for one or more readouts.
+
+    Attributes:
+        vectors: readout name → float32 ``[n_layers + 1, hidden]``; unnormalised
+            (mean positive readout − mean negative readout).
+        meta: provenance and recommendations.
+        typical_norm: float32 ``[n_layers + 1]`` mean residual-stream L2 norm per layer, or None.
+    """
+
+    vectors: dict[str, torch.Tensor]
+    meta: VectorMetadata
+    typical_norm: torch.Tensor | None = None
+    path: Path | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ---- access ---------------------------------------------------------------------------
+    def readout(self, readout: str | None = None) -> torch.Tensor:
+        """All layers of one readout, ``[n_layers + 1, hidden]``."""
+        name = readout or self.meta.default_readout
+        if name not in self.vectors:
+            raise VectorFileError(
+                f"vector has no readout {name!r}; it has {', '.join(sorted(self.vectors))}"
+            )
+        return self.vectors[name]
+
+    def at(self, layer: int, readout: str | None = None) -> torch.Tensor:
+        """The (unnormalised) vector at one layer, ``[hidden]``."""
+        check_layer(layer, self.meta.n_layers)
+        return self.readout(readout)[layer]
+
+    def direction(self, layer: int, readout: str | None = None) -> torch.Tensor:
+        """Unit vector at one layer, ``[hidden]``."""
+        vector = self.at(layer, readout)
+        norm = vector.norm()
+        if norm == 0:
+            raise VectorFileError(f"the vector at layer {layer} is zero; pick another layer")
+        return vector / norm
+
+    # ---- validation -----------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check shapes against the metadata and reject NaN/inf."""
+        rows, hidden = self.meta.n_layers + 1, self.meta.hidden_size
+        if not self.vectors:
+            raise VectorFileError("persona vector holds no tensors; re-extract it")
+        for name, tensor in self.vectors.items():
+            if tuple(tensor.shape) != (rows, hidden):
+                raise VectorFileError(
+                    f"readout {name!r} has shape {tuple(tensor.shape)}, expected {(rows, hidden)}; "
+                    "the file is corrupt or was edited — re-extract it"
+                )
+            if not torch.isfinite(tensor).all():
+                raise VectorFileError(
+                    f"readout {name!r} contains NaN or inf; re-extract the vector"
+                )
+        if self.typical_norm is not None:
+            if tuple(self.typical_norm.shape) != (rows,):
+                raise VectorFileError(
+                    f"typical_norm has shape {tuple(self.typical_norm.shape)}, expected {(rows,)}"
+                )
+            if not torch.isfinite(self.typical_norm).all():
+                raise VectorFileError("typical_norm contains NaN or inf; re-extract the vector")
+        if self.meta.default_readout not in self.vectors:
+            raise VectorFileError(
+                f"default readout {self.meta.default_readout!r} is missing from the file"
+            )
+
+    def check_compatible(self, model: torch.nn.Module, *, force: bool = False) -> None:
+        """Raise unless this vector fits ``model`` (hidden size, layer count, fingerprint).
+
+        A hidden-size mismatch is always an error; layer count and fingerprint mismatches are
+        allowed with ``force=True`` (e.g. a vector transferred between related models).
+        """
+        from personavec.layers import n_layers
+
+        config: Any = getattr(model, "config", None)
+        embeddings: Any = model.get_input_embeddings()  # type: ignore[operator]
+        hidden = int(embeddings.weight.shape[1])
+        if hidden != self.meta.hidden_size:
+            raise VectorFileError(
+                f"vector is for hidden size {self.meta.hidden_size} ({self.meta.model_id}) but "
+                f"the model has {hidden}; extract a vector for this model"
+            )
+        if force:
+            return
+        layers = n_layers(model)
+        if layers != self.meta.n_layers:
+            raise VectorFileError(
+                f"vector has {self.meta.n_layers} layers ({self.meta.model_id}) but the model has "
+                f"{layers}; extract a vector for this model or pass --force"
+            )
+        fingerprint = config_fingerprint(config)
+        if fingerprint != self.meta.model_fingerprint:
+            raise VectorFileError(
+                f"vector was extracted from {self.meta.model_id} (config fingerprint "
+                f"{self.meta.model_fingerprint}), not this model ({fingerprint}); "
+                "use a matching vector or pass --force"
+            )
+
+    def relative_scale(self, layer: int, readout: str | None = None) -> float:
+        """Factor turning a relative coefficient into a raw one at ``layer``:
+        ``typical_norm[layer] / ‖v_layer‖``, so ``coef_rel · factor · v`` has norm
+        ``coef_rel · typical_norm``."""
+        if self.typical_norm is None:
+            raise VectorFileError(
+                "this vector records no typical norms, so relative coefficients are unavailable; "
+                "use a raw coefficient"
+            )
+        norm = float(self.at(layer, readout).norm())
+        if norm == 0 or not math.isfinite(norm):
+            raise VectorFileError(f"the vector at layer {layer} is zero; pick another layer")
+        return float(self.typical_norm[layer]) / norm
+
+    # ---- I/O ------------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """Serialise to safetensors bytes."""
+        tensors = {
+            f"vector.{name}": t.detach().to("cpu", torch.float32).contiguous()
+            for name, t in self.vectors.items()
+        }
+        if self.typical_norm is not None:
+            tensors["typical_norm"] = self.typical_norm.detach().to("cpu", torch.float32)
+        meta = self.meta.model_copy(update={"readouts": sorted(self.vectors)})
+        return bytes(st_save(tensors, metadata={METADATA_KEY: meta.model_dump_json()}))
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically to ``path`` (``.safetensors`` added when missing); return the path."""
+        target = Path(path)
+        if target.suffix != ".safetensors":
+            target = target.with_name(target.name + ".safetensors")
+        self.validate()
+        atomic_write_bytes(target, self.to_bytes())
+        self.path = target
+        return target
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, source: str = "<bytes>") -> PersonaVector:
+        """Parse safetensors bytes written by :meth:`to_bytes`."""
+        try:
+            tensors = st_load(data)
+            header_len = int.from_bytes(data[:8], "little")
+            header = json.loads(data[8 : 8 + header_len])
+        except (SafetensorError, ValueError, UnicodeDecodeError, OSError) as exc:
+            raise VectorFileError(
+                f"{source} is not a safetensors persona-vector file ({exc}); "
+                "pass a file written by `personavec extract`"
+            ) from exc
+        raw_meta = (header.get("__metadata__") or {}).get(METADATA_KEY)
+        if raw_meta is None:
+            raise VectorFileError(
+                f"{source} has no personavec metadata; pass a file written by personavec"
+            )
+        try:
+            meta = VectorMetadata.model_validate_json(raw_meta)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise VectorFileError(
+                f"{source} has invalid metadata ({where}: {first['msg']}); re-extract the vector"
+            ) from exc
+        if meta.format_version > FORMAT_VERSION:
+            raise VectorFileError(
+                f"{source} uses format version {meta.format_version}, newer than this "
+                f"personavec understands ({FORMAT_VERSION}); upgrade personavec"
+            )
+        vectors = {
+            key.removeprefix("vector."): value.to(torch.float32)
+            for key, value in tensors.items()
+            if key.startswith("vector.")
+        }
+        norm = tensors.get("typical_norm")
+        return cls(vectors=vectors, meta=meta, typical_norm=norm)
+
+    @classmethod
+    def load(
+        cls, path: str | Path, *, model: torch.nn.Module | None = None, force: bool = False
+    ) -> PersonaVector:
+        """Read and validate a vector file; with ``model``, also check it fits that model."""
+        source = Path(path)
+        if not source.is_file():
+            raise VectorFileError(f"vector file not found: {source}; check the path")
+        try:
+            data = source.read_bytes()
+        except OSError as exc:
+            message = f"cannot read {source}: {exc.strerror}; check permissions"
+            raise VectorFileError(message) from exc
+        vector = cls.from_bytes(data, source=str(source))
+        vector.path = source
+        if model is not None:
+            vector.check_compatible(model, force=force)
+        return vector
