@@ -297,10 +297,15 @@ def _run_readers(
     attention: torch.Tensor,
     prompt_lens: torch.Tensor,
 ) -> None:
-    """One teacher-forced forward pass through ``runner``; always removes ``handles``."""
+    """One teacher-forced forward pass through ``runner``; always removes ``handles``.
+
+    Position ids count from each row's first real token, as in generation, so absolute-position
+    models (GPT-2) read a left-padded row exactly as they read it alone.
+    """
+    positions = (attention.long().cumsum(dim=1) - 1).clamp(min=0)
     try:
         with torch.no_grad(), teacher_forcing(prompt_lens):
-            runner(input_ids=ids, attention_mask=attention, use_cache=False)
+            runner(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False)
     except _StopForward:
         pass
     finally:

@@ -21,3 +21,7 @@ class VectorFileError(PersonavecError):
 
 class SteeringError(PersonavecError):
     """A steering request is invalid (layer out of range, NaN coefficient, ...)."""
+
+
+class TraitError(PersonavecError):
+    """A trait name is unknown, or a trait file is missing, unreadable, or invalid."""
