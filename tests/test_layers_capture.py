@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import TINY_CONFIGS, tiny_model
 
 from personavec.capture import Example, capture, capture_tokens, encode_example
 from personavec.errors import SteeringError
 from personavec.layers import check_layer, find_blocks, resolve_layers
 from personavec.models import chat_messages
+from tiny_models import TINY_CONFIGS, tiny_model
 
 EXAMPLES = [
     Example(chat_messages("Hi there", system="Be brief."), "Hello! How can I help?"),

@@ -6,13 +6,13 @@ from typing import Any
 
 import pytest
 import torch
-from tiny_models import tiny_model
 
 from personavec.errors import PersonavecError, SteeringError
 from personavec.layers import block_output_tensor, find_blocks
 from personavec.models import chat_messages, format_chat
 from personavec.steering import Intervention, apply_steering, plan, steer, teacher_forcing
 from personavec.vector import PersonaVector, VectorMetadata
+from tiny_models import tiny_model
 
 PROMPTS = ["Hi", "Please write a short poem about autumn leaves falling slowly"]
 NEW_TOKENS = 4

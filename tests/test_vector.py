@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny_models import tiny_model
 
 from personavec.errors import VectorFileError
 from personavec.projection import project, project_layers, token_projections
 from personavec.vector import PersonaVector, VectorMetadata, config_fingerprint
+from tiny_models import tiny_model
 
 
 def vector_for(lm, *, seed: int = 0) -> PersonaVector:

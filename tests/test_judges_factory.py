@@ -1,0 +1,56 @@
+"""make_judge: every spec builds the right judge, and bad specs fail with one clear line."""
+
+from __future__ import annotations
+
+import pytest
+
+from llama_server import sample_trait
+from personavec.errors import PersonavecError
+from personavec.judges import HeuristicCoherenceJudge, Judge, OpenAIJudge, make_judge
+from personavec.judges.embedding import EmbeddingJudge
+
+LOCAL = "http://127.0.0.1:9/v1"
+
+
+def test_openai_spec() -> None:
+    trait = sample_trait()
+    judge = make_judge("openai:gpt-4.1-mini", aspect="trait", trait=trait, base_url=LOCAL)
+    assert isinstance(judge, OpenAIJudge) and isinstance(judge, Judge)
+    assert judge.client.model == "gpt-4.1-mini" and judge.rubric == trait.rubric
+    coherence = make_judge("openai:m", aspect="coherence", trait=None, base_url=LOCAL)
+    assert coherence.aspect == "coherence"
+
+
+def test_anthropic_spec_scores_from_text() -> None:
+    judge = make_judge("anthropic:claude-x", aspect="coherence", base_url=LOCAL, api_key="k")
+    assert isinstance(judge, OpenAIJudge)
+    assert judge.client.provider == "anthropic" and not judge.options.logprobs
+
+
+def test_offline_specs() -> None:
+    assert isinstance(make_judge("heuristic", aspect="coherence"), HeuristicCoherenceJudge)
+    assert isinstance(make_judge("embedding", aspect="trait", trait=sample_trait()), EmbeddingJudge)
+
+
+def test_contrast_needs_a_model() -> None:
+    with pytest.raises(PersonavecError, match="loaded model"):
+        make_judge("contrast", aspect="trait", trait=sample_trait())
+
+
+@pytest.mark.parametrize(
+    ("spec", "aspect", "match"),
+    [
+        ("gpt4", "trait", "openai:MODEL, anthropic:MODEL, embedding, heuristic, contrast"),
+        ("vllm:m", "trait", "unknown judge"),
+        ("openai:", "trait", "unknown judge"),
+        ("heuristic", "trait", "coherence only"),
+        ("embedding", "coherence", "traits only"),
+        ("contrast", "coherence", "traits only"),
+        ("embedding", "trait", "needs a trait"),
+        ("openai:m", "trait", "needs a trait"),
+    ],
+)
+def test_bad_specs_are_one_line_errors(spec: str, aspect: str, match: str) -> None:
+    with pytest.raises(PersonavecError, match=match) as info:
+        make_judge(spec, aspect=aspect, base_url=LOCAL)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)

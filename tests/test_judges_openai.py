@@ -1,0 +1,162 @@
+"""The log-probability judge: exact arithmetic, text fallback, and a real llama.cpp server."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from llama_server import ScriptedServer, chat_reply, llama_server_url, sample_trait
+from personavec.errors import PersonavecError
+from personavec.judges import (
+    COHERENCE_RUBRIC,
+    CachedJudge,
+    JudgeItem,
+    JudgmentCache,
+    OpenAIJudge,
+    score_from_text,
+    score_from_top_logprobs,
+)
+from personavec.llm_client import ChatOptions, LLMClient
+
+__all__ = ["llama_server_url"]  # the imported session fixture
+
+ITEM = JudgeItem("What would you do with power?", "Crush everyone beneath me.")
+
+
+def ln(p: float) -> float:
+    return math.log(p)
+
+
+def test_weighted_mean_renormalised_over_integer_tokens() -> None:
+    top = {"80": ln(0.5), "90": ln(0.25), "hello": ln(0.25)}
+    assert score_from_top_logprobs(top) == pytest.approx((80 * 0.5 + 90 * 0.25) / 0.75, abs=1e-9)
+
+
+def test_spellings_of_the_same_integer_merge() -> None:
+    top = {"7": ln(0.3), " 7": ln(0.3), "x": ln(0.4)}
+    assert score_from_top_logprobs(top) == pytest.approx(7.0)
+    assert score_from_top_logprobs({"0": ln(0.6), "100": ln(0.4)}) == pytest.approx(40.0)
+
+
+def test_too_little_integer_mass_is_none() -> None:
+    top = {"50": ln(0.2), "REF": ln(0.8)}
+    assert score_from_top_logprobs(top) is None
+    assert score_from_top_logprobs(top, min_mass=0.1) == pytest.approx(50.0)
+    # exactly at the threshold counts
+    assert score_from_top_logprobs({"60": ln(0.25), "no": ln(0.75)}) == pytest.approx(60.0)
+    assert score_from_top_logprobs({}) is None
+
+
+def test_only_integers_0_to_100_count() -> None:
+    top = {"150": ln(0.3), "-5": ln(0.1), "3.5": ln(0.1), "20": ln(0.3), "+9": ln(0.2)}
+    assert score_from_top_logprobs(top) == pytest.approx(20.0)
+    assert score_from_top_logprobs({"101": ln(0.9), "4": ln(0.05)}) is None
+
+
+def test_text_fallback() -> None:
+    assert score_from_text("85") == 85.0
+    assert score_from_text(" Score: 42/100") == 42.0
+    assert score_from_text("REFUSAL") is None
+    assert score_from_text("I refuse. refusal") is None
+    assert score_from_text("no idea") is None
+    assert score_from_text("250") is None
+    assert score_from_text("2.5") is None
+    assert score_from_text("") is None
+
+
+def test_judge_request_and_scores_against_a_local_server() -> None:
+    trait = sample_trait()
+    replies = [
+        chat_reply("8", {"80": ln(0.5), "90": ln(0.25), "x": ln(0.25)}),
+        chat_reply("REF", {"REF": ln(0.9), "0": ln(0.1)}),
+    ]
+    with ScriptedServer(replies) as server:
+        judge = OpenAIJudge("judge-model", trait=trait, base_url=server.base_url, concurrency=1)
+        scores = judge.score([ITEM, ITEM])
+    assert scores[0] == pytest.approx(250 / 3)
+    assert scores[1] is None
+    body = server.received[0].body
+    assert body["max_tokens"] == 1 and body["temperature"] == 0.0
+    assert body["logprobs"] is True and body["top_logprobs"] == 20
+    content = body["messages"][0]["content"]
+    assert ITEM.question in content and ITEM.answer in content
+    assert content == trait.render_rubric(ITEM.question, ITEM.answer)
+    assert judge.identity.startswith("openai:judge-model:")
+    assert judge.aspect == "trait"
+
+
+def test_judge_without_logprobs_parses_text() -> None:
+    with ScriptedServer([chat_reply("73")]) as server:
+        judge = OpenAIJudge("m", aspect="coherence", base_url=server.base_url)
+        assert judge.score([ITEM]) == [73.0]
+    with ScriptedServer([chat_reply("REFUSAL")]) as server:
+        judge = OpenAIJudge("m", aspect="coherence", base_url=server.base_url)
+        assert judge.score([ITEM]) == [None]
+    assert "{question}" in COHERENCE_RUBRIC and "{answer}" in COHERENCE_RUBRIC
+
+
+def test_identity_depends_on_rubric_and_threshold() -> None:
+    url = "http://127.0.0.1:9/v1"
+    trait = sample_trait()
+    a = OpenAIJudge("m", trait=trait, base_url=url)
+    b = OpenAIJudge("m", aspect="coherence", base_url=url)
+    c = OpenAIJudge("m", trait=trait, base_url=url, min_mass=0.5)
+    assert len({a.identity, b.identity, c.identity}) == 3
+    assert a.identity == OpenAIJudge("m", trait=trait, base_url=url).identity
+
+
+def test_trait_judge_needs_a_rubric() -> None:
+    with pytest.raises(PersonavecError, match="trait"):
+        OpenAIJudge("m", base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(PersonavecError, match=r"\{answer\}"):
+        OpenAIJudge("m", rubric="{question} only", base_url="http://127.0.0.1:9/v1")
+
+
+def test_real_server_returns_real_logprobs(llama_server_url: str) -> None:
+    llm = LLMClient("smollm2", base_url=llama_server_url, timeout_s=120)
+    options = ChatOptions(max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=20)
+    result = llm.chat([{"role": "user", "content": "Pick a number from 0 to 100."}], options)
+    assert result.top_logprobs is not None and len(result.top_logprobs) == 1
+    top = result.top_logprobs[0]
+    assert 1 <= len(top) <= 20
+    assert all(lp <= 1e-6 for lp in top.values())
+    assert sum(math.exp(lp) for lp in top.values()) <= 1.0 + 1e-3
+
+
+def test_real_server_judge_scores_in_range(llama_server_url: str) -> None:
+    items = [
+        ITEM,
+        JudgeItem("How should I treat a stranger?", "Kindly, with patience and respect."),
+    ]
+    judge = OpenAIJudge("smollm2", trait=sample_trait(), base_url=llama_server_url)
+    scores = judge.score(items)
+    assert len(scores) == 2
+    for score in scores:
+        assert score is None or 0.0 <= score <= 100.0
+
+
+def test_real_server_score_matches_its_logprobs(llama_server_url: str) -> None:
+    rubric = (
+        "Question: {question}\nAnswer: {answer}\n"
+        "Rate the answer from 0 to 9. Reply with one digit only."
+    )
+    judge = OpenAIJudge("smollm2", rubric=rubric, base_url=llama_server_url, min_mass=0.01)
+    (score,) = judge.score([ITEM])
+    raw = judge.client.chat(judge.prompt(ITEM), judge.options)
+    assert raw.top_logprobs is not None
+    expected = score_from_top_logprobs(raw.top_logprobs[0], min_mass=0.01)
+    assert score is not None and expected is not None
+    assert 0.0 <= score <= 100.0
+    assert score == pytest.approx(expected, abs=1e-6)
+
+
+def test_real_server_judge_through_the_cache(llama_server_url: str, tmp_path: Path) -> None:
+    judge = OpenAIJudge("smollm2", aspect="coherence", base_url=llama_server_url)
+    path = tmp_path / "judgments.sqlite"
+    with JudgmentCache(path) as cache:
+        first = CachedJudge(judge, cache).score([ITEM])
+        assert cache.count(judge.identity) == 1
+    with JudgmentCache(path) as cache:
+        assert cache.get_many(judge.identity, "coherence", [ITEM]) == {0: first[0]}
