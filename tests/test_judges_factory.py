@@ -54,3 +54,14 @@ def test_bad_specs_are_one_line_errors(spec: str, aspect: str, match: str) -> No
     with pytest.raises(PersonavecError, match=match) as info:
         make_judge(spec, aspect=aspect, base_url=LOCAL)  # type: ignore[arg-type]
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_contrast_spec_builds_on_a_real_model() -> None:
+    from personavec.models import load_model
+
+    loaded = load_model("smollm2", device="cpu")
+    judge = make_judge("contrast", aspect="trait", trait=sample_trait(), loaded_model=loaded)
+    assert isinstance(judge, Judge)
+    assert judge.aspect == "trait"
+    assert judge.identity.startswith("contrast:")

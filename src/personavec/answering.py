@@ -1,0 +1,108 @@
+"""Answer prompts with a model, optionally steered: the library side of ``personavec generate``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from personavec.errors import SteeringError
+from personavec.generation import GenerationRequest, HFEngine, SamplingConfig
+from personavec.models import LoadedModel, chat_messages
+from personavec.positions import POSITION_MODES, PositionMode
+from personavec.steering import OPERATORS, Intervention, MultiLayerMode, Operator, plan, steer
+from personavec.vector import PersonaVector
+
+
+@dataclass
+class SteerRequest:
+    """A persona vector plus how to apply it, validated against a loaded model."""
+
+    vector: PersonaVector
+    layers: list[int]
+    coef: float
+    positions: PositionMode
+    op: Operator
+    mode: MultiLayerMode
+    relative: bool
+
+    @classmethod
+    def build(
+        cls,
+        vector: PersonaVector | str | Path,
+        loaded: LoadedModel,
+        *,
+        layers: Sequence[int] | None = None,
+        coef: float | None = None,
+        positions: str = "all",
+        op: str = "add",
+        mode: str = "stack",
+        relative: bool = False,
+        force: bool = False,
+    ) -> SteerRequest:
+        """Load/validate the vector; fill layer and coefficient from its metadata when omitted."""
+        pv = vector if isinstance(vector, PersonaVector) else PersonaVector.load(vector)
+        pv.check_compatible(loaded.model, force=force)
+        if positions not in POSITION_MODES:
+            raise SteeringError(f"unknown positions {positions!r}; use {', '.join(POSITION_MODES)}")
+        if op not in OPERATORS:
+            raise SteeringError(f"unknown operator {op!r}; use add or ablate")
+        if mode not in ("stack", "incremental"):
+            raise SteeringError(f"unknown multi-layer mode {mode!r}; use stack or incremental")
+        if layers is None:
+            if pv.meta.recommended_layer is None:
+                raise SteeringError("the vector records no recommended layer; pass --layer")
+            layers = [pv.meta.recommended_layer]
+        if coef is None:
+            if op == "ablate":
+                coef = 1.0
+            elif pv.meta.recommended_coef is None:
+                raise SteeringError("the vector records no recommended coefficient; pass --coef")
+            else:
+                coef = pv.meta.recommended_coef
+        request = cls(pv, list(layers), float(coef), positions, op, mode, relative)  # type: ignore[arg-type]
+        request.interventions()  # validate layers and coefficient now, not mid-generation
+        return request
+
+    def interventions(self) -> list[Intervention]:
+        return plan(
+            self.vector,
+            self.layers,
+            self.coef,
+            op=self.op,
+            positions=self.positions,
+            mode=self.mode,
+            relative=self.relative,
+        )
+
+    def describe(self) -> str:
+        layers = ",".join(str(x) for x in self.layers)
+        kind = "relative" if self.relative else "raw"
+        if self.op == "ablate":
+            return f"ablating '{self.vector.meta.trait}' at layer {layers} ({self.positions})"
+        return (
+            f"steering '{self.vector.meta.trait}' at layer {layers} with {kind} coef "
+            f"{self.coef:g} ({self.positions} positions, {self.mode})"
+        )
+
+
+def generate_answers(
+    loaded: LoadedModel,
+    prompts: Sequence[str],
+    config: SamplingConfig,
+    *,
+    system: str | None = None,
+    steering: SteerRequest | None = None,
+) -> list[str]:
+    """One answer per prompt (the first sample), steered when ``steering`` is given."""
+    requests = [GenerationRequest(chat_messages(p, system=system)) for p in prompts]
+    engine = HFEngine(loaded)
+    context = (
+        steer(loaded.model, steering.interventions())
+        if steering is not None
+        else contextlib.nullcontext()
+    )
+    with context:
+        generations = engine.generate(requests, config)
+    return [g.response_text.strip() for g in generations if g.sample_index == 0]

@@ -1,0 +1,236 @@
+"""The ``personavec`` command line: a thin layer over the library.
+
+Every command maps to a library function; errors a user can fix print one line
+(``error: …``) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from personavec import __version__
+from personavec.errors import PersonavecError
+
+app = typer.Typer(
+    name="personavec",
+    help="Persona vectors: extract, steer, monitor and guard character traits in LLMs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ModelOption = Annotated[
+    str,
+    typer.Option("--model", "-m", help="'smollm2' (default), a .gguf file, a directory or hub id."),
+]
+DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
+DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")]
+
+
+def friendly_errors(func: F) -> F:
+    """Turn PersonavecError (and a few plain input errors) into one line and exit status 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (PersonavecError, ValueError, FileNotFoundError) as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted; finished work is kept")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_layers(text: str) -> list[int]:
+    """``"12"``, ``"8,12,16"`` or ``"8-16"`` → layer list."""
+    layers: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                start, end = part.split("-", 1)
+                layers.extend(range(int(start), int(end) + 1))
+            elif part:
+                layers.append(int(part))
+    except ValueError:
+        raise PersonavecError(
+            f"cannot read layers {text!r}; write e.g. 12, 8,12,16 or 8-16"
+        ) from None
+    if not layers:
+        raise PersonavecError("no layers given; write e.g. --layer 12")
+    return layers
+
+
+@app.callback(invoke_without_command=True)
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", help="Show the version and exit.")] = False,
+) -> None:
+    if version:
+        console.print(f"personavec {__version__}")
+        raise typer.Exit()
+
+
+@app.command()
+@friendly_errors
+def info(
+    model: Annotated[str, typer.Argument(help="Model spec: smollm2, a .gguf, a directory.")] = (
+        "smollm2"
+    ),
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    show_template: Annotated[bool, typer.Option(help="Print the whole chat template.")] = False,
+) -> None:
+    """Layers, hidden size, chat template and typical residual norm per layer."""
+    from personavec.model_report import model_info
+
+    report = model_info(model, device=device, dtype=dtype)
+    table = Table(title=f"{report.model_id}", show_header=False)
+    table.add_row("architecture", report.architecture)
+    table.add_row("decoder blocks", f"{report.n_layers} (layers 0..{report.n_layers})")
+    table.add_row("hidden size", str(report.hidden_size))
+    table.add_row("parameters", f"{report.parameters / 1e6:.1f} M")
+    table.add_row("device / dtype", f"{report.device} / {report.dtype}")
+    table.add_row("fingerprint", report.fingerprint)
+    table.add_row("blocks at", report.blocks_path)
+    console.print(table)
+    console.print("[bold]Chat prompt for 'Hello!'[/] (as the model sees it):")
+    console.print(report.example_prompt, markup=False, highlight=False)
+    if show_template and report.chat_template:
+        console.print(report.chat_template, markup=False, highlight=False)
+    norms = Table(title="Typical residual norm per layer (mean L2 over response tokens)")
+    norms.add_column("layer", justify="right")
+    norms.add_column("norm", justify="right")
+    for layer, norm in enumerate(report.typical_norm):
+        norms.add_row(str(layer), f"{norm:.2f}")
+    console.print(norms)
+
+
+@app.command()
+@friendly_errors
+def generate(
+    prompts: Annotated[list[str], typer.Argument(help="One or more user messages.")],
+    model: ModelOption = "smollm2",
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    vector: Annotated[Path | None, typer.Option(help="Persona-vector file to steer with.")] = None,
+    layer: Annotated[
+        str | None, typer.Option(help="Layer(s): 12, 8,12 or 8-16; default: the file's.")
+    ] = None,
+    coef: Annotated[float | None, typer.Option(help="Coefficient; default: the file's.")] = None,
+    positions: Annotated[str, typer.Option(help="all, prompt or response.")] = "all",
+    op: Annotated[str, typer.Option(help="add or ablate.")] = "add",
+    mode: Annotated[str, typer.Option(help="Several layers: stack or incremental.")] = "stack",
+    relative: Annotated[
+        bool, typer.Option(help="Coefficient is a fraction of the layer's typical norm.")
+    ] = False,
+    compare: Annotated[bool, typer.Option(help="Also print the unsteered answer.")] = False,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 96,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    force: Annotated[bool, typer.Option(help="Use a vector from another model.")] = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+) -> None:
+    """Answer prompts, optionally steered by a persona vector."""
+    from personavec.answering import SteerRequest, generate_answers
+    from personavec.generation import SamplingConfig
+    from personavec.models import load_model
+
+    loaded = load_model(model, device=device, dtype=dtype)
+    request = None
+    if vector is not None:
+        request = SteerRequest.build(
+            vector,
+            loaded,
+            layers=parse_layers(layer) if layer else None,
+            coef=coef,
+            positions=positions,
+            op=op,
+            mode=mode,
+            relative=relative,
+            force=force,
+        )
+        console.print(f"[dim]{request.describe()}[/]")
+    elif any(x is not None for x in (layer, coef)):
+        raise PersonavecError("--layer/--coef need --vector FILE")
+    config = SamplingConfig(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+    )
+    steered = generate_answers(loaded, prompts, config, system=system, steering=request)
+    plain = (
+        generate_answers(loaded, prompts, config, system=system) if compare and request else None
+    )
+    for index, prompt in enumerate(prompts):
+        console.print(f"[bold cyan]user:[/] {prompt}", highlight=False)
+        if plain is not None:
+            console.print(f"[bold]unsteered:[/] {plain[index]}", highlight=False, markup=False)
+        label = "steered" if request else "assistant"
+        console.print(f"[bold green]{label}:[/] ", end="")
+        console.print(steered[index], highlight=False, markup=False)
+
+
+@app.command("export-gguf")
+@friendly_errors
+def export_gguf_command(
+    vector: Annotated[Path, typer.Argument(help="Persona-vector file (.safetensors).")],
+    output: Annotated[Path, typer.Argument(help="Control-vector file to write (.gguf).")],
+    layer: Annotated[str | None, typer.Option(help="Layer(s); default: the file's.")] = None,
+    coef: Annotated[float | None, typer.Option(help="Coefficient baked in; default 1.")] = None,
+    relative: Annotated[bool, typer.Option(help="Coef relative to typical norm.")] = False,
+) -> None:
+    """Write a llama.cpp control vector (layer numbering mapped to llama.cpp's)."""
+    from personavec.gguf_export import export_gguf
+    from personavec.vector import PersonaVector
+
+    pv = PersonaVector.load(vector)
+    layers = parse_layers(layer) if layer else _default_layers(pv)
+    chosen = coef if coef is not None else (pv.meta.recommended_coef or 1.0)
+    path = export_gguf(pv, output, layers=layers, coef=chosen, relative=relative)
+    console.print(f"wrote {path} (layers {layers}, coef {chosen:g})")
+    console.print(
+        f"[dim]use: llama-cli -m MODEL.gguf --control-vector {path} "
+        f"(or --control-vector-scaled {path} STRENGTH)[/]"
+    )
+
+
+def _default_layers(pv: Any) -> list[int]:
+    if pv.meta.recommended_layer is None:
+        raise PersonavecError("the vector records no recommended layer; pass --layer")
+    return [int(pv.meta.recommended_layer)]
+
+
+def _mount_subapps() -> None:
+    from personavec.traits.cli import trait_app
+
+    app.add_typer(trait_app, name="trait", help="List, show, validate and create trait files.")
+
+
+_mount_subapps()
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except BrokenPipeError:  # e.g. piped into `head`
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""An offline trait judge: contrastive likelihood under eliciting vs suppressing system prompts.
+
+For an answer ``a`` (tokens ``a_1 … a_T``) to question ``q``, and instruction pair ``i``::
+
+    d_i = (1/T) Σ_t [ log p(a_t | pos_i, q, a_<t) − log p(a_t | neg_i, q, a_<t) ]     (nats/token)
+
+where ``pos_i`` / ``neg_i`` are ``trait.system_prompt("pos"|"neg", i)`` and the prompt is the
+model's chat format. The raw contrast is ``D = mean_i d_i`` over the instruction pairs used
+(all, or the first ``max_pairs``). An answer the eliciting prompts make more likely is more
+trait-like.
+
+Calibration (computed once per judge object, i.e. per (model, trait), on first use): the
+trait's ``positive_examples`` and ``negative_examples`` are scored as answers, example ``k``
+paired with ``extraction_questions[k mod n]``. With ``m+`` / ``m−`` the mean ``D`` of each
+side, the score is the logistic::
+
+    score = 100 · σ((D − c) / s),   c = (m+ + m−) / 2,   s = (m+ − m−) / (2 ln 9)
+
+so an answer as trait-like as the average positive example scores 90, the average negative
+example 10, and the midpoint 50. If ``m+ ≤ m−`` the model cannot tell the trait apart and
+calibration raises :class:`JudgeCalibrationError`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from personavec.errors import PersonavecError
+from personavec.judges.base import Aspect, JudgeItem, content_hash
+from personavec.models import LoadedModel, chat_messages, encode_prompt, encode_response
+from personavec.traits.schema import Polarity, TraitSpec
+
+CALIBRATION_VERSION = "logistic-90-10-v1"
+_LOGIT_90 = math.log(9.0)
+
+
+class JudgeCalibrationError(PersonavecError):
+    """The judge model cannot separate the trait's positive from its negative examples."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Logistic map from raw contrast ``D`` (nats/token) to 0-100: ``100·σ((D − center)/scale)``."""
+
+    center: float
+    scale: float
+    positive_mean: float
+    negative_mean: float
+
+    @classmethod
+    def from_means(cls, positive_mean: float, negative_mean: float) -> Calibration:
+        """Mean positive example → 90, mean negative example → 10."""
+        gap = positive_mean - negative_mean
+        if not gap > 0:
+            raise ValueError(f"positive mean must exceed negative mean, gap {gap:.4f}")
+        return cls(
+            center=(positive_mean + negative_mean) / 2,
+            scale=gap / (2 * _LOGIT_90),
+            positive_mean=positive_mean,
+            negative_mean=negative_mean,
+        )
+
+    def __call__(self, contrast: float) -> float:
+        z = (contrast - self.center) / self.scale
+        # Numerically stable logistic.
+        if z >= 0:
+            return 100.0 / (1.0 + math.exp(-z))
+        e = math.exp(z)
+        return 100.0 * e / (1.0 + e)
+
+
+@dataclass(frozen=True)
+class _Sequence:
+    """One teacher-forced sequence: prompt ids then answer ids."""
+
+    prompt_ids: list[int]
+    answer_ids: list[int]
+
+
+def answer_logprobs(
+    loaded: LoadedModel,
+    sequences: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    batch_size: int = 8,
+) -> list[torch.Tensor]:
+    """Per-token log-probabilities of each answer given its prompt (teacher forcing).
+
+    Args:
+        sequences: ``(prompt_ids, answer_ids)`` pairs; answers must be non-empty.
+        batch_size: sequences per forward pass. Rows are left-padded and given explicit position
+            ids, so results match one-at-a-time scoring up to float rounding.
+
+    Returns:
+        One float32 CPU tensor of shape ``(len(answer_ids),)`` per sequence, in nats.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    items = [_Sequence(list(p), list(a)) for p, a in sequences]
+    if any(not s.answer_ids for s in items):
+        raise ValueError("every answer must have at least one token")
+    order = sorted(
+        range(len(items)), key=lambda k: -(len(items[k].prompt_ids) + len(items[k].answer_ids))
+    )
+    results: list[torch.Tensor | None] = [None] * len(items)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        for k, logprobs in zip(chunk, _score_batch(loaded, [items[k] for k in chunk]), strict=True):
+            results[k] = logprobs
+    return [r for r in results if r is not None]  # every slot is filled above
+
+
+def _score_batch(loaded: LoadedModel, batch: Sequence[_Sequence]) -> list[torch.Tensor]:
+    model = loaded.model
+    pad = loaded.tokenizer.pad_token_id
+    pad_id = int(pad) if pad is not None else 0
+    lengths = [len(s.prompt_ids) + len(s.answer_ids) for s in batch]
+    width = max(lengths)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (item, n) in enumerate(zip(batch, lengths, strict=True)):
+        input_ids[row, width - n :] = torch.tensor(item.prompt_ids + item.answer_ids)
+        attention_mask[row, width - n :] = 1
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    # Answers end every row (left padding), so only the last max_answer + 1 logits are needed:
+    # the logit at position j predicts token j + 1.
+    keep = max(len(s.answer_ids) for s in batch) + 1
+    kwargs: dict[str, object] = {}
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        kwargs["logits_to_keep"] = keep
+    device = loaded.device
+    with torch.no_grad():
+        logits = model(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            position_ids=position_ids.to(device),
+            use_cache=False,
+            **kwargs,
+        ).logits[:, -keep:, :]
+    logprobs = torch.log_softmax(logits[:, :-1, :].float(), dim=-1)
+    targets = input_ids[:, width - keep + 1 :].to(device)
+    token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
+    out = []
+    for row, item in enumerate(batch):
+        n_answer = len(item.answer_ids)
+        out.append(token_logprobs[row, token_logprobs.shape[1] - n_answer :].clone())
+    return out
+
+
+class ContrastJudge:
+    """Trait score 0-100 from the contrastive likelihood of the answer (see the module docstring).
+
+    Args:
+        loaded: the judging model (typically the subject model itself).
+        trait: the trait whose instruction pairs and examples are used.
+        batch_size: sequences per forward pass.
+        max_pairs: use only the first ``max_pairs`` instruction pairs (default: all) — fewer is
+            faster; the number used is part of the identity.
+        calibration: a known calibration (e.g. from an earlier run); fitted from the trait's
+            examples on first use when ``None``.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        trait: TraitSpec,
+        batch_size: int = 8,
+        *,
+        max_pairs: int | None = None,
+        calibration: Calibration | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise PersonavecError(f"batch_size must be at least 1, got {batch_size}")
+        if max_pairs is not None and max_pairs < 1:
+            raise PersonavecError(f"max_pairs must be at least 1 or None, got {max_pairs}")
+        self.loaded = loaded
+        self.trait = trait
+        self.batch_size = batch_size
+        self.n_pairs = (
+            len(trait.instructions)
+            if max_pairs is None
+            else min(max_pairs, len(trait.instructions))
+        )
+        self._calibration = calibration
+
+    @property
+    def aspect(self) -> Aspect:
+        return "trait"
+
+    @property
+    def identity(self) -> str:
+        """``contrast:<model id>:<hash of prompts, examples, questions and calibration method>``."""
+        trait = self.trait
+        prompts = [
+            trait.system_prompt(polarity, i)
+            for i in range(self.n_pairs)
+            for polarity in ("pos", "neg")
+        ]
+        digest = content_hash(
+            CALIBRATION_VERSION,
+            trait.name,
+            *prompts,
+            "\x01".join(trait.positive_examples),
+            "\x01".join(trait.negative_examples),
+            "\x01".join(trait.extraction_questions),
+        )
+        return f"contrast:{self.loaded.model_id}:{digest}"
+
+    @property
+    def calibration(self) -> Calibration:
+        """The logistic calibration, fitted from the trait's examples on first access."""
+        if self._calibration is None:
+            self._calibration = self._fit_calibration()
+        return self._calibration
+
+    def raw_contrast(self, items: Sequence[JudgeItem]) -> list[float | None]:
+        """``D`` per item in nats/token (see the module docstring); ``None`` for empty answers."""
+        tokenizer = self.loaded.tokenizer
+        answers = [
+            encode_response(tokenizer, item.answer) if item.answer.strip() else [] for item in items
+        ]
+        sequences: list[tuple[list[int], list[int]]] = []
+        owners: list[tuple[int, Polarity]] = []
+        for k, item in enumerate(items):
+            if not answers[k]:
+                continue
+            for i in range(self.n_pairs):
+                for polarity in ("pos", "neg"):
+                    system = self.trait.system_prompt(polarity, i)
+                    prompt = encode_prompt(tokenizer, chat_messages(item.question, system))
+                    sequences.append((prompt, answers[k]))
+                    owners.append((k, polarity))
+        logprobs = answer_logprobs(self.loaded, sequences, batch_size=self.batch_size)
+        totals = [0.0] * len(items)
+        for (k, polarity), values in zip(owners, logprobs, strict=True):
+            sign = 1.0 if polarity == "pos" else -1.0
+            totals[k] += sign * float(values.mean())
+        return [totals[k] / self.n_pairs if answers[k] else None for k in range(len(items))]
+
+    def score(self, items: Sequence[JudgeItem]) -> list[float | None]:
+        """Scores in [0, 100], one per item; ``None`` for empty answers."""
+        calibration = self.calibration
+        return [None if d is None else calibration(d) for d in self.raw_contrast(items)]
+
+    def _fit_calibration(self) -> Calibration:
+        questions = self.trait.extraction_questions
+
+        def side(examples: Sequence[str]) -> float:
+            items = [JudgeItem(questions[k % len(questions)], a) for k, a in enumerate(examples)]
+            values = [d for d in self.raw_contrast(items) if d is not None]
+            return sum(values) / len(values)
+
+        positive = side(self.trait.positive_examples)
+        negative = side(self.trait.negative_examples)
+        if not positive > negative:
+            raise JudgeCalibrationError(
+                f"{self.loaded.model_id} cannot separate trait {self.trait.name!r}'s positive "
+                f"from negative examples (mean contrast {positive:.3f} vs {negative:.3f} "
+                "nats/token); use a larger judge model or another judge"
+            )
+        return Calibration.from_means(positive, negative)

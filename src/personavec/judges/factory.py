@@ -1,0 +1,107 @@
+"""Build a judge from a short spec string, as given on the command line.
+
+========================  =================================================================
+spec                      judge
+========================  =================================================================
+``openai:MODEL``          :class:`~personavec.judges.openai_judge.OpenAIJudge` (trait or
+                          coherence; log-probability scoring)
+``anthropic:MODEL``       the same judge on Anthropic's Messages API (scored from the text)
+``embedding``             :class:`~personavec.judges.embedding.EmbeddingJudge` (trait only)
+``heuristic``             :class:`~personavec.judges.coherence.HeuristicCoherenceJudge`
+                          (coherence only)
+``contrast``              ``ContrastJudge`` on a loaded local model (trait only)
+========================  =================================================================
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from personavec.errors import PersonavecError
+from personavec.judges.base import Aspect, Judge
+from personavec.traits.schema import TraitSpec
+
+if TYPE_CHECKING:
+    from personavec.models import LoadedModel
+
+VALID_SPECS = ("openai:MODEL", "anthropic:MODEL", "embedding", "heuristic", "contrast")
+
+
+def _unknown(spec: str) -> PersonavecError:
+    return PersonavecError(f"unknown judge {spec!r}; use one of: {', '.join(VALID_SPECS)}")
+
+
+def _need_trait(spec: str, trait: TraitSpec | None) -> TraitSpec:
+    if trait is None:
+        raise PersonavecError(f"the {spec} trait judge needs a trait; pass the trait name or file")
+    return trait
+
+
+def make_judge(
+    spec: str,
+    *,
+    aspect: Aspect,
+    trait: TraitSpec | None = None,
+    loaded_model: LoadedModel | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    concurrency: int = 8,
+) -> Judge:
+    """The judge named by ``spec`` for ``aspect`` (table in the module docstring).
+
+    Args:
+        spec: ``openai:MODEL``, ``anthropic:MODEL``, ``embedding``, ``heuristic`` or
+            ``contrast``.
+        aspect: ``"trait"`` or ``"coherence"``.
+        trait: Required for trait judges (rubric / examples).
+        loaded_model: Required for ``contrast``.
+        base_url, api_key, concurrency: For LLM judges (defaults from the environment).
+    """
+    if aspect not in ("trait", "coherence"):
+        raise PersonavecError(f"unknown judge aspect {aspect!r}; use 'trait' or 'coherence'")
+    name = spec.strip()
+    provider, sep, model = name.partition(":")
+    if sep:
+        if provider not in ("openai", "anthropic") or not model.strip():
+            raise _unknown(spec)
+        from personavec.judges.openai_judge import OpenAIJudge
+
+        return OpenAIJudge(
+            model.strip(),
+            aspect=aspect,
+            trait=_need_trait(name, trait) if aspect == "trait" else trait,
+            base_url=base_url,
+            api_key=api_key,
+            concurrency=concurrency,
+            provider="openai" if provider == "openai" else "anthropic",
+        )
+    if name == "heuristic":
+        if aspect != "coherence":
+            raise PersonavecError(
+                "the heuristic judge rates coherence only; for traits use embedding, contrast "
+                "or openai:MODEL"
+            )
+        from personavec.judges.coherence import HeuristicCoherenceJudge
+
+        return HeuristicCoherenceJudge()
+    if name in ("embedding", "contrast") and aspect != "trait":
+        raise PersonavecError(
+            f"the {name} judge rates traits only; for coherence use heuristic or openai:MODEL"
+        )
+    if name == "embedding":
+        from personavec.judges.embedding import EmbeddingJudge
+
+        return EmbeddingJudge(_need_trait(name, trait))
+    if name == "contrast":
+        if loaded_model is None:
+            raise PersonavecError("the contrast judge needs a loaded model; pass --model")
+        try:
+            from personavec.judges.contrast import ContrastJudge  # type: ignore[import-not-found,unused-ignore]
+        except ImportError as exc:
+            raise PersonavecError(
+                f"the contrast judge is unavailable in this installation ({exc}); "
+                "use embedding or openai:MODEL"
+            ) from exc
+        judge: Judge = ContrastJudge(loaded_model, _need_trait(name, trait))
+        return judge
+    raise _unknown(spec)

@@ -1,0 +1,475 @@
+"""A small chat client for OpenAI-compatible servers (and, optionally, Anthropic's Messages API).
+
+One :class:`LLMClient` talks to one model on one endpoint. It offers a synchronous
+:meth:`LLMClient.chat`, an asynchronous :meth:`LLMClient.achat`, and batch helpers that run
+requests concurrently with at most ``concurrency`` in flight. Transient failures (HTTP 429,
+HTTP 5xx, timeouts, refused or dropped connections) are retried with exponential backoff and
+full jitter, honouring ``Retry-After``; everything else fails at once with a one-line
+:class:`~personavec.errors.PersonavecError`.
+
+Endpoints and keys come from arguments or the environment:
+
+* ``openai:MODEL`` (or a bare model name): ``OPENAI_BASE_URL`` (default
+  ``https://api.openai.com/v1``) and ``OPENAI_API_KEY``. A key is required only for the default
+  api.openai.com endpoint; local servers (llama.cpp, vLLM, ...) usually need none.
+* ``anthropic:MODEL``: ``ANTHROPIC_BASE_URL`` (default ``https://api.anthropic.com/v1``) and
+  ``ANTHROPIC_API_KEY``. Text only: the Messages API returns no log-probabilities.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import email.utils
+import math
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar, cast
+from urllib.parse import urlparse
+
+import httpx
+
+from personavec.errors import PersonavecError
+
+Provider = Literal["openai", "anthropic"]
+Message = Mapping[str, str]
+
+DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_ANTHROPIC_BASE_URL = "https://api.anthropic.com/v1"
+ANTHROPIC_VERSION = "2023-06-01"
+RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    """Sampling options for one chat completion."""
+
+    max_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float | None = None
+    logprobs: bool = False
+    """Ask for the log-probability of each generated token (OpenAI-compatible servers only)."""
+    top_logprobs: int | None = None
+    """How many alternatives per position to return with their log-probabilities (0-20)."""
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """One completion: its text and, when asked for, per-position top log-probabilities."""
+
+    text: str
+    top_logprobs: list[dict[str, float]] | None = None
+    """One mapping per generated token: candidate token text -> natural-log probability.
+
+    Candidates that decode to the same text (e.g. two byte-level spellings) are merged by
+    summing their probabilities. ``None`` when the server returned no log-probabilities."""
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with exponential backoff and full jitter.
+
+    Attempt ``k`` (1-based) that fails transiently waits a uniform random time in
+    ``[0, min(max_delay_s, base_delay_s * 2**(k-1))]`` seconds, or the server's ``Retry-After``
+    (capped at ``max_retry_after_s``) when it sends one.
+    """
+
+    max_attempts: int = 5
+    base_delay_s: float = 0.5
+    max_delay_s: float = 20.0
+    max_retry_after_s: float = 120.0
+
+    def delay_s(self, attempt: int, retry_after_s: float | None, rng: random.Random) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based)."""
+        if retry_after_s is not None:
+            return min(max(retry_after_s, 0.0), self.max_retry_after_s)
+        cap = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1))
+        return rng.uniform(0.0, cap)
+
+
+@dataclass
+class _Transient:
+    """What a retryable failure looked like, for the final error message."""
+
+    reason: str
+    retry_after_s: float | None = None
+    unreachable: bool = False
+
+
+@dataclass
+class LLMClient:
+    """Chat with one model on one endpoint; see the module docstring.
+
+    Args:
+        model: The model name the server knows (``gpt-4.1-mini``, ``claude-...``, anything for
+            a llama.cpp server).
+        provider: ``"openai"`` (any OpenAI-compatible server) or ``"anthropic"``.
+        base_url: Endpoint root ending in ``/v1``; default from the environment (module docs).
+        api_key: Bearer key; default from the environment.
+        timeout_s: Per-request timeout in seconds.
+        concurrency: Most requests in flight at once in the batch helpers.
+        retry: Retry policy for transient failures.
+    """
+
+    model: str
+    provider: Provider = "openai"
+    base_url: str | None = None
+    api_key: str | None = None
+    timeout_s: float = 120.0
+    concurrency: int = 8
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    _rng: random.Random = field(
+        default_factory=random.Random, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        if self.provider not in ("openai", "anthropic"):
+            raise PersonavecError(
+                f"unknown LLM provider {self.provider!r}; use 'openai' or 'anthropic'"
+            )
+        if self.concurrency < 1:
+            raise PersonavecError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.retry.max_attempts < 1:
+            raise PersonavecError(f"max_attempts must be >= 1, got {self.retry.max_attempts}")
+        if self.provider == "openai":
+            env_url, default_url, env_key = (
+                "OPENAI_BASE_URL",
+                DEFAULT_OPENAI_BASE_URL,
+                "OPENAI_API_KEY",
+            )
+        else:
+            env_url, default_url = "ANTHROPIC_BASE_URL", DEFAULT_ANTHROPIC_BASE_URL
+            env_key = "ANTHROPIC_API_KEY"
+        self.base_url = (self.base_url or os.environ.get(env_url) or default_url).rstrip("/")
+        if not self.api_key:
+            self.api_key = os.environ.get(env_key) or None
+        default_host = urlparse(default_url).hostname
+        if self.api_key is None and urlparse(self.base_url).hostname == default_host:
+            raise PersonavecError(
+                f"no API key for {self.base_url}; set {env_key} or pass --api-key"
+            )
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        **kwargs: Any,
+    ) -> LLMClient:
+        """Build a client from ``openai:MODEL``, ``anthropic:MODEL`` or a bare model name."""
+        provider, sep, model = spec.partition(":")
+        if not sep:
+            provider, model = "openai", spec
+        if provider not in ("openai", "anthropic") or not model:
+            raise PersonavecError(f"unknown LLM spec {spec!r}; use openai:MODEL or anthropic:MODEL")
+        return cls(model, cast(Provider, provider), base_url, api_key, **kwargs)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The full request URL."""
+        path = "/chat/completions" if self.provider == "openai" else "/messages"
+        return f"{self.base_url}{path}"
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"content-type": "application/json"}
+        if self.provider == "anthropic":
+            headers["anthropic-version"] = ANTHROPIC_VERSION
+            if self.api_key:
+                headers["x-api-key"] = self.api_key
+        elif self.api_key:
+            headers["authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    def _body(self, messages: Sequence[Message], options: ChatOptions) -> dict[str, Any]:
+        if self.provider == "anthropic":
+            return anthropic_body(self.model, messages, options)
+        return openai_body(self.model, messages, options)
+
+    def _parse(self, payload: Any) -> ChatResult:
+        try:
+            if self.provider == "anthropic":
+                return parse_anthropic_response(payload)
+            return parse_openai_response(payload)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise PersonavecError(
+                f"unexpected response from {self.url} ({type(exc).__name__}: {exc}); "
+                "check that the server speaks the "
+                f"{'Anthropic Messages' if self.provider == 'anthropic' else 'OpenAI chat'} API"
+            ) from exc
+
+    def _classify(self, response: httpx.Response) -> _Transient | None:
+        """``None`` for success; a transient failure to retry; raise for a permanent one."""
+        if response.status_code < 300:
+            return None
+        if response.status_code in RETRY_STATUS:
+            return _Transient(f"HTTP {response.status_code}", parse_retry_after(response.headers))
+        snippet = " ".join(response.text.split())[:200]
+        if response.status_code in (401, 403):
+            key_env = "OPENAI_API_KEY" if self.provider == "openai" else "ANTHROPIC_API_KEY"
+            raise PersonavecError(
+                f"{self.url} refused the request (HTTP {response.status_code}: {snippet}); "
+                f"check {key_env} or --api-key"
+            )
+        raise PersonavecError(
+            f"{self.url} rejected the request for model {self.model!r} "
+            f"(HTTP {response.status_code}: {snippet}); check the model name and options"
+        )
+
+    def _give_up(self, last: _Transient) -> PersonavecError:
+        attempts = self.retry.max_attempts
+        if last.unreachable:
+            return PersonavecError(
+                f"cannot reach {self.url} after {attempts} attempts ({last.reason}); "
+                "check that the server is running and the base URL (--base-url / "
+                f"{'OPENAI' if self.provider == 'openai' else 'ANTHROPIC'}_BASE_URL)"
+            )
+        return PersonavecError(
+            f"{self.url} kept failing after {attempts} attempts (last: {last.reason}); "
+            "try again later or lower the concurrency"
+        )
+
+    @staticmethod
+    def _transport_failure(exc: httpx.TransportError) -> _Transient:
+        reason = type(exc).__name__
+        detail = str(exc).strip()
+        if detail:
+            reason = f"{reason}: {detail[:120]}"
+        return _Transient(reason, unreachable=True)
+
+    def chat(self, messages: Sequence[Message], options: ChatOptions | None = None) -> ChatResult:
+        """One chat completion, blocking, with retries."""
+        options = options or ChatOptions()
+        check_options(self.provider, options)
+        body = self._body(messages, options)
+        last = _Transient("no attempt made")
+        with httpx.Client(timeout=self.timeout_s) as http:
+            for attempt in range(1, self.retry.max_attempts + 1):
+                try:
+                    response = http.post(self.url, json=body, headers=self._headers())
+                except httpx.TransportError as exc:
+                    last = self._transport_failure(exc)
+                else:
+                    failure = self._classify(response)
+                    if failure is None:
+                        return self._parse(_json(response, self.url))
+                    last = failure
+                if attempt < self.retry.max_attempts:
+                    time.sleep(self.retry.delay_s(attempt, last.retry_after_s, self._rng))
+        raise self._give_up(last)
+
+    async def achat(
+        self,
+        messages: Sequence[Message],
+        options: ChatOptions | None = None,
+        *,
+        http: httpx.AsyncClient | None = None,
+    ) -> ChatResult:
+        """One chat completion, asynchronous, with retries (reuses ``http`` when given)."""
+        if http is None:
+            async with httpx.AsyncClient(timeout=self.timeout_s) as own:
+                return await self.achat(messages, options, http=own)
+        options = options or ChatOptions()
+        check_options(self.provider, options)
+        body = self._body(messages, options)
+        last = _Transient("no attempt made")
+        for attempt in range(1, self.retry.max_attempts + 1):
+            try:
+                response = await http.post(self.url, json=body, headers=self._headers())
+            except httpx.TransportError as exc:
+                last = self._transport_failure(exc)
+            else:
+                failure = self._classify(response)
+                if failure is None:
+                    return self._parse(_json(response, self.url))
+                last = failure
+            if attempt < self.retry.max_attempts:
+                await asyncio.sleep(self.retry.delay_s(attempt, last.retry_after_s, self._rng))
+        raise self._give_up(last)
+
+    async def achat_many(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        options: ChatOptions | None = None,
+        *,
+        on_done: Callable[[int], None] | None = None,
+    ) -> list[ChatResult]:
+        """Many completions, at most ``concurrency`` in flight; results in input order.
+
+        ``on_done(index)`` is called as each one finishes (e.g. to advance a progress bar).
+        """
+        semaphore = asyncio.Semaphore(self.concurrency)
+        limits = httpx.Limits(max_connections=self.concurrency)
+        async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits) as http:
+
+            async def one(index: int, messages: Sequence[Message]) -> ChatResult:
+                async with semaphore:
+                    result = await self.achat(messages, options, http=http)
+                if on_done is not None:
+                    on_done(index)
+                return result
+
+            return list(await asyncio.gather(*(one(i, m) for i, m in enumerate(conversations))))
+
+    def chat_many(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        options: ChatOptions | None = None,
+        *,
+        on_done: Callable[[int], None] | None = None,
+    ) -> list[ChatResult]:
+        """Blocking wrapper of :meth:`achat_many` (safe to call inside a running event loop)."""
+        return run_sync(lambda: self.achat_many(conversations, options, on_done=on_done))
+
+
+def run_sync(make: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine to completion from synchronous code, even inside a running loop."""
+
+    async def wrapper() -> T:
+        return await make()
+
+    def runner() -> T:
+        coroutine: Coroutine[Any, Any, T] = wrapper()
+        return asyncio.run(coroutine)
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return runner()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(runner).result()
+
+
+def _json(response: httpx.Response, url: str) -> Any:
+    try:
+        return response.json()
+    except ValueError as exc:
+        snippet = " ".join(response.text.split())[:120]
+        raise PersonavecError(
+            f"{url} answered with something that is not JSON ({snippet!r}); "
+            "check the base URL points at an OpenAI-compatible /v1 endpoint"
+        ) from exc
+
+
+def check_options(provider: Provider, options: ChatOptions) -> None:
+    """Reject option combinations the provider cannot serve."""
+    if options.max_tokens < 1:
+        raise PersonavecError(f"max_tokens must be >= 1, got {options.max_tokens}")
+    if options.top_logprobs is not None and not 0 <= options.top_logprobs <= 20:
+        raise PersonavecError(f"top_logprobs must be in 0..20, got {options.top_logprobs}")
+    if provider == "anthropic" and (options.logprobs or options.top_logprobs):
+        raise PersonavecError(
+            "Anthropic's Messages API returns no log-probabilities; use an openai: model "
+            "for logprob-based judging"
+        )
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date); ``None`` if absent."""
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def openai_body(model: str, messages: Sequence[Message], options: ChatOptions) -> dict[str, Any]:
+    """Request JSON for ``POST /chat/completions``."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [dict(m) for m in messages],
+        "max_tokens": options.max_tokens,
+        "temperature": options.temperature,
+    }
+    if options.top_p is not None:
+        body["top_p"] = options.top_p
+    if options.seed is not None:
+        body["seed"] = options.seed
+    if options.logprobs or options.top_logprobs:
+        body["logprobs"] = True
+        if options.top_logprobs:
+            body["top_logprobs"] = options.top_logprobs
+    return body
+
+
+def anthropic_body(model: str, messages: Sequence[Message], options: ChatOptions) -> dict[str, Any]:
+    """Request JSON for Anthropic's ``POST /messages`` (system turns move to ``system``)."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    body: dict[str, Any] = {
+        "model": model,
+        "max_tokens": options.max_tokens,
+        "temperature": options.temperature,
+        "messages": [
+            {"role": m["role"], "content": m["content"]} for m in messages if m["role"] != "system"
+        ],
+    }
+    if system:
+        body["system"] = system
+    if options.top_p is not None:
+        body["top_p"] = options.top_p
+    return body
+
+
+def _merge(pairs: Sequence[tuple[str, float]]) -> dict[str, float]:
+    """token -> logprob, summing probabilities of candidates with the same text."""
+    merged: dict[str, float] = {}
+    for token, logprob in pairs:
+        if logprob is None:
+            continue
+        if token in merged:
+            merged[token] = math.log(math.exp(merged[token]) + math.exp(logprob))
+        else:
+            merged[token] = float(logprob)
+    return merged
+
+
+def parse_openai_response(payload: Any) -> ChatResult:
+    """Text and top log-probabilities from a chat-completions response.
+
+    Accepts the chat format (``logprobs.content[i].top_logprobs`` as a list) and the legacy
+    completion format some servers send (``logprobs.top_logprobs`` as a list of mappings).
+    """
+    choice = payload["choices"][0]
+    message = choice.get("message") or {}
+    text = message.get("content")
+    if text is None:
+        text = choice.get("text") or ""
+    logprobs = choice.get("logprobs")
+    top: list[dict[str, float]] | None = None
+    if isinstance(logprobs, Mapping):
+        if isinstance(logprobs.get("content"), list):
+            top = [
+                _merge(
+                    [(c["token"], c["logprob"]) for c in position.get("top_logprobs") or []]
+                    or [(position["token"], position["logprob"])]
+                )
+                for position in logprobs["content"]
+            ]
+        elif isinstance(logprobs.get("top_logprobs"), list):
+            top = [_merge(list((pos or {}).items())) for pos in logprobs["top_logprobs"]]
+    return ChatResult(str(text), top or None, choice.get("finish_reason"))
+
+
+def parse_anthropic_response(payload: Any) -> ChatResult:
+    """Text from a Messages API response (concatenated text blocks)."""
+    blocks = payload["content"]
+    text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
+    return ChatResult(text, None, payload.get("stop_reason"))
