@@ -10,11 +10,16 @@
   fresh tokenizer copy, so tests may modify them.
 * ``tiny_model``: parametrized over :data:`TINY_ARCHS` — a test using it runs once per
   architecture with a 2-layer model.
+
+Set ``PERSONAVEC_TEST_THREADS=N`` to cap torch's CPU threads. On a small machine shared with
+other busy processes, ``1`` can be over ten times faster than the default, because torch's
+worker threads spin while waiting for a core.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable
 
 import pytest
@@ -37,6 +42,12 @@ TINY_HEADS = 4
 TINY_VOCAB = 49152  # the SmolLM2 tokenizer's vocabulary
 
 TinyModelFactory = Callable[..., LoadedModel]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    threads = os.environ.get("PERSONAVEC_TEST_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
 
 
 @pytest.fixture(scope="session")

@@ -39,3 +39,36 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     """Write pretty JSON atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def append_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Append rows as JSON lines and fsync, so finished work survives a crash.
+
+    A crash can at worst leave one truncated last line, which :func:`read_jsonl` skips.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "a", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines file; a truncated final line (from a crash) is ignored."""
+    target = Path(path)
+    if not target.is_file():
+        return []
+    rows: list[dict[str, Any]] = []
+    lines = target.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break  # interrupted write
+            raise ValueError(f"{target}:{number} is not valid JSON; delete or repair that line")
+    return rows
