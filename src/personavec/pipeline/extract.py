@@ -176,8 +176,9 @@ def plan_rollouts(trait: TraitSpec, config: ExtractConfig) -> list[GenerationReq
     requests = []
     for i in range(n_instr):
         for q, question in enumerate(questions):
-            for polarity in ("pos", "neg"):
-                system = trait.system_prompt(polarity, i)  # type: ignore[arg-type]
+            polarities: tuple[Polarity, Polarity] = ("pos", "neg")
+            for polarity in polarities:
+                system = trait.system_prompt(polarity, i)
                 requests.append(
                     GenerationRequest(
                         chat_messages(question, system=system), f"{polarity}-i{i}-q{q}"
@@ -396,8 +397,13 @@ def extract(
     overwrite: bool = False,
     show_progress: bool = True,
     loaded: LoadedModel | None = None,
+    judge_base_url: str | None = None,
+    judge_api_key: str | None = None,
 ) -> ExtractResult:
-    """Run the whole extraction (see the module docstring); resumable in ``run_dir``."""
+    """Run the whole extraction (see the module docstring); resumable in ``run_dir``.
+
+    ``judge_base_url`` / ``judge_api_key`` reach LLM judges only and are never written to disk.
+    """
     from personavec.pipeline.extract_report import write_report
 
     trait = load_trait(config.trait)
@@ -412,9 +418,21 @@ def extract(
     rollouts = generate_rollouts(
         loaded, trait, config, run_dir / "rollouts.jsonl", show_progress=show_progress
     )
-    trait_judge = make_judge(config.judge, aspect="trait", trait=trait, loaded_model=loaded)
+    trait_judge = make_judge(
+        config.judge,
+        aspect="trait",
+        trait=trait,
+        loaded_model=loaded,
+        base_url=judge_base_url,
+        api_key=judge_api_key,
+    )
     coherence_judge = make_judge(
-        config.resolved_coherence_judge(), aspect="coherence", trait=trait, loaded_model=loaded
+        config.resolved_coherence_judge(),
+        aspect="coherence",
+        trait=trait,
+        loaded_model=loaded,
+        base_url=judge_base_url,
+        api_key=judge_api_key,
     )
     judge_rollouts(
         rollouts,
