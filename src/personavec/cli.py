@@ -314,7 +314,7 @@ def demo(
     out: Annotated[
         Path | None, typer.Option(help="Run directory (default runs/demo-TRAIT).")
     ] = None,
-    coef: Annotated[float, typer.Option(help="Relative steering coefficient.")] = 0.25,
+    coef: Annotated[float, typer.Option(help="Relative steering coefficient.")] = 0.2,
 ) -> None:
     """Extract a trait offline on the embedded model, then show unsteered vs steered answers."""
     from personavec.pipeline.demo import run_demo

@@ -11,8 +11,8 @@ from personavec.models import load_model
 from personavec.pipeline.extract import ExtractConfig, ExtractResult, extract
 from personavec.traits.library import load_trait
 
-DEMO_COEF = 0.25
-"""Relative coefficient: the added vector's norm is 25 % of the layer's typical residual norm."""
+DEMO_COEF = 0.2
+"""Relative coefficient: the added vector's norm is 20 % of the layer's typical residual norm."""
 
 
 @dataclass
