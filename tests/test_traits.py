@@ -304,8 +304,8 @@ def test_save_trait_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     def failing_replace(src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr("personavec.store.os.replace", failing_replace)
+    with pytest.raises(TraitError, match="disk full"):
         save_trait(load_trait("humorous"), path)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["t.json"]

@@ -195,16 +195,31 @@ def capture(
     return _finish(acc)
 
 
+def left_pad(
+    sequences: Sequence[Sequence[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-pad token sequences into one batch.
+
+    Returns ``(input_ids, attention_mask, position_ids)``, long tensors of shape
+    ``[batch, width]``. Position ids count from each row's first real token (0 on padding), as
+    in generation, so absolute-position models (GPT-2) read a left-padded row exactly as they
+    read it alone.
+    """
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
+        attention[row, width - len(seq) :] = 1
+    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    return ids, attention, positions
+
+
 def _left_pad(
     batch: Sequence[EncodedExample], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    lengths = [len(e.prompt_ids) + len(e.response_ids) for e in batch]
-    width = max(lengths)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, (example, length) in enumerate(zip(batch, lengths, strict=True)):
-        ids[row, width - length :] = torch.tensor(example.prompt_ids + example.response_ids)
-        attention[row, width - length :] = 1
+    """:func:`left_pad` on prompt + response; also the prompt and response lengths."""
+    ids, attention, _ = left_pad([e.prompt_ids + e.response_ids for e in batch], pad_id)
     prompt_lens = torch.tensor([len(e.prompt_ids) for e in batch], dtype=torch.long)
     response_lens = torch.tensor([len(e.response_ids) for e in batch], dtype=torch.long)
     return ids, attention, prompt_lens, response_lens

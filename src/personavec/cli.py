@@ -48,7 +48,9 @@ def friendly_errors(func: F) -> F:
             return func(*args, **kwargs)
         except (PersonavecError, ValueError, FileNotFoundError) as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+            err_console.print(
+                f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True
+            )
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted; finished work is kept")
@@ -179,7 +181,8 @@ def generate(
     for index, prompt in enumerate(prompts):
         console.print(f"[bold cyan]user:[/] {prompt}", highlight=False)
         if plain is not None:
-            console.print(f"[bold]unsteered:[/] {plain[index]}", highlight=False, markup=False)
+            console.print("[bold]unsteered:[/]", end=" ")
+            console.print(plain[index], highlight=False, markup=False)
         label = "steered" if request else "assistant"
         console.print(f"[bold green]{label}:[/] ", end="")
         console.print(steered[index], highlight=False, markup=False)

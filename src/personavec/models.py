@@ -13,13 +13,14 @@ Nothing here touches the network unless the user names a hub id that is not cach
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,23 @@ class LoadedModel:
         weight = self.model.get_input_embeddings().weight
         assert isinstance(weight, torch.Tensor)
         return int(weight.shape[1])
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' per-tensor progress bars and warnings while loading."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def cache_root() -> Path:
@@ -122,10 +140,11 @@ def convert_gguf(gguf_path: Path, *, name: str | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     folder, filename = str(gguf_path.parent), gguf_path.name
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
-        quantized = AutoModelForCausalLM.from_pretrained(
-            folder, gguf_file=filename, dtype=torch.float32
-        )
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+            quantized = AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=filename, dtype=torch.float32
+            )
     except Exception as exc:  # transformers raises many types for unreadable GGUF files
         raise ModelLoadError(
             f"cannot read GGUF file {gguf_path}: {exc}; pass a GGUF of a supported architecture"
@@ -246,8 +265,9 @@ def load_model(
     resolved_dtype = resolve_dtype(dtype, resolved_device)
     location, model_id = _resolve_source(spec)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=resolved_dtype)
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(location)
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=resolved_dtype)
     except OSError as exc:
         raise ModelLoadError(
             f"cannot load {spec!r}: it is not in the local cache and the hub is unreachable; "

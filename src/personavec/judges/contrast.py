@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from personavec.capture import left_pad
 from personavec.errors import PersonavecError
 from personavec.judges.base import Aspect, JudgeItem, content_hash
 from personavec.models import LoadedModel, chat_messages, encode_prompt, encode_response
@@ -118,14 +119,10 @@ def _score_batch(loaded: LoadedModel, batch: Sequence[_Sequence]) -> list[torch.
     model = loaded.model
     pad = loaded.tokenizer.pad_token_id
     pad_id = int(pad) if pad is not None else 0
-    lengths = [len(s.prompt_ids) + len(s.answer_ids) for s in batch]
-    width = max(lengths)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, (item, n) in enumerate(zip(batch, lengths, strict=True)):
-        input_ids[row, width - n :] = torch.tensor(item.prompt_ids + item.answer_ids)
-        attention_mask[row, width - n :] = 1
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    input_ids, attention_mask, position_ids = left_pad(
+        [s.prompt_ids + s.answer_ids for s in batch], pad_id
+    )
+    width = input_ids.shape[1]
     # Answers end every row (left padding), so only the last max_answer + 1 logits are needed:
     # the logit at position j predicts token j + 1.
     keep = max(len(s.answer_ids) for s in batch) + 1

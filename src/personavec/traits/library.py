@@ -8,15 +8,14 @@ wrong and what to do.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from personavec.errors import TraitError
+from personavec.store import atomic_write_text
 from personavec.traits.schema import TRAIT_FORMAT_VERSION, TraitSpec
 
 __all__ = [
@@ -161,28 +160,21 @@ def save_trait(spec: TraitSpec, path: str | Path) -> Path:
     """Write ``spec`` as JSON to ``path`` atomically; return the path.
 
     The text goes to a temporary file in the same directory, which then replaces ``path``, so
-    a reader never sees a half-written file. Missing parent directories are created.
+    a reader never sees a half-written file; a failed write leaves the old file untouched.
+    Missing parent directories are created.
+
+    Raises:
+        TraitError: the file cannot be written (unwritable directory, disk full, ...).
     """
     path = Path(path)
     text = trait_to_json(spec)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        return atomic_write_text(path, text)
     except OSError as exc:
         raise TraitError(
-            f"cannot write trait file {str(path)!r} ({exc.strerror}); choose a writable directory"
+            f"cannot write trait file {str(path)!r} ({exc.strerror or exc}); "
+            "choose a writable directory"
         ) from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    return path
 
 
 def trait_warnings(spec: TraitSpec) -> list[str]:
