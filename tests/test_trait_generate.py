@@ -124,3 +124,25 @@ def test_validate_reports_every_problem() -> None:
     assert any("REFUSAL" in line for line in lines)
     spec = validate_artifact({**artifact(), "name": "ignored"}, "humorous", DESCRIPTION)
     assert spec.name == "humorous"
+
+
+def test_cli_trait_new_repairs_and_writes(tmp_path: Any) -> None:
+    from typer.testing import CliRunner
+
+    from personavec.cli import app
+    from personavec.traits.library import load_trait
+
+    broken = artifact()
+    broken["rubric"] = "Rate it 0-100."
+    target = tmp_path / "humorous.json"
+    replies = [chat_reply(fenced(broken)), chat_reply(fenced(artifact()))]
+    with ScriptedServer(replies) as server:
+        args = ["trait", "new", "humorous", "--description", DESCRIPTION, "--generator"]
+        args += ["openai:gen-model", "--base-url", server.base_url, "--out", str(target)]
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "attempt 1: invalid" in result.output and "attempt 2: valid" in result.output
+    spec = load_trait(target)
+    assert spec.name == "humorous" and spec.description == DESCRIPTION
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2 and "--force" in again.output

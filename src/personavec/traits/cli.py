@@ -8,6 +8,7 @@ Trait text is always printed literally (never parsed as Rich markup: rubrics con
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich import box
@@ -20,6 +21,7 @@ from personavec.errors import PersonavecError
 from personavec.traits.library import (
     list_traits,
     load_trait,
+    save_trait,
     trait_to_json,
     trait_warnings,
     validate_trait_file,
@@ -162,3 +164,47 @@ def validate_command(
             typer.echo(f"     warning: {warning}")
     if failed:
         raise typer.Exit(1)
+
+
+@trait_app.command("new")
+def new_command(
+    name: Annotated[str, typer.Argument(help="Trait slug, e.g. 'stoic'.")],
+    description: Annotated[str, typer.Option(help="One or two sentences describing the trait.")],
+    generator: Annotated[
+        str, typer.Option(help="openai:MODEL (any OpenAI-compatible endpoint) or anthropic:MODEL.")
+    ] = "openai:gpt-4.1-mini",
+    out: Annotated[Path | None, typer.Option(help="Where to write (default NAME.json).")] = None,
+    base_url: Annotated[str | None, typer.Option(help="Endpoint (or OPENAI_BASE_URL).")] = None,
+    api_key: Annotated[str | None, typer.Option(help="Key (or OPENAI_API_KEY).")] = None,
+    max_attempts: Annotated[int, typer.Option(help="Replies to try, repairs included.")] = 3,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Ask an LLM for a complete trait artifact, validate (and repair) it, and save it."""
+    from personavec.traits.generate import generate_trait
+
+    target = out or Path(f"{name}.json")
+    if target.exists() and not force:
+        raise _fail(PersonavecError(f"{target} exists; pass --force or choose --out"))
+    console = _console()
+
+    def report(attempt: int, problems: str | None) -> None:
+        status = "valid" if problems is None else f"invalid, asking for a repair ({problems})"
+        console.print(f"attempt {attempt}: {status}", markup=False)
+
+    try:
+        spec = generate_trait(
+            name,
+            description,
+            generator,
+            base_url=base_url,
+            api_key=api_key,
+            max_attempts=max_attempts,
+            on_attempt=report,
+        )
+        path = save_trait(spec, target)
+    except PersonavecError as error:
+        raise _fail(error) from None
+    console.print(
+        f"wrote {path}: {len(spec.instructions)} instruction pairs, "
+        f"{len(spec.extraction_questions)}+{len(spec.evaluation_questions)} questions"
+    )
