@@ -40,6 +40,7 @@ TINY_CONFIGS: dict[str, dict[str, object]] = {
     "qwen2": _BASE,
     "mistral": _BASE,
     "gemma2": {**_BASE, "head_dim": HIDDEN // HEADS},
+    "gemma3_text": {**_BASE, "head_dim": HIDDEN // HEADS},
     "qwen3": {**_BASE, "head_dim": HIDDEN // HEADS},
     "phi3": {**_BASE, "num_key_value_heads": HEADS},
     "gpt_neox": {k: v for k, v in _BASE.items() if k != "num_key_value_heads"},
