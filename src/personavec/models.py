@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -138,6 +139,7 @@ def convert_gguf(gguf_path: Path, *, name: str | None = None) -> Path:
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    print(f"personavec: converting {gguf_path.name} once into {target}", file=sys.stderr)
     folder, filename = str(gguf_path.parent), gguf_path.name
     try:
         with _quiet_transformers():
