@@ -1,0 +1,259 @@
+"""``personavec project``: projection columns for a JSONL file, on the real SmolLM2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from personavec.capture import Example, capture, capture_tokens
+from personavec.cli import app
+from personavec.cli_project import register
+from personavec.errors import PersonavecError
+from personavec.models import LoadedModel
+from personavec.pipeline.project import default_output, project_file, project_records
+from personavec.projection import project, token_projections
+from personavec.vector import PersonaVector, VectorMetadata, config_fingerprint
+
+register(app)
+register(app)  # a second registration is harmless
+runner = CliRunner()
+TOL = 1e-4
+
+SYSTEM = "You are a cheerful assistant."
+ROWS: list[dict[str, Any]] = [
+    {
+        "id": "chat",
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": "Name a fruit."},
+            {"role": "assistant", "content": "An apple is a fine fruit."},
+        ],
+    },
+    {"id": "pair", "prompt": "What is two plus two?", "response": "Four.", "score": 7},
+    {"id": "text", "text": "Tell me about the sea."},
+    {"id": "rollout", "system": SYSTEM, "question": "Any advice?", "response": "Sleep well."},
+    {
+        "id": "multi",
+        "messages": [
+            {"role": "user", "content": "Hi there."},
+            {"role": "assistant", "content": "Hello! How can I help?"},
+            {"role": "user", "content": "Say something rude."},
+            {"role": "assistant", "content": "I would rather stay polite."},
+        ],
+    },
+    {
+        "id": "open",
+        "messages": [
+            {"role": "user", "content": "Hi."},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "What now?"},
+        ],
+    },
+]
+# The same rows as capture examples: (prompt messages, response), and each chat's turns.
+EXAMPLES = [
+    Example(ROWS[0]["messages"][:2], "An apple is a fine fruit."),
+    Example([{"role": "user", "content": "What is two plus two?"}], "Four."),
+    Example([{"role": "user", "content": "Tell me about the sea."}], ""),
+    Example(
+        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Any advice?"}],
+        "Sleep well.",
+    ),
+    Example(ROWS[4]["messages"][:3], "I would rather stay polite."),
+    Example(ROWS[5]["messages"], ""),
+]
+TURNS = {
+    "multi": [
+        Example(ROWS[4]["messages"][:1], "Hello! How can I help?"),
+        Example(ROWS[4]["messages"][:3], "I would rather stay polite."),
+    ],
+    "open": [Example(ROWS[5]["messages"][:1], "Hello.")],
+}
+
+
+def make_vector(
+    path: Path,
+    *,
+    trait: str,
+    layer: int | None,
+    seed: int,
+    hidden: int = 576,
+    n_layers: int = 30,
+    model_id: str = "HuggingFaceTB/SmolLM2-135M-Instruct",
+    fingerprint: str = "",
+) -> Path:
+    """A random persona vector file (for plumbing, not for science)."""
+    generator = torch.Generator().manual_seed(seed)
+    meta = VectorMetadata(
+        trait=trait,
+        model_id=model_id,
+        model_fingerprint=fingerprint,
+        hidden_size=hidden,
+        n_layers=n_layers,
+        readouts=["response_avg"],
+        recommended_layer=layer,
+    )
+    vectors = {"response_avg": torch.randn(n_layers + 1, hidden, generator=generator)}
+    return PersonaVector(vectors, meta).save(path)
+
+
+@pytest.fixture
+def vectors(smollm2: LoadedModel, tmp_path: Path) -> tuple[Path, Path]:
+    fingerprint = config_fingerprint(smollm2.model.config)
+    first = make_vector(tmp_path / "a", trait="evil", layer=15, seed=0, fingerprint=fingerprint)
+    second = make_vector(tmp_path / "b", trait="kind", layer=9, seed=1, fingerprint=fingerprint)
+    return first, second
+
+
+def write_rows(path: Path, rows: list[Any]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def close(a: float, b: float) -> bool:
+    return abs(a - b) <= TOL * max(1.0, abs(b))
+
+
+def test_cli_columns_match_library(smollm2: LoadedModel, vectors, tmp_path: Path) -> None:
+    source = write_rows(tmp_path / "chats.jsonl", ROWS)
+    result = runner.invoke(
+        app,
+        [
+            "project",
+            str(source),
+            "--vector",
+            str(vectors[0]),
+            "--vector",
+            str(vectors[1]),
+            "--per-token",
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    out = default_output(source)
+    assert out.name == "chats.projected.jsonl"
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == len(ROWS)
+    for row, original in zip(rows, ROWS, strict=True):
+        assert {k: row[k] for k in original} == original  # other keys untouched
+
+    layers = {"evil": 15, "kind": 9}
+    pvs = {name: PersonaVector.load(v) for name, v in zip(layers, vectors, strict=True)}
+    reference = capture(
+        smollm2,
+        EXAMPLES,
+        layers=[9, 15],
+        readouts=("prompt_last", "response_avg"),
+        keep_per_example=True,
+    )
+    assert reference.per_example is not None
+    for trait, layer in layers.items():
+        direction = pvs[trait].at(layer)
+        position = reference.layers.index(layer)
+        for readout in ("prompt_last", "response_avg"):
+            expected = project(reference.per_example[readout][:, position], direction)
+            for i, row in enumerate(rows):
+                got = row[f"proj.{trait}.L{layer}.{readout}"]
+                if readout == "response_avg" and not EXAMPLES[i].response:
+                    assert got is None
+                else:
+                    assert close(got, float(expected[i])), (trait, readout, i)
+        for i, row in enumerate(rows):
+            tokens = capture_tokens(smollm2, EXAMPLES[i], layers=[layer])
+            per = token_projections(tokens, layer, direction)
+            cut = (
+                per[tokens.prompt_length :] if EXAMPLES[i].response else per[: tokens.prompt_length]
+            )
+            got_tokens = row[f"proj.{trait}.L{layer}.tokens"]
+            assert len(got_tokens) == len(cut) > 0
+            assert all(close(g, float(e)) for g, e in zip(got_tokens, cut, strict=True))
+        for row in rows:
+            key = f"proj.{trait}.L{layer}.turns"
+            if row["id"] not in TURNS:
+                assert key not in row
+                continue
+            turns = TURNS[row["id"]]
+            assert len(row[key]) == len(turns)  # one value per assistant turn
+            turn_capture = capture(smollm2, turns, layers=[layer], keep_per_example=True)
+            assert turn_capture.per_example is not None
+            expected = project(turn_capture.per_example["response_avg"][:, 0], direction)
+            assert all(close(g, float(e)) for g, e in zip(row[key], expected, strict=True))
+    multi = rows[4]["proj.evil.L15.turns"]
+    assert close(multi[-1], rows[4]["proj.evil.L15.response_avg"])
+
+
+def test_layer_option_and_library_file(smollm2: LoadedModel, vectors, tmp_path: Path) -> None:
+    source = write_rows(tmp_path / "in.jsonl", ROWS[:2])
+    out = project_file(smollm2, source, tmp_path / "o.jsonl", [vectors[0]], layer=4)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert set(rows[0]) == {
+        "id",
+        "messages",
+        "proj.evil.L4.prompt_last",
+        "proj.evil.L4.response_avg",
+    }
+    direct = project_records(
+        smollm2, ROWS[:2], [("evil", PersonaVector.load(vectors[0]))], {"evil": 4}
+    )
+    assert all(
+        close(a["proj.evil.L4.prompt_last"], b["proj.evil.L4.prompt_last"])
+        for a, b in zip(rows, direct, strict=True)
+    )
+    no_layer = make_vector(
+        tmp_path / "n",
+        trait="x",
+        layer=None,
+        seed=2,
+        fingerprint=config_fingerprint(smollm2.model.config),
+    )
+    with pytest.raises(PersonavecError, match="--layer"):
+        project_file(smollm2, source, tmp_path / "n.jsonl", [no_layer])
+    assert not (tmp_path / "n.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        ([json.dumps({"messages": [{"content": "no role"}]})], ":1: message 1 lacks 'role'"),
+        ([json.dumps({"text": "fine"}), json.dumps({"text": "  "})], ":2: 'text' is empty"),
+        ([json.dumps({"messages": [{"role": "robot", "content": "x"}]})], "role 'robot'"),
+        ([json.dumps({"other": 1})], "none of 'messages'"),
+        (["{not json"], ":1 is not valid JSON"),
+        ([""], "has no rows"),
+    ],
+)
+def test_bad_input_exits_2_without_output(
+    vectors, tmp_path: Path, lines: list[str], message: str
+) -> None:
+    source = tmp_path / "bad.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    result = runner.invoke(app, ["project", str(source), "--vector", str(vectors[0])])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not default_output(source).exists()
+
+
+def test_vector_from_another_model_exits_2(tmp_path: Path) -> None:
+    source = write_rows(tmp_path / "in.jsonl", ROWS[:1])
+    tiny = make_vector(
+        tmp_path / "tiny",
+        trait="t",
+        layer=1,
+        seed=0,
+        hidden=64,
+        n_layers=2,
+        model_id="tiny",
+        fingerprint="0000",
+    )
+    result = runner.invoke(app, ["project", str(source), "--vector", str(tiny), "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "hidden size 64" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not default_output(source).exists()
