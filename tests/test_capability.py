@@ -1,0 +1,89 @@
+"""Multiple-choice capability scoring: file parsing, arithmetic, and batching on real models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from personavec.capability import (
+    MCQuestion,
+    accuracy,
+    evaluate_multiple_choice,
+    format_question,
+    letter_token_ids,
+    load_mc_file,
+)
+from personavec.errors import PersonavecError
+from personavec.models import chat_messages, encode_prompt
+from personavec.steering import Intervention, steer
+from tiny_models import tiny_model
+
+EASY = Path(__file__).parent / "data" / "easy_mc.jsonl"
+
+
+def test_accuracy_arithmetic_is_model_independent() -> None:
+    logprobs = torch.tensor([[-1.0, -0.1, -3.0], [-0.2, -2.0, -5.0], [-4.0, -3.0, -0.5]])
+    predictions, share = accuracy(logprobs, [1, 1, 2])
+    assert predictions == [1, 0, 2]
+    assert share == pytest.approx(2 / 3)
+
+
+def test_jsonl_and_mmlu_csv_files_parse_alike(tmp_path: Path) -> None:
+    questions = load_mc_file(EASY)
+    assert len(questions) == 6
+    assert questions[0] == MCQuestion(
+        "What is the capital of France?", ("Berlin", "Paris", "Madrid", "Rome"), 1
+    )
+    assert questions[4].answer == 1  # integer keys are indices
+    csv_file = tmp_path / "mmlu.csv"
+    csv_file.write_text('"What is the capital of France?",Berlin,Paris,Madrid,Rome,B\n')
+    assert load_mc_file(csv_file) == questions[:1]
+    assert "B. Paris" in format_question(questions[0])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "no questions"),
+        ('{"question": "Q?", "choices": ["a"], "answer": "A"}', "2-26 choices"),
+        ('{"question": "Q?", "choices": ["a", "b"], "answer": "C"}', "outside"),
+        ('{"question": "", "choices": ["a", "b"], "answer": "A"}', "empty"),
+        ('{"question": "Q?", "choices": ["a", "b"], "answer": "maybe"}', "not a letter"),
+        ("not json", "not valid JSON"),
+    ],
+)
+def test_bad_question_files_fail_with_the_line(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "q.jsonl"
+    path.write_text(content)
+    with pytest.raises(PersonavecError, match=message) as info:
+        load_mc_file(path)
+    assert "\n" not in str(info.value)
+
+
+def test_batched_scores_equal_one_by_one_forward_passes() -> None:
+    lm = tiny_model("qwen2")
+    questions = load_mc_file(EASY)
+    result = evaluate_multiple_choice(lm, questions, batch_size=4)
+    letters = letter_token_ids(lm, 4)
+    for row, question in enumerate(questions):
+        ids = torch.tensor([encode_prompt(lm.tokenizer, chat_messages(format_question(question)))])
+        with torch.no_grad():
+            logits = lm.model(ids).logits[0, -1]
+        expected = torch.log_softmax(logits, dim=-1)[letters]
+        torch.testing.assert_close(result.letter_logprobs[row], expected, rtol=1e-4, atol=1e-4)
+    assert result.accuracy == accuracy(result.letter_logprobs, [q.answer for q in questions])[1]
+
+
+@pytest.mark.slow
+def test_smollm2_answers_with_letters_and_steering_changes_scores(smollm2) -> None:
+    questions = load_mc_file(EASY)
+    plain = evaluate_multiple_choice(smollm2, questions)
+    assert (plain.letter_logprobs.exp().sum(dim=1) > 0.5).all()  # the letters are its answers
+    torch.manual_seed(0)
+    with steer(smollm2.model, Intervention(15, torch.randn(576) * 20, 1.0)):
+        steered = evaluate_multiple_choice(smollm2, questions)
+    assert not torch.allclose(plain.letter_logprobs, steered.letter_logprobs)
+    again = evaluate_multiple_choice(smollm2, questions)
+    assert torch.equal(again.letter_logprobs, plain.letter_logprobs)  # steering fully removed
