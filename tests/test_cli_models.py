@@ -152,3 +152,19 @@ def test_cli_export_gguf(smollm2, tmp_path: Path) -> None:
     bad = runner.invoke(app, ["export-gguf", str(vector), str(tmp_path / "x.gguf"), "--layer", "1"])
     assert bad.exit_code == 2 and "layers 2..30" in bad.output
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_calibrated_relative_coefficient_is_honoured(smollm2, tmp_path: Path) -> None:
+    from personavec.answering import SteerRequest
+
+    path = synthetic_vector(smollm2, tmp_path / "v.safetensors", layer=12)
+    pv = PersonaVector.load(path)
+    pv.meta = pv.meta.model_copy(
+        update={"recommended_coef": 0.2, "calibration": {"relative": True}}
+    )
+    request = SteerRequest.build(pv, smollm2)
+    assert request.relative and request.layers == [12] and request.coef == 0.2
+    (item,) = request.interventions()
+    assert float((item.vector * item.coef).norm()) == pytest.approx(0.2 * 100.0, rel=1e-5)
+    raw = SteerRequest.build(pv, smollm2, coef=3.0)
+    assert not raw.relative  # an explicit coefficient is raw unless --relative is given

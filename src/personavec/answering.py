@@ -38,10 +38,14 @@ class SteerRequest:
         positions: str = "all",
         op: str = "add",
         mode: str = "stack",
-        relative: bool = False,
+        relative: bool | None = None,
         force: bool = False,
     ) -> SteerRequest:
-        """Load/validate the vector; fill layer and coefficient from its metadata when omitted."""
+        """Load/validate the vector; fill layer and coefficient from its metadata when omitted.
+
+        ``relative=None`` means raw, except when the coefficient comes from the file's
+        calibration, which records whether it was swept as a relative coefficient.
+        """
         pv = vector if isinstance(vector, PersonaVector) else PersonaVector.load(vector)
         pv.check_compatible(loaded.model, force=force)
         if positions not in POSITION_MODES:
@@ -61,7 +65,9 @@ class SteerRequest:
                 raise SteeringError("the vector records no recommended coefficient; pass --coef")
             else:
                 coef = pv.meta.recommended_coef
-        request = cls(pv, list(layers), float(coef), positions, op, mode, relative)  # type: ignore[arg-type]
+                if relative is None:  # the calibrated coefficient is in the unit it was swept in
+                    relative = bool((pv.meta.calibration or {}).get("relative", False))
+        request = cls(pv, list(layers), float(coef), positions, op, mode, bool(relative))  # type: ignore[arg-type]
         request.interventions()  # validate layers and coefficient now, not mid-generation
         return request
 

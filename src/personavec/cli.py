@@ -138,8 +138,13 @@ def generate(
     op: Annotated[str, typer.Option(help="add or ablate.")] = "add",
     mode: Annotated[str, typer.Option(help="Several layers: stack or incremental.")] = "stack",
     relative: Annotated[
-        bool, typer.Option(help="Coefficient is a fraction of the layer's typical norm.")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--relative/--raw",
+            help="Coefficient as a fraction of the layer's typical norm, or raw "
+            "(default raw, or as calibrated in the file).",
+        ),
+    ] = None,
     compare: Annotated[bool, typer.Option(help="Also print the unsteered answer.")] = False,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 96,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
