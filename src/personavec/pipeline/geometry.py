@@ -1,0 +1,521 @@
+"""Trait geometry: how persona vectors relate to each other, and whether they predict each other.
+
+Two views, both computed on vectors extracted from the same model:
+
+* **Cosine similarity** between every pair of traits' vectors at every layer
+  (:func:`cosine_matrix`). Related traits point in related directions; the paper notes that
+  traits shift together under finetuning, and the cosines show which ones are entangled.
+* **Cross-prediction** (:func:`cross_prediction`): for each extraction run directory, the Pearson
+  r between every vector's projection of that run's responses and the judged trait score of the
+  run's own trait. The diagonal (a vector against its own trait's judgments) should be high; large
+  off-diagonal values mean one trait's direction also tracks another trait's expression.
+
+:func:`write_geometry_report` writes ``cosine.png``, ``cosine_layers.png``,
+``cross_prediction.png`` (when runs are given), ``geometry.json`` and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from personavec.capture import Example, capture
+from personavec.errors import PersonavecError
+from personavec.layers import check_layer
+from personavec.models import LoadedModel, chat_messages
+from personavec.projection import project
+from personavec.stats import pearson
+from personavec.store import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
+from personavec.vector import PersonaVector
+
+DEFAULT_READOUT = "response_avg"
+
+
+# ---- names and compatibility ----------------------------------------------------------------
+def trait_names(vectors: Sequence[PersonaVector]) -> list[str]:
+    """One unique label per vector: its trait, with ``#k`` appended when a trait repeats."""
+    totals = Counter(v.meta.trait for v in vectors)
+    seen: Counter[str] = Counter()
+    names = []
+    for vector in vectors:
+        trait = vector.meta.trait
+        seen[trait] += 1
+        names.append(f"{trait}#{seen[trait]}" if totals[trait] > 1 else trait)
+    return names
+
+
+def _label(vector: PersonaVector) -> str:
+    return str(vector.path) if vector.path is not None else repr(vector.meta.trait)
+
+
+def check_same_model(vectors: Sequence[PersonaVector], readout: str = DEFAULT_READOUT) -> None:
+    """Raise a one-line :class:`PersonavecError` unless all vectors share model and readout."""
+    if not vectors:
+        raise PersonavecError("no persona vectors given; pass at least one vector file")
+    first = vectors[0]
+    for vector in vectors:
+        if readout not in vector.vectors:
+            raise PersonavecError(
+                f"{_label(vector)} has no readout {readout!r} (it has "
+                f"{', '.join(sorted(vector.vectors))}); pick a readout every vector has"
+            )
+    for vector in vectors[1:]:
+        for what, mine, theirs in (
+            ("hidden size", vector.meta.hidden_size, first.meta.hidden_size),
+            ("layer count", vector.meta.n_layers, first.meta.n_layers),
+            ("model fingerprint", vector.meta.model_fingerprint, first.meta.model_fingerprint),
+        ):
+            if mine != theirs:
+                raise PersonavecError(
+                    f"{_label(vector)} has {what} {mine} ({vector.meta.model_id}) but "
+                    f"{_label(first)} has {theirs} ({first.meta.model_id}); compare vectors "
+                    "extracted from the same model"
+                )
+
+
+def cosine_matrix(
+    vectors: Sequence[PersonaVector], readout: str = DEFAULT_READOUT
+) -> tuple[list[str], torch.Tensor]:
+    """Cosine similarity of every pair of vectors at every layer.
+
+    Returns ``(names, cos)`` with ``cos`` float64 ``[T, T, n_layers + 1]``; ``cos[i, j, l]`` is
+    the cosine of vector ``i`` and vector ``j`` at layer ``l``. Entries involving a zero vector
+    are NaN. ``names`` are the traits, disambiguated with ``#k`` when a trait repeats.
+    """
+    check_same_model(vectors, readout)
+    stacked = torch.stack([v.readout(readout).to(torch.float64) for v in vectors])  # [T, L, d]
+    norms = stacked.norm(dim=-1)  # [T, L]
+    dots = torch.einsum("ild,jld->ijl", stacked, stacked)
+    denom = norms.unsqueeze(1) * norms.unsqueeze(0)
+    cos = torch.where(denom > 0, dots / denom.clamp(min=1e-300), torch.nan)
+    cos = cos.clamp(-1.0, 1.0)  # NaN stays NaN
+    return trait_names(vectors), cos
+
+
+def default_layer(vectors: Sequence[PersonaVector]) -> int:
+    """The most common recommended layer (ties: the smallest), else the middle layer."""
+    recommended = Counter(
+        int(v.meta.recommended_layer) for v in vectors if v.meta.recommended_layer is not None
+    )
+    if recommended:
+        top = max(recommended.values())
+        return min(layer for layer, count in recommended.items() if count == top)
+    return (vectors[0].meta.n_layers + 1) // 2
+
+
+# ---- cross-prediction -----------------------------------------------------------------------
+@dataclass
+class RunData:
+    """The judged rollouts of one extraction run directory."""
+
+    path: Path
+    name: str
+    trait: str
+    examples: list[Example]
+    scores: list[float]
+    skipped: int
+
+
+@dataclass
+class CrossPrediction:
+    """Pearson r between vector projections and judged scores, ``[runs × vectors]``.
+
+    Attributes:
+        runs: run directory labels (row order); run_traits: each run's trait.
+        vectors: vector labels (column order); layer: where the projections were taken.
+        r: ``r[i][j]`` = Pearson r of vector ``j``'s projection and run ``i``'s judged scores
+            (NaN with fewer than 3 rows or no variance).
+        n: scored rows used per run; skipped: rows left out (no score or empty response).
+        projections: ``projections[i][j]`` = run ``i``'s projections onto vector ``j``.
+        scores: each run's judged scores, in row order.
+    """
+
+    runs: list[str]
+    run_traits: list[str]
+    vectors: list[str]
+    layer: int
+    readout: str
+    r: list[list[float]]
+    n: list[int]
+    skipped: list[int]
+    projections: list[list[list[float]]]
+    scores: list[list[float]]
+
+    def own(self, run: int, vector_traits: Sequence[str]) -> list[bool]:
+        """Which columns are the run's own trait (the 'diagonal')."""
+        return [t == self.run_traits[run] for t in vector_traits]
+
+
+def read_run(run_dir: str | Path) -> RunData:
+    """Scored rollouts of an extraction run (rows without a trait score or response skipped)."""
+    path = Path(run_dir)
+    scored = path / "scored.jsonl"
+    if not path.is_dir():
+        raise PersonavecError(f"run directory not found: {path}; pass a `personavec extract` run")
+    if not scored.is_file():
+        raise PersonavecError(
+            f"{path} has no scored.jsonl; finish the extraction (judging) there first"
+        )
+    trait = path.name
+    config_path = path / "config.json"
+    if config_path.is_file():
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise PersonavecError(f"{config_path} is not valid JSON; repair or remove it") from None
+        raw = config.get("trait") if isinstance(config, dict) else None
+        if isinstance(raw, str) and raw:
+            trait = Path(raw).stem if raw.endswith(".json") else raw
+    examples: list[Example] = []
+    scores: list[float] = []
+    skipped = 0
+    for number, row in enumerate(read_jsonl(scored), start=1):
+        if not isinstance(row, dict) or "question" not in row:
+            raise PersonavecError(
+                f"{scored}:{number} is not a scored rollout (no 'question'); "
+                "pass a run directory written by `personavec extract`"
+            )
+        score = row.get("trait_score")
+        ids = row.get("response_token_ids")
+        response = row.get("response") or ""
+        if score is None or (ids is not None and len(ids) == 0) or (ids is None and not response):
+            skipped += 1
+            continue
+        try:
+            value = float(score)
+        except (TypeError, ValueError):
+            raise PersonavecError(
+                f"{scored}:{number} has a non-numeric trait_score {score!r}; repair that line"
+            ) from None
+        if not math.isfinite(value):
+            skipped += 1
+            continue
+        messages = chat_messages(str(row["question"]), system=row.get("system"))
+        examples.append(Example(messages, str(response), response_ids=ids))
+        scores.append(value)
+    if not scores:
+        raise PersonavecError(f"{scored} has no judged rollouts; finish judging that run first")
+    return RunData(path, path.name, trait, examples, scores, skipped)
+
+
+def cross_prediction(
+    loaded: LoadedModel,
+    run_dirs: Sequence[str | Path | RunData],
+    vectors: Sequence[PersonaVector],
+    layer: int,
+    *,
+    readout: str = DEFAULT_READOUT,
+    force: bool = False,
+    batch_size: int = 8,
+) -> CrossPrediction:
+    """Pearson r of every vector's projection against every run's judged trait scores.
+
+    Each run's judged rollouts are captured once (``readout`` at ``layer``, using the stored
+    response token ids when present) and projected onto each vector's direction at ``layer``.
+    """
+    check_same_model(vectors, readout)
+    check_layer(layer, vectors[0].meta.n_layers)
+    for vector in vectors:
+        vector.check_compatible(loaded.model, force=force)
+        if float(vector.at(layer, readout).norm()) == 0:
+            raise PersonavecError(
+                f"{_label(vector)} is zero at layer {layer}; pick another --layer"
+            )
+    runs = [r if isinstance(r, RunData) else read_run(r) for r in run_dirs]
+    if not runs:
+        raise PersonavecError("no run directories given; pass at least one extraction run")
+    names = trait_names(vectors)
+    matrix: list[list[float]] = []
+    projections: list[list[list[float]]] = []
+    for run in runs:
+        captured = capture(
+            loaded,
+            run.examples,
+            layers=[layer],
+            readouts=[readout],
+            keep_per_example=True,
+            batch_size=batch_size,
+        )
+        assert captured.per_example is not None
+        hidden = captured.per_example[readout][:, 0]  # [N, d]
+        row: list[float] = []
+        run_projections: list[list[float]] = []
+        for vector in vectors:
+            values = project(hidden, vector.at(layer, readout)).tolist()
+            run_projections.append(values)
+            row.append(pearson(values, run.scores))
+        matrix.append(row)
+        projections.append(run_projections)
+    return CrossPrediction(
+        runs=[r.name for r in runs],
+        run_traits=[r.trait for r in runs],
+        vectors=names,
+        layer=layer,
+        readout=readout,
+        r=matrix,
+        n=[len(r.scores) for r in runs],
+        skipped=[r.skipped for r in runs],
+        projections=projections,
+        scores=[r.scores for r in runs],
+    )
+
+
+# ---- report ---------------------------------------------------------------------------------
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+    return f"{value:+.{digits}f}" if math.isfinite(value) else "n/a"
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _annotated_heatmap(
+    ax: Any, values: list[list[float]], rows: list[str], cols: list[str], boxes: list[list[bool]]
+) -> Any:
+    import numpy as np
+
+    data = np.array(values, dtype=float)
+    image = ax.imshow(np.ma.masked_invalid(data), cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(cols)), labels=cols, rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), labels=rows, fontsize=8)
+    for i in range(data.shape[0]):
+        for j in range(data.shape[1]):
+            value = data[i, j]
+            colour = "white" if math.isfinite(value) and abs(value) > 0.6 else "black"
+            ax.text(j, i, _fmt(value), ha="center", va="center", fontsize=8, color=colour)
+            if boxes[i][j]:
+                ax.add_patch(_rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.6, ec="black"))
+    return image
+
+
+def _rectangle(*args: Any, **kwargs: Any) -> Any:
+    from matplotlib.patches import Rectangle
+
+    return Rectangle(*args, **kwargs)
+
+
+def plot_cosine(names: list[str], cos: torch.Tensor, layer: int) -> bytes:
+    """Annotated heat map of the cosine matrix at ``layer``."""
+    plt = _pyplot()
+    size = 2.2 + 0.6 * len(names)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    values = cos[:, :, layer].tolist()
+    none = [[False] * len(names) for _ in names]
+    image = _annotated_heatmap(ax, values, names, names, none)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="cosine")
+    ax.set_title(f"cosine similarity at layer {layer}", fontsize=10, loc="left")
+    return _png(fig)
+
+
+def pairs(names: list[str]) -> list[tuple[int, int]]:
+    """Index pairs ``(i, j)`` with ``i < j``."""
+    return [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
+
+
+def plot_cosine_layers(names: list[str], cos: torch.Tensor, layer: int) -> bytes:
+    """Each pair's cosine as a line across layers."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    layers = list(range(cos.shape[-1]))
+    for i, j in pairs(names):
+        ax.plot(layers, cos[i, j].tolist(), marker="o", ms=3, label=f"{names[i]} · {names[j]}")
+    if not pairs(names):
+        ax.text(0.5, 0.5, "one vector: no pairs to compare", ha="center", transform=ax.transAxes)
+    ax.axhline(0, color="grey", lw=0.8, ls="--")
+    ax.axvline(layer, color="black", lw=1, ls=":", label=f"layer {layer}")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("cosine")
+    ax.set_title("pairwise cosine similarity across layers")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _png(fig)
+
+
+def _own_boxes(cross: CrossPrediction, vector_traits: Sequence[str]) -> list[list[bool]]:
+    return [cross.own(i, vector_traits) for i in range(len(cross.runs))]
+
+
+def plot_cross_prediction(cross: CrossPrediction, vector_traits: Sequence[str]) -> bytes:
+    """Heat map of Pearson r (runs × vectors); own-trait cells are boxed."""
+    plt = _pyplot()
+    width = 3.0 + 0.7 * len(cross.vectors)
+    height = 2.2 + 0.6 * len(cross.runs)
+    fig, ax = plt.subplots(figsize=(width, height))
+    rows = [
+        f"{name} ({trait}, n={n})"
+        for name, trait, n in zip(cross.runs, cross.run_traits, cross.n, strict=True)
+    ]
+    image = _annotated_heatmap(ax, cross.r, rows, cross.vectors, _own_boxes(cross, vector_traits))
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="Pearson r")
+    ax.set_xlabel("vector (projection)")
+    ax.set_ylabel("run (judged scores)")
+    ax.set_title(f"projection vs judged score, layer {cross.layer}", fontsize=10, loc="left")
+    return _png(fig)
+
+
+def _matrix_json(cos: torch.Tensor) -> list[list[list[float | None]]]:
+    return [[[_finite(float(x)) for x in cell] for cell in row] for row in cos.tolist()]
+
+
+def write_geometry_report(
+    out_dir: str | Path,
+    vectors: Sequence[PersonaVector],
+    *,
+    layer: int | None = None,
+    readout: str = DEFAULT_READOUT,
+    cross: CrossPrediction | None = None,
+) -> list[Path]:
+    """Compute the cosine matrix and write the report files into ``out_dir``; return their paths.
+
+    ``layer`` (default :func:`default_layer`) is the layer of the heat map. ``cross`` adds
+    ``cross_prediction.png`` and the cross-prediction tables.
+    """
+    names, cos = cosine_matrix(vectors, readout)
+    chosen = default_layer(vectors) if layer is None else layer
+    check_layer(chosen, vectors[0].meta.n_layers)
+    traits = [v.meta.trait for v in vectors]
+    out = Path(out_dir)
+    written = [
+        atomic_write_bytes(out / "cosine.png", plot_cosine(names, cos, chosen)),
+        atomic_write_bytes(out / "cosine_layers.png", plot_cosine_layers(names, cos, chosen)),
+    ]
+    if cross is not None:
+        written.append(
+            atomic_write_bytes(out / "cross_prediction.png", plot_cross_prediction(cross, traits))
+        )
+    at_layer: list[dict[str, Any]] = [
+        {"a": names[i], "b": names[j], "cosine": _finite(float(cos[i, j, chosen]))}
+        for i, j in pairs(names)
+    ]
+    at_layer.sort(key=lambda p: -abs(p["cosine"]) if p["cosine"] is not None else 1.0)
+    summary: dict[str, Any] = {
+        "readout": readout,
+        "layer": chosen,
+        "model_id": vectors[0].meta.model_id,
+        "model_fingerprint": vectors[0].meta.model_fingerprint,
+        "vectors": [
+            {
+                "name": name,
+                "trait": v.meta.trait,
+                "path": str(v.path) if v.path else None,
+                "recommended_layer": v.meta.recommended_layer,
+            }
+            for name, v in zip(names, vectors, strict=True)
+        ],
+        "names": names,
+        "cosine": _matrix_json(cos),
+        "pairs_at_layer": at_layer,
+        "cross_prediction": None,
+    }
+    if cross is not None:
+        summary["cross_prediction"] = {
+            "layer": cross.layer,
+            "readout": cross.readout,
+            "runs": cross.runs,
+            "run_traits": cross.run_traits,
+            "vectors": cross.vectors,
+            "n": cross.n,
+            "skipped": cross.skipped,
+            "r": [[_finite(x) for x in row] for row in cross.r],
+        }
+    written.append(atomic_write_json(out / "geometry.json", summary))
+    written.append(
+        atomic_write_text(out / "report.md", _markdown(names, cos, chosen, at_layer, cross, traits))
+    )
+    return written
+
+
+def _markdown(
+    names: list[str],
+    cos: torch.Tensor,
+    layer: int,
+    at_layer: list[dict[str, Any]],
+    cross: CrossPrediction | None,
+    traits: Sequence[str],
+) -> str:
+    lines = [
+        "# Trait geometry",
+        "",
+        f"{len(names)} persona vectors: {', '.join(names)}. Heat map at layer {layer}.",
+        "",
+        f"## Cosine similarity at layer {layer}",
+        "",
+        "![cosine](cosine.png)",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for i, name in enumerate(names):
+        cells = [_fmt(float(cos[i, j, layer])) for j in range(len(names))]
+        lines.append(f"| **{name}** | " + " | ".join(cells) + " |")
+    if at_layer:
+        lines += ["", "Pairs, most aligned (in absolute value) first:", ""]
+        for pair in at_layer:
+            value = pair["cosine"]
+            shown = _fmt(value) if value is not None else "n/a"
+            lines.append(f"- {pair['a']} · {pair['b']}: {shown}")
+    lines += [
+        "",
+        "## Across layers",
+        "",
+        "![cosine across layers](cosine_layers.png)",
+        "",
+    ]
+    if cross is not None:
+        lines += [
+            f"## Cross-prediction at layer {cross.layer}",
+            "",
+            "Pearson r between each vector's projection of a run's responses and that run's "
+            "judged trait scores; own-trait cells are in bold. Large off-diagonal values mean "
+            "the traits move together.",
+            "",
+            "![cross-prediction](cross_prediction.png)",
+            "",
+            "| run (trait, n) | " + " | ".join(cross.vectors) + " |",
+            "|---|" + "---|" * len(cross.vectors),
+        ]
+        for i, run in enumerate(cross.runs):
+            own = cross.own(i, traits)
+            cells = [
+                f"**{_fmt(r)}**" if mine else _fmt(r)
+                for r, mine in zip(cross.r[i], own, strict=True)
+            ]
+            label = f"{run} ({cross.run_traits[i]}, {cross.n[i]})"
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        if any(cross.skipped):
+            skipped = ", ".join(
+                f"{run}: {s}" for run, s in zip(cross.runs, cross.skipped, strict=True) if s
+            )
+            lines += ["", f"Rows skipped (no score or empty response): {skipped}."]
+        lines.append("")
+    return "\n".join(lines)
