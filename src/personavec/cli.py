@@ -367,11 +367,13 @@ def _default_layers(pv: Any) -> list[int]:
 def _mount_subapps() -> None:
     from personavec.cli_geometry import register as register_geometry
     from personavec.cli_project import register as register_project
+    from personavec.cli_steer import register as register_steer
     from personavec.traits.cli import trait_app
 
     app.add_typer(trait_app, name="trait", help="List, show, validate and create trait files.")
     register_project(app)
     register_geometry(app)
+    register_steer(app)
 
 
 _mount_subapps()

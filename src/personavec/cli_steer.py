@@ -1,0 +1,289 @@
+"""``personavec steer``, ``chat`` and ``perplexity``: steering with one or more persona vectors.
+
+Each ``--steer`` takes ``FILE[:layer[:coef[:positions[:op]]]]`` (see :mod:`personavec.chat`);
+all of them are applied together.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from personavec.cli import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
+from personavec.errors import PersonavecError
+
+SteerOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--steer",
+        "-s",
+        help="FILE[:layer[:coef[:positions[:op]]]] (repeatable; all applied together). "
+        "Missing parts: the file's layer and coef, positions all, op add.",
+    ),
+]
+RelativeOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--relative/--raw",
+        help="Coefficients as fractions of the layer's typical norm, or raw "
+        "(default raw, or as calibrated in the file).",
+    ),
+]
+ForceOption = Annotated[bool, typer.Option(help="Use vectors from another model.")]
+MaxTokensOption = Annotated[int, typer.Option(help="Tokens to generate per answer.")]
+TemperatureOption = Annotated[float, typer.Option(help="0 = greedy.")]
+TopPOption = Annotated[float, typer.Option(help="Nucleus sampling mass.")]
+SeedOption = Annotated[int, typer.Option(help="Sampling seed.")]
+
+
+def _check_files(specs: list[Any]) -> None:
+    """Fail on a missing vector file before the model loads."""
+    for spec in specs:
+        if not spec.path.is_file():
+            raise PersonavecError(f"vector file not found: {spec.path}")
+
+
+def _prompt_row(row: Any, where: str, system: str | None) -> tuple[str, list[dict[str, str]]]:
+    if not isinstance(row, dict):
+        raise PersonavecError(f"{where}: expected an object with 'prompt' or 'messages'")
+    if isinstance(row.get("messages"), list):
+        messages = row["messages"]
+        if not messages or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m
+            for m in messages
+        ):
+            raise PersonavecError(f"{where}: 'messages' must be a list of role/content objects")
+        chat = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+        if chat[-1]["role"] != "user":
+            raise PersonavecError(f"{where}: 'messages' must end with a user message")
+        if system is not None and chat[0]["role"] != "system":
+            chat.insert(0, {"role": "system", "content": system})
+        return chat[-1]["content"], chat
+    if isinstance(row.get("prompt"), str):
+        return row["prompt"], _one_turn(row["prompt"], system)
+    raise PersonavecError(f"{where}: expected a 'prompt' string or a 'messages' list")
+
+
+def _one_turn(prompt: str, system: str | None) -> list[dict[str, str]]:
+    from personavec.models import chat_messages
+
+    return chat_messages(prompt, system=system)
+
+
+def read_prompts(path: Path, system: str | None) -> list[tuple[str, list[dict[str, str]]]]:
+    """``(prompt, messages)`` per line of a text file (one prompt a line) or a JSONL file."""
+    if not path.is_file():
+        raise PersonavecError(f"prompts file not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PersonavecError(f"cannot read {path} as UTF-8 text: {exc}") from None
+    jsonl = path.suffix.lower() in (".jsonl", ".json")
+    out = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        if jsonl or line.lstrip().startswith("{"):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                if jsonl:
+                    raise PersonavecError(f"{where} is not valid JSON") from None
+                out.append((line.strip(), _one_turn(line.strip(), system)))
+                continue
+            out.append(_prompt_row(row, where, system))
+        else:
+            out.append((line.strip(), _one_turn(line.strip(), system)))
+    if not out:
+        raise PersonavecError(f"{path} holds no prompts")
+    return out
+
+
+@friendly_errors
+def steer_command(
+    steer: SteerOption = None,
+    question: Annotated[
+        list[str] | None, typer.Option("--question", "-q", help="A user message (repeatable).")
+    ] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(help="File: one prompt a line, or JSONL rows with 'prompt' or 'messages'."),
+    ] = None,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    compare: Annotated[bool, typer.Option(help="Also answer unsteered.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Write rows to this JSONL file.")] = None,
+    model: ModelOption = "smollm2",
+    relative: RelativeOption = None,
+    max_new_tokens: MaxTokensOption = 96,
+    temperature: TemperatureOption = 0.0,
+    top_p: TopPOption = 1.0,
+    seed: SeedOption = 0,
+    batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 16,
+    force: ForceOption = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+) -> None:
+    """Answer prompts steered by one or more persona vectors (optionally also unsteered)."""
+    from personavec.chat import answer_chats, build_requests, describe_all, parse_steer_spec
+    from personavec.generation import SamplingConfig
+    from personavec.models import load_model
+    from personavec.store import atomic_write_text
+
+    specs = [parse_steer_spec(s) for s in steer or []]  # bad specs fail before the model loads
+    _check_files(specs)
+    if not specs:
+        raise PersonavecError("give at least one --steer FILE[:layer[:coef[:positions[:op]]]]")
+    items = [(q, _one_turn(q, system)) for q in question or []]
+    if prompts is not None:
+        items.extend(read_prompts(prompts, system))
+    if not items:
+        raise PersonavecError("nothing to answer; pass --question TEXT or --prompts FILE")
+    config = SamplingConfig(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        batch_size=batch_size,
+    )
+    loaded = load_model(model, device=device, dtype=dtype)
+    requests = build_requests(specs, loaded, relative=relative, force=force)
+    description = describe_all(requests)
+    console.print(f"[dim]{description}[/]", highlight=False)
+    chats = [messages for _, messages in items]
+    steered = answer_chats(loaded, chats, config, requests)
+    plain = answer_chats(loaded, chats, config) if compare else None
+    rows = []
+    for index, (prompt, messages) in enumerate(items):
+        row: dict[str, Any] = {"prompt": prompt, "messages": messages, "steered": steered[index]}
+        if plain is not None:
+            row["unsteered"] = plain[index]
+        row["steering"] = [r.describe() for r in requests]
+        rows.append(row)
+        console.print(f"[bold cyan]user:[/] {prompt}", highlight=False)
+        if plain is not None:
+            console.print("[bold]unsteered:[/]", end=" ")
+            console.print(plain[index], highlight=False, markup=False)
+        console.print("[bold green]steered:[/]", end=" ")
+        console.print(steered[index], highlight=False, markup=False)
+    if out is not None:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        atomic_write_text(out, text)
+        console.print(f"wrote {len(rows)} rows to {out}")
+
+
+@friendly_errors
+def chat_command(
+    steer: SteerOption = None,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    model: ModelOption = "smollm2",
+    relative: RelativeOption = None,
+    max_new_tokens: MaxTokensOption = 128,
+    temperature: TemperatureOption = 0.0,
+    top_p: TopPOption = 1.0,
+    seed: SeedOption = 0,
+    force: ForceOption = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+) -> None:
+    """Chat with the model under persona vectors; /help lists the commands (works piped too)."""
+    from personavec.chat import ChatSession, parse_steer_spec
+    from personavec.generation import SamplingConfig
+    from personavec.models import load_model
+
+    specs = [parse_steer_spec(s) for s in steer or []]
+    _check_files(specs)
+    config = SamplingConfig(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+    )
+    loaded = load_model(model, device=device, dtype=dtype)
+    session = ChatSession(loaded, config, system=system, relative=relative, force=force)
+    for spec in specs:
+        session.add(spec)
+    console.print(f"[dim]{session.describe()}[/]", highlight=False)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        console.print("[dim]type /help for commands, /quit to leave[/]")
+    while True:
+        try:
+            line = input("you> " if interactive else "")
+        except EOFError:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("/"):
+            try:
+                result = session.command(text)
+            except PersonavecError as exc:
+                console.print(f"[bold red]error:[/] {exc}", highlight=False)
+                continue
+            console.print(result.text, highlight=False, markup=False)
+            if result.quit:
+                break
+            continue
+        reply = session.send(text)
+        console.print("[bold green]assistant:[/]", end=" ")
+        console.print(reply, highlight=False, markup=False)
+
+
+@friendly_errors
+def perplexity_command(
+    file: Annotated[Path, typer.Argument(help="UTF-8 text file to score.")],
+    steer: SteerOption = None,
+    model: ModelOption = "smollm2",
+    window: Annotated[int, typer.Option(help="Tokens per forward pass.")] = 512,
+    stride: Annotated[
+        int | None, typer.Option(help="Tokens the window moves (default window/2).")
+    ] = None,
+    relative: RelativeOption = None,
+    force: ForceOption = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+) -> None:
+    """Perplexity of a text file, unsteered and (with --steer) steered, and the change."""
+    from personavec.chat import build_requests, describe_all, parse_steer_spec
+    from personavec.models import load_model
+    from personavec.perplexity import perplexity, read_text
+
+    specs = [parse_steer_spec(s) for s in steer or []]
+    _check_files(specs)
+    read_text(file)  # a missing file fails before the model loads
+    loaded = load_model(model, device=device, dtype=dtype)
+    requests = build_requests(specs, loaded, relative=relative, force=force)
+    base = perplexity(loaded, file, window=window, stride=stride)
+    console.print(
+        f"unsteered: perplexity {base.perplexity:.3f} (mean NLL {base.mean_nll:.4f} nats "
+        f"over {base.n_tokens} tokens)",
+        highlight=False,
+    )
+    if not requests:
+        return
+    console.print(f"[dim]{describe_all(requests)}[/]", highlight=False)
+    steered = perplexity(loaded, file, window=window, stride=stride, steering=requests)
+    change = steered.perplexity - base.perplexity
+    console.print(
+        f"steered:   perplexity {steered.perplexity:.3f} (mean NLL {steered.mean_nll:.4f} nats)",
+        highlight=False,
+    )
+    console.print(
+        f"change:    {change:+.3f} ({100 * change / base.perplexity:+.1f} %), "
+        f"NLL {steered.mean_nll - base.mean_nll:+.4f} nats/token",
+        highlight=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``steer``, ``chat`` and ``perplexity`` to ``app`` (calling it twice is harmless)."""
+    registered = {info.name for info in app.registered_commands}
+    for name, command in (
+        ("steer", steer_command),
+        ("chat", chat_command),
+        ("perplexity", perplexity_command),
+    ):
+        if name not in registered:
+            app.command(name)(command)
