@@ -366,6 +366,7 @@ def _default_layers(pv: Any) -> list[int]:
 
 def _mount_subapps() -> None:
     from personavec.cli_geometry import register as register_geometry
+    from personavec.cli_monitor import register as register_monitor
     from personavec.cli_project import register as register_project
     from personavec.cli_steer import register as register_steer
     from personavec.traits.cli import trait_app
@@ -374,6 +375,7 @@ def _mount_subapps() -> None:
     register_project(app)
     register_geometry(app)
     register_steer(app)
+    register_monitor(app)
 
 
 _mount_subapps()

@@ -1,0 +1,164 @@
+"""``personavec monitor``: answer prompts while watching per-token persona-vector projections."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.text import Text
+
+from personavec.cli import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
+from personavec.errors import PersonavecError
+
+_SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float]) -> str:
+    """One block character per value, scaled between the values' min and max."""
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    span = high - low
+    if span == 0:
+        return _SPARKS[0] * len(values)
+    return "".join(_SPARKS[min(7, int((v - low) / span * 8))] for v in values)
+
+
+def _colour(value: float, centre: float, scale: float) -> str:
+    """Blue (below ``centre``) → grey → red (above), as an ``rgb(...)`` Rich colour."""
+    x = max(-1.0, min(1.0, (value - centre) / scale)) if scale > 0 else 0.0
+    if x >= 0:
+        return f"rgb({200 + int(55 * x)},{200 - int(160 * x)},{200 - int(160 * x)})"
+    x = -x
+    return f"rgb({200 - int(160 * x)},{200 - int(120 * x)},{200 + int(55 * x)})"
+
+
+@friendly_errors
+def monitor_command(
+    prompts: Annotated[list[str], typer.Argument(help="One or more user messages.")],
+    vector: Annotated[
+        list[Path], typer.Option("--vector", "-v", help="Persona-vector file (repeatable).")
+    ],
+    layer: Annotated[
+        int | None, typer.Option(help="Layer for every vector; default: each file's.")
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Alert when a generated token's projection exceeds it.")
+    ] = None,
+    steer_back: Annotated[
+        float | None,
+        typer.Option(help="Subtract COEF·v (first vector) at answer tokens above --threshold."),
+    ] = None,
+    log: Annotated[Path | None, typer.Option(help="Append readings to this SQLite file.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 64,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    model: ModelOption = "smollm2",
+    force: Annotated[bool, typer.Option(help="Use a vector from a related model.")] = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+) -> None:
+    """Answer prompts with per-token projections: coloured tokens, meters and alerts."""
+    from personavec.models import chat_messages, load_model
+    from personavec.monitoring import (
+        ConditionalSteering,
+        MonitorSpec,
+        ReadingLog,
+        generate_monitored,
+    )
+    from personavec.vector import PersonaVector
+
+    if steer_back is not None and threshold is None:
+        raise PersonavecError("--steer-back needs --threshold T (steer only above it)")
+    vectors = [PersonaVector.load(path) for path in vector]
+    specs: list[MonitorSpec] = []
+    for path, pv in zip(vector, vectors, strict=True):
+        name = pv.meta.trait
+        if any(s.name == name for s in specs):
+            name = f"{name}:{path.stem}"
+        specs.append(MonitorSpec.from_vector(pv, layer, name=name, threshold=threshold))
+    reading_log = ReadingLog(log) if log is not None else None
+    loaded = load_model(model, device=device, dtype=dtype)
+    for pv in vectors:
+        pv.check_compatible(loaded.model, force=force)
+    conditional = []
+    if steer_back is not None and threshold is not None:
+        conditional.append(
+            ConditionalSteering(specs[0], threshold, steer_back, positions="response")
+        )
+    answers = generate_monitored(
+        loaded,
+        [chat_messages(p, system=system) for p in prompts],
+        specs,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+        conditional=conditional,
+        alert_prompt_last=True,
+        log=reading_log,
+    )
+    tokenizer = loaded.tokenizer
+    first = specs[0].name
+    for prompt, answer in zip(prompts, answers, strict=True):
+        console.print(f"[bold cyan]user:[/] {prompt}", highlight=False)
+        prompt_len = len(answer.prompt_ids)
+        by_position = {r.position: r for r in answer.readings}
+        generated = [r for r in answer.readings if not r.is_prompt]
+        values = [r.values[first] for r in generated]
+        centre = (
+            threshold if threshold is not None else (statistics.median(values) if values else 0)
+        )
+        scale = max((abs(v - centre) for v in values), default=0.0)
+        text = Text("assistant: ", style="bold green")
+        for offset, token_id in enumerate(answer.response_ids):
+            piece = str(tokenizer.decode([token_id], skip_special_tokens=True))
+            reading = by_position.get(prompt_len + offset)
+            style = _colour(reading.values[first], centre, scale) if reading else "dim"
+            text.append(piece, style=style)
+        console.print(text)
+        last_prompt = next((r for r in reversed(answer.readings) if r.is_prompt), None)
+        for spec in specs:
+            series = [r.values[spec.name] for r in generated]
+            last = f"{last_prompt.values[spec.name]:+.2f}" if last_prompt else "n/a"
+            if series:
+                stats = (
+                    f"min {min(series):+.2f}  mean {statistics.fmean(series):+.2f}  "
+                    f"max {max(series):+.2f}"
+                )
+            else:
+                stats = "no generated tokens read"
+            console.print(
+                f"  [bold]{spec.name}[/] L{spec.layer}  {stats}  last-prompt {last}  "
+                f"{sparkline(series)}",
+                highlight=False,
+            )
+        for alert in answer.alerts:
+            where = "last prompt token" if alert.token_index < prompt_len else "token"
+            token = ""
+            if alert.token_index >= prompt_len:
+                offset = alert.token_index - prompt_len
+                ids = answer.response_ids
+                piece = str(tokenizer.decode([ids[offset]])) if offset < len(ids) else "<end>"
+                token = f" {piece!r}"
+            console.print(
+                f"  [bold red]alert:[/] {where} {alert.token_index}{token} {alert.name} = "
+                f"{alert.value:+.2f} > {threshold:g}",
+                highlight=False,
+            )
+        if conditional:
+            console.print(
+                f"  steered back at {len(answer.steered)} token(s) (coef {steer_back:g})",
+                highlight=False,
+            )
+    if reading_log is not None:
+        console.print(f"readings logged to {log} (session {reading_log.session})", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``monitor`` command to ``app`` (calling it twice is harmless)."""
+    registered = {info.name for info in app.registered_commands}
+    if "monitor" not in registered:
+        app.command("monitor")(monitor_command)
