@@ -365,6 +365,7 @@ def _default_layers(pv: Any) -> list[int]:
 
 
 def _mount_subapps() -> None:
+    from personavec.cli_eval import register as register_eval
     from personavec.cli_geometry import register as register_geometry
     from personavec.cli_monitor import register as register_monitor
     from personavec.cli_project import register as register_project
@@ -376,6 +377,7 @@ def _mount_subapps() -> None:
     register_geometry(app)
     register_steer(app)
     register_monitor(app)
+    register_eval(app)
 
 
 _mount_subapps()

@@ -1,0 +1,226 @@
+"""``personavec evaluate`` and ``personavec sweep``: thin wrappers over the pipeline modules."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from personavec.cli import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
+
+JudgeOption = Annotated[
+    str, typer.Option(help="Trait judge: contrast (offline), embedding or openai:MODEL.")
+]
+CoherenceOption = Annotated[str, typer.Option(help="Coherence judge: heuristic or openai:MODEL.")]
+QuestionsOption = Annotated[
+    int | None, typer.Option(help="Held-out evaluation questions (default: all).")
+]
+SamplesOption = Annotated[int, typer.Option(help="Answers per question.")]
+RelativeOption = Annotated[
+    bool, typer.Option("--relative/--raw", help="Coefficients as fractions of the typical norm.")
+]
+
+
+def _run_dir(kind: str, trait: str, vector: Path, out: Path | None) -> Path:
+    if out is not None:
+        return out
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{Path(trait).stem}-{vector.stem}").strip("-")
+    return Path("runs") / f"{kind}-{slug}"
+
+
+@friendly_errors
+def evaluate_command(
+    trait: Annotated[str, typer.Option("--trait", "-t", help="Trait name or trait JSON file.")],
+    vector: Annotated[Path, typer.Option(help="Persona-vector file.")],
+    layer: Annotated[str, typer.Option(help="Layer(s): 12, 8,12 or 8-16.")],
+    coef: Annotated[float, typer.Option(help="Steering coefficient.")],
+    relative: RelativeOption = False,
+    positions: Annotated[str, typer.Option(help="all, prompt or response.")] = "all",
+    questions: QuestionsOption = None,
+    samples: SamplesOption = 1,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 64,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    judge: JudgeOption = "contrast",
+    coherence_judge: CoherenceOption = "heuristic",
+    other_traits: Annotated[
+        str | None, typer.Option(help="Comma-separated traits to check for side effects.")
+    ] = None,
+    mc_file: Annotated[
+        Path | None, typer.Option(help="Multiple-choice JSONL/CSV for a capability check.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory.")] = None,
+    model: ModelOption = "smollm2",
+    force: Annotated[bool, typer.Option(help="Use a vector from a related model.")] = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Steer on held-out questions; trait and coherence against the unsteered baseline."""
+    from personavec.capability import load_mc_file
+    from personavec.cli import parse_layers
+    from personavec.models import load_model
+    from personavec.pipeline.evaluate import evaluate_steering
+    from personavec.traits.library import load_trait
+    from personavec.vector import PersonaVector
+
+    spec = load_trait(trait)
+    pv = PersonaVector.load(vector)
+    layers = parse_layers(layer)
+    if mc_file is not None:
+        load_mc_file(mc_file)  # bad file → one line, before loading the model
+    others = [t.strip() for t in (other_traits or "").split(",") if t.strip()]
+    for name in others:
+        load_trait(name)
+    loaded = load_model(model, device=device, dtype=dtype)
+    result = evaluate_steering(
+        loaded,
+        spec,
+        pv,
+        layers,
+        coef,
+        questions=questions,
+        samples=samples,
+        judge=judge,
+        coherence_judge=coherence_judge,
+        positions=positions,
+        relative=relative,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        other_traits=others,
+        mc_file=mc_file,
+        run_dir=_run_dir("evaluate", trait, vector, out),
+        force=force,
+        show_progress=not quiet,
+    )
+    b, s = result.baseline, result.steered
+    console.print(
+        f"{s.cell.label()}: trait {b.trait.text()} → {s.trait.text()} "
+        f"({result.trait_change:+.1f}); coherence {b.coherence.text()} → "
+        f"{s.coherence.text()} ({result.coherence_change:+.1f})",
+        highlight=False,
+    )
+    for name, stat in s.off_target.items():
+        change = stat.mean - b.off_target[name].mean
+        console.print(f"  off-target {name}: {change:+.1f}", highlight=False)
+    if result.capability:
+        cap = result.capability
+        console.print(
+            f"  capability: accuracy {cap['baseline_accuracy']:.3f} → "
+            f"{cap['steered_accuracy']:.3f}",
+            highlight=False,
+        )
+    console.print(f"report: {result.report_path}", highlight=False)
+
+
+@friendly_errors
+def sweep_command(
+    trait: Annotated[str, typer.Option("--trait", "-t", help="Trait name or trait JSON file.")],
+    vector: Annotated[Path, typer.Option(help="Persona-vector file (calibration written here).")],
+    layers: Annotated[str, typer.Option(help="Layers: 8,12,16, 8-20 or 8-20:4.")],
+    coefs: Annotated[str, typer.Option(help="Coefficient grid, e.g. -2,-1,0,1,2.")],
+    relative: RelativeOption = False,
+    target_trait: Annotated[
+        float | None, typer.Option(help="Calibrate to this mean trait score.")
+    ] = None,
+    target_change: Annotated[
+        float | None, typer.Option(help="Calibrate to this change from the baseline.")
+    ] = None,
+    coherence_floor: Annotated[
+        float, typer.Option(help="Minimum mean coherence (paper: 75; lower for small models).")
+    ] = 75.0,
+    positions: Annotated[str, typer.Option(help="Position mode(s): all, prompt, response.")] = (
+        "all"
+    ),
+    questions: QuestionsOption = None,
+    samples: SamplesOption = 1,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 48,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    judge: JudgeOption = "contrast",
+    coherence_judge: CoherenceOption = "heuristic",
+    out: Annotated[Path | None, typer.Option(help="Run directory.")] = None,
+    write: Annotated[
+        bool, typer.Option("--write/--no-write", help="Store the recommendation in the vector.")
+    ] = True,
+    model: ModelOption = "smollm2",
+    force: Annotated[bool, typer.Option(help="Use a vector from a related model.")] = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Dose-response over layers × coefficients; pick a layer, calibrate, store in the vector."""
+    from personavec.errors import PersonavecError
+    from personavec.models import load_model
+    from personavec.pipeline.sweep import parse_grid, parse_layer_grid, recommended_coef, sweep
+    from personavec.traits.library import load_trait
+    from personavec.vector import PersonaVector
+
+    if target_trait is not None and target_change is not None:
+        raise PersonavecError("pass --target-trait or --target-change, not both")
+    spec = load_trait(trait)
+    pv = PersonaVector.load(vector)
+    layer_list = parse_layer_grid(layers)
+    grid = parse_grid(coefs)
+    position_list = [p.strip() for p in positions.split(",") if p.strip()]
+    loaded = load_model(model, device=device, dtype=dtype)
+    result = sweep(
+        loaded,
+        spec,
+        pv,
+        layer_list,
+        grid,
+        positions=position_list,
+        relative=relative,
+        questions=questions,
+        samples=samples,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+        judge=judge,
+        coherence_judge=coherence_judge,
+        target_trait=target_trait,
+        target_change=target_change,
+        coherence_floor=coherence_floor,
+        run_dir=_run_dir("sweep", trait, vector, out),
+        vector_path=vector,
+        write=write,
+        force=force,
+        show_progress=not quiet,
+    )
+    for curve in result.curves:
+        values = ", ".join(
+            f"{c:+g}: {t:.0f}/{h:.0f}"
+            for c, t, h in zip(curve.coefs, curve.trait, curve.coherence, strict=True)
+        )
+        console.print(
+            f"layer {curve.layer} ({curve.positions}) trait/coherence  {values}", highlight=False
+        )
+    console.print(f"chosen layer {result.layer} (at coef {result.reference_coef:+g})")
+    if result.calibration is not None:
+        cal = result.calibration
+        text = f"{cal.coef:+.4g}" if cal.coef is not None else f"none ({cal.reason})"
+        console.print(f"calibrated coefficient: {text}", highlight=False)
+    coef = recommended_coef(result)
+    written = f"written to {result.vector_written}" if result.vector_written else "not written"
+    console.print(
+        f"recommended: layer {result.layer}, coef {'none' if coef is None else f'{coef:+.4g}'} "
+        f"({'relative' if relative else 'raw'}; {written})",
+        highlight=False,
+    )
+    console.print(
+        f"generation: {result.tokens_per_s:.1f} tokens/s; report: {result.run_dir}/report.html",
+        highlight=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``evaluate`` and ``sweep`` to ``app`` (calling it twice is harmless)."""
+    registered = {info.name for info in app.registered_commands}
+    if "evaluate" not in registered:
+        app.command("evaluate")(evaluate_command)
+    if "sweep" not in registered:
+        app.command("sweep")(sweep_command)
