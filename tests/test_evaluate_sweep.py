@@ -244,3 +244,34 @@ def test_bad_inputs_exit_2_with_one_line_and_leave_the_vector_alone(
     assert not (tmp_path / "out" / "answers.jsonl").exists()
     summary = json.loads((swept[2] / "summary.json").read_text())
     assert summary["recommended_layer"] == swept[0].layer
+
+
+def test_evaluate_reports_off_target_traits_and_capability(
+    swept: tuple[SweepResult, Path, Path],
+    smollm2: LoadedModel,
+    judge: ContrastJudge,
+    tmp_path: Path,
+) -> None:
+    result, path, _ = swept
+    easy = Path(__file__).parent / "data" / "easy_mc.jsonl"
+    check = evaluate_steering(
+        smollm2,
+        "evil",
+        PersonaVector.load(path),
+        [result.layer],
+        0.3,
+        relative=True,
+        other_traits=["humorous"],
+        mc_file=easy,
+        run_dir=tmp_path / "eval",
+        judge=judge,
+        show_progress=False,
+        **COMMON,  # type: ignore[arg-type]
+    )
+    for cell in (check.steered, check.baseline):
+        stat = cell.off_target["humorous"]
+        assert stat.n == QUESTIONS and 0 <= stat.mean <= 100
+    assert check.capability is not None
+    text = (tmp_path / "eval" / "report.md").read_text()
+    assert "humorous" in text
+    assert json.dumps(check.capability)  # plain data, saved with the summary
