@@ -368,6 +368,7 @@ def _mount_subapps() -> None:
     from personavec.cli_eval import register as register_eval
     from personavec.cli_geometry import register as register_geometry
     from personavec.cli_monitor import register as register_monitor
+    from personavec.cli_monitor_sweep import register as register_monitor_sweep
     from personavec.cli_project import register as register_project
     from personavec.cli_steer import register as register_steer
     from personavec.traits.cli import trait_app
@@ -377,6 +378,7 @@ def _mount_subapps() -> None:
     register_geometry(app)
     register_steer(app)
     register_monitor(app)
+    register_monitor_sweep(app)
     register_eval(app)
 
 
