@@ -298,3 +298,27 @@ def test_sparkline() -> None:
     assert sparkline([0.0, 1.0, 2.0]) == "▁▅█"
     assert sparkline([1.0, 1.0]) == "▁▁"
     assert sparkline([]) == ""
+
+
+def test_live_meter_shows_the_latest_reading_at_every_step(smollm2, tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from personavec.models import chat_messages
+    from personavec.monitoring import LiveMeter, MonitorSpec, generate_monitored
+    from personavec.vector import PersonaVector
+
+    pv = PersonaVector.load(save_vector(smollm2, tmp_path / "v.safetensors"))
+    spec = MonitorSpec.from_vector(pv, None, name="synthetic")
+    console = Console(record=True, force_terminal=True, width=100)
+    meter = LiveMeter(smollm2.tokenizer, console)
+    (answer,) = generate_monitored(
+        smollm2, [chat_messages("Name a fruit.")], [spec], max_new_tokens=6, streamer=meter
+    )
+    assert meter.token_ids[: len(answer.response_ids)] == answer.response_ids
+    # Step t shows the reading of the newest token fed to the model at that point.
+    fed = [r.values["synthetic"] for r in answer.readings]
+    shown = [step["synthetic"] for step in meter.history]
+    prompt_len = len(answer.prompt_ids)
+    assert shown[0] == pytest.approx(fed[prompt_len - 1])  # last prompt token
+    assert shown[1 : len(fed) - prompt_len + 1] == pytest.approx(fed[prompt_len:])
+    assert "synthetic" in console.export_text()

@@ -58,6 +58,13 @@ def monitor_command(
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     model: ModelOption = "smollm2",
     force: Annotated[bool, typer.Option(help="Use a vector from a related model.")] = False,
+    live: Annotated[
+        bool | None,
+        typer.Option(
+            "--live/--no-live",
+            help="Show the answer and meter while generating (default: on a terminal, 1 prompt).",
+        ),
+    ] = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
 ) -> None:
@@ -65,6 +72,7 @@ def monitor_command(
     from personavec.models import chat_messages, load_model
     from personavec.monitoring import (
         ConditionalSteering,
+        LiveMeter,
         MonitorSpec,
         ReadingLog,
         generate_monitored,
@@ -89,6 +97,10 @@ def monitor_command(
         conditional.append(
             ConditionalSteering(specs[0], threshold, steer_back, positions="response")
         )
+    show_live = live if live is not None else (console.is_terminal and len(prompts) == 1)
+    if show_live and len(prompts) != 1:
+        raise PersonavecError("--live shows one answer at a time; pass a single prompt")
+    streamer = LiveMeter(loaded.tokenizer, console) if show_live else None
     answers = generate_monitored(
         loaded,
         [chat_messages(p, system=system) for p in prompts],
@@ -99,6 +111,7 @@ def monitor_command(
         conditional=conditional,
         alert_prompt_last=True,
         log=reading_log,
+        streamer=streamer,
     )
     tokenizer = loaded.tokenizer
     first = specs[0].name
