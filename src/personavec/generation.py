@@ -255,6 +255,31 @@ def _template_end_of_turn(loaded: LoadedModel) -> int | None:
     return None
 
 
+def neutral_generation_config(
+    max_new_tokens: int, stop_ids: Sequence[int], pad_id: int
+) -> GenerationConfig:
+    """Greedy search with every other knob neutral; sampling is added by a logits processor.
+
+    Neutral values keep the model's own ``generation_config`` (e.g. a hub model's
+    ``repetition_penalty`` or ``top_k``) from leaking in, so :class:`SamplingConfig` alone decides.
+    They are transformers' defaults (``top_k=50`` is unused by greedy search but silences a
+    warning that any other value triggers).
+    """
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=50,
+        min_p=None,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        eos_token_id=list(stop_ids),
+        pad_token_id=pad_id,
+    )
+
+
 @dataclass(frozen=True)
 class _Unit:
     """One sequence to generate: a (request, sample) pair and its prompt ids."""
@@ -331,22 +356,8 @@ class HFEngine:
             n = len(unit.prompt_ids)
             input_ids[row, width - n :] = torch.tensor(unit.prompt_ids, dtype=torch.long)
             attention_mask[row, width - n :] = 1
-        generation_config = GenerationConfig(
-            max_new_tokens=config.max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            # Neutral values, so the model's own generation_config (e.g. a hub model's
-            # repetition_penalty or top_k) cannot leak in: SamplingConfig alone decides. These
-            # are transformers' defaults (top_k=50 is unused by greedy search but silences a
-            # warning that any other value triggers).
-            temperature=1.0,
-            top_p=1.0,
-            top_k=50,
-            min_p=None,
-            repetition_penalty=1.0,
-            no_repeat_ngram_size=0,
-            eos_token_id=self.stop_ids,
-            pad_token_id=self.pad_id,
+        generation_config = neutral_generation_config(
+            config.max_new_tokens, self.stop_ids, self.pad_id
         )
         processors = LogitsProcessorList()
         if not config.greedy:

@@ -647,12 +647,13 @@ def generate_monitored(
     ``streamer`` is a transformers streamer; if it has ``attach(monitor)``, it is given the
     :class:`TokenMonitor` first, so it can show readings live (see :class:`LiveMeter`).
     """
-    from transformers import GenerationConfig, LogitsProcessorList
+    from transformers import LogitsProcessorList
 
     from personavec.capture import left_pad
     from personavec.generation import (
         SamplingConfig,
         _GumbelSampler,
+        neutral_generation_config,
         sample_seed,
         stop_token_ids,
     )
@@ -671,19 +672,7 @@ def generate_monitored(
     if not config.greedy:
         seeds = [sample_seed(seed, f"index:{i}", 0) for i in range(len(prompt_ids))]
         processors.append(_GumbelSampler(seeds, temperature, top_p))
-    generation_config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        temperature=1.0,
-        top_p=1.0,
-        top_k=50,
-        min_p=None,
-        repetition_penalty=1.0,
-        no_repeat_ngram_size=0,
-        eos_token_id=stops,
-        pad_token_id=pad_id,
-    )
+    generation_config = neutral_generation_config(max_new_tokens, stops, pad_id)
     monitor = TokenMonitor(
         loaded.model,
         specs,
