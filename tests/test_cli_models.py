@@ -168,3 +168,15 @@ def test_calibrated_relative_coefficient_is_honoured(smollm2, tmp_path: Path) ->
     assert float((item.vector * item.coef).norm()) == pytest.approx(0.2 * 100.0, rel=1e-5)
     raw = SteerRequest.build(pv, smollm2, coef=3.0)
     assert not raw.relative  # an explicit coefficient is raw unless --relative is given
+
+
+@pytest.mark.parametrize("module", ["personavec", "personavec.cli"])
+def test_cli_runs_as_a_module(module: str) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("personavec ")

@@ -131,7 +131,9 @@ def test_extract_end_to_end_resumes_after_kill(tmp_path: Path) -> None:
         if rollouts.is_file() and len(read_jsonl(rollouts)) >= 8:
             break
         time.sleep(0.2)
-    assert process.poll() is None, "extraction finished before it could be interrupted"
+    if process.poll() is not None:
+        output = process.stdout.read().decode() if process.stdout else ""
+        pytest.fail(f"extraction finished before it could be interrupted:\n{output[-2000:]}")
     process.send_signal(signal.SIGKILL)
     process.wait()
     before = {row["id"]: row["response"] for row in read_jsonl(rollouts)}

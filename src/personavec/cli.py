@@ -6,18 +6,26 @@ Every command maps to a library function; errors a user can fix print one line
 
 from __future__ import annotations
 
-import functools
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from personavec import __version__
+from personavec.cli_common import (
+    DeviceOption,
+    DtypeOption,
+    ModelOption,
+    console,
+    err_console,
+    friendly_errors,
+    parse_layers,
+)
 from personavec.errors import PersonavecError
+
+__all__ = ["app", "console", "err_console", "friendly_errors", "main", "parse_layers"]
 
 app = typer.Typer(
     name="personavec",
@@ -26,57 +34,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-ModelOption = Annotated[
-    str,
-    typer.Option("--model", "-m", help="'smollm2' (default), a .gguf file, a directory or hub id."),
-]
-DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
-DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")]
-
-
-def friendly_errors(func: F) -> F:
-    """Turn PersonavecError (and a few plain input errors) into one line and exit status 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (PersonavecError, ValueError, FileNotFoundError) as exc:
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            err_console.print(
-                f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True
-            )
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err_console.print("interrupted; finished work is kept")
-            raise typer.Exit(130) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def parse_layers(text: str) -> list[int]:
-    """``"12"``, ``"8,12,16"`` or ``"8-16"`` → layer list."""
-    layers: list[int] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if "-" in part[1:]:
-                start, end = part.split("-", 1)
-                layers.extend(range(int(start), int(end) + 1))
-            elif part:
-                layers.append(int(part))
-    except ValueError:
-        raise PersonavecError(
-            f"cannot read layers {text!r}; write e.g. 12, 8,12,16 or 8-16"
-        ) from None
-    if not layers:
-        raise PersonavecError("no layers given; write e.g. --layer 12")
-    return layers
 
 
 @app.callback(invoke_without_command=True)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from personavec.cli import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
+from personavec.cli_common import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
 
 JudgeOption = Annotated[
     str, typer.Option(help="Trait judge: contrast (offline), embedding or openai:MODEL.")
@@ -60,7 +60,7 @@ def evaluate_command(
 ) -> None:
     """Steer on held-out questions; trait and coherence against the unsteered baseline."""
     from personavec.capability import load_mc_file
-    from personavec.cli import parse_layers
+    from personavec.cli_common import parse_layers
     from personavec.models import load_model
     from personavec.pipeline.evaluate import evaluate_steering
     from personavec.traits.library import load_trait

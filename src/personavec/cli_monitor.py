@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from personavec.cli import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
+from personavec.cli_common import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
 from personavec.errors import PersonavecError
 
 _SPARKS = "▁▂▃▄▅▆▇█"

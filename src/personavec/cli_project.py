@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from personavec.cli import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
+from personavec.cli_common import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
 
 
 @friendly_errors

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from personavec.cli import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
+from personavec.cli_common import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
 from personavec.errors import PersonavecError
 
 SteerOption = Annotated[

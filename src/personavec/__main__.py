@@ -1,0 +1,5 @@
+"""``python -m personavec``: the command line."""
+
+from personavec.cli import main
+
+main()
