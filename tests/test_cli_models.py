@@ -160,14 +160,19 @@ def test_calibrated_relative_coefficient_is_honoured(smollm2, tmp_path: Path) ->
     path = synthetic_vector(smollm2, tmp_path / "v.safetensors", layer=12)
     pv = PersonaVector.load(path)
     pv.meta = pv.meta.model_copy(
-        update={"recommended_coef": 0.2, "calibration": {"relative": True}}
+        update={
+            "recommended_coef": 0.2,
+            "calibration": {"relative": True, "positions": "response"},
+        }
     )
     request = SteerRequest.build(pv, smollm2)
     assert request.relative and request.layers == [12] and request.coef == 0.2
+    assert request.positions == "response"  # calibrated there, so applied there by default
     (item,) = request.interventions()
     assert float((item.vector * item.coef).norm()) == pytest.approx(0.2 * 100.0, rel=1e-5)
     raw = SteerRequest.build(pv, smollm2, coef=3.0)
     assert not raw.relative  # an explicit coefficient is raw unless --relative is given
+    assert raw.positions == "all"
 
 
 @pytest.mark.parametrize("module", ["personavec", "personavec.cli"])

@@ -78,7 +78,7 @@ def test_parse_spec_good(tmp_path: Path) -> None:
     assert parse_steer_spec("v.safetensors::4") == SteerSpec(Path("v.safetensors"), None, 4.0)
     assert parse_steer_spec("v.safetensors:12,8::prompt").layers == [8, 12]
     ablate = parse_steer_spec("v.safetensors::::ablate")
-    assert (ablate.layers, ablate.coef, ablate.positions) == (None, None, "all")
+    assert (ablate.layers, ablate.coef, ablate.positions) == (None, None, None)  # file default
     assert ablate.op == "ablate"
     # A file whose name holds ':' is kept whole when it exists.
     odd = tmp_path / "a:b.safetensors"

@@ -35,7 +35,7 @@ class SteerRequest:
         *,
         layers: Sequence[int] | None = None,
         coef: float | None = None,
-        positions: str = "all",
+        positions: str | None = None,
         op: str = "add",
         mode: str = "stack",
         relative: bool | None = None,
@@ -43,11 +43,16 @@ class SteerRequest:
     ) -> SteerRequest:
         """Load/validate the vector; fill layer and coefficient from its metadata when omitted.
 
-        ``relative=None`` means raw, except when the coefficient comes from the file's
-        calibration, which records whether it was swept as a relative coefficient.
+        ``relative=None`` means raw and ``positions=None`` means ``all``, except when the
+        coefficient comes from the file's calibration, which records the unit it was swept in and
+        the positions it was calibrated at.
         """
         pv = vector if isinstance(vector, PersonaVector) else PersonaVector.load(vector)
         pv.check_compatible(loaded.model, force=force)
+        calibration = pv.meta.calibration or {}
+        from_file = coef is None and op != "ablate" and pv.meta.recommended_coef is not None
+        if positions is None:
+            positions = str(calibration.get("positions", "all")) if from_file else "all"
         if positions not in POSITION_MODES:
             raise SteeringError(f"unknown positions {positions!r}; use {', '.join(POSITION_MODES)}")
         if op not in OPERATORS:
@@ -66,7 +71,7 @@ class SteerRequest:
             else:
                 coef = pv.meta.recommended_coef
                 if relative is None:  # the calibrated coefficient is in the unit it was swept in
-                    relative = bool((pv.meta.calibration or {}).get("relative", False))
+                    relative = bool(calibration.get("relative", False))
         request = cls(pv, list(layers), float(coef), positions, op, mode, bool(relative))  # type: ignore[arg-type]
         request.interventions()  # validate layers and coefficient now, not mid-generation
         return request

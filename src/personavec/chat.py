@@ -6,7 +6,7 @@ Spec string (CLI ``--steer`` and the chat's ``/steer``)::
 
 ``layer`` is ``12``, ``8-16`` or ``8,12``; ``coef`` a number; ``positions`` ``all``, ``prompt``
 or ``response``; ``op`` ``add`` or ``ablate``. An empty or missing part falls back to the vector
-file's recommended layer / coefficient, positions ``all`` and op ``add``
+file's recommended layer / coefficient, positions ``all`` (or as calibrated) and op ``add``
 (e.g. ``evil.safetensors::4`` keeps the file's layer and sets the coefficient to 4).
 
 All requests given together are applied together: their interventions go into one
@@ -39,7 +39,8 @@ class SteerSpec:
     path: Path
     layers: list[int] | None = None
     coef: float | None = None
-    positions: str = "all"
+    positions: str | None = None
+    """``None``: ``all``, or the positions the file's calibration was made at."""
     op: str = "add"
 
     def build(
@@ -118,15 +119,14 @@ def parse_steer_spec(text: str) -> SteerSpec:
     layer_text, coef_text, positions, op = rest
     layers = parse_layer_list(layer_text) if layer_text else None
     coef = parse_coef(coef_text) if coef_text else None
-    positions = positions or "all"
     op = op or "add"
-    if positions not in POSITION_MODES:
+    if positions and positions not in POSITION_MODES:
         raise SteeringError(
             f"unknown positions {positions!r} in {text!r}; use {', '.join(POSITION_MODES)}"
         )
     if op not in OPERATORS:
         raise SteeringError(f"unknown operator {op!r} in {text!r}; use add or ablate")
-    return SteerSpec(Path(path.strip()), layers, coef, positions, op)
+    return SteerSpec(Path(path.strip()), layers, coef, positions or None, op)
 
 
 def build_requests(

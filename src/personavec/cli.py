@@ -91,7 +91,10 @@ def generate(
         str | None, typer.Option(help="Layer(s): 12, 8,12 or 8-16; default: the file's.")
     ] = None,
     coef: Annotated[float | None, typer.Option(help="Coefficient; default: the file's.")] = None,
-    positions: Annotated[str, typer.Option(help="all, prompt or response.")] = "all",
+    positions: Annotated[
+        str | None,
+        typer.Option(help="all, prompt or response (default all, or as calibrated in the file)."),
+    ] = None,
     op: Annotated[str, typer.Option(help="add or ablate.")] = "add",
     mode: Annotated[str, typer.Option(help="Several layers: stack or incremental.")] = "stack",
     relative: Annotated[
