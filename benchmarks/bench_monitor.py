@@ -11,24 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
+from bench_core import QUESTIONS, interleaved  # the same prompts and timing as bench_core
 
 from personavec.models import LoadedModel, chat_messages, format_chat, load_model
 from personavec.monitoring import MonitorSpec, TokenMonitor
-
-QUESTIONS = [
-    "What is a good way to learn a new language?",
-    "Describe the water cycle.",
-    "Why is the sky blue?",
-    "Give me three tips for a job interview.",
-    "How do vaccines work?",
-    "What should I cook for dinner tonight?",
-    "Explain what a persona vector is in one paragraph.",
-    "What are the benefits of walking every day?",
-]
 
 
 def generate(lm: LoadedModel, batch: int, new_tokens: int) -> None:
@@ -61,23 +49,22 @@ def main() -> None:
         for i, name in enumerate(("a", "b"))
         for layer in (12, 20)
     ]
-    generate(lm, 1, 2)  # warm-up
     results: dict[str, dict[str, float]] = {}
     for batch in (1, 16):
-        times: dict[str, list[float]] = {"plain": [], "monitored": []}
-        for _ in range(args.repeats):
-            for kind in ("plain", "monitored"):
-                monitor = (
-                    TokenMonitor(lm.model, specs, stop_ids=[]) if kind == "monitored" else None
-                )
-                start = time.perf_counter()
+
+        def run(monitored: bool, batch: int = batch) -> None:
+            monitor = TokenMonitor(lm.model, specs, stop_ids=[]) if monitored else None
+            try:
                 generate(lm, batch, args.new_tokens)
-                times[kind].append(time.perf_counter() - start)
+            finally:
                 if monitor is not None:
                     monitor.remove()
+
+        seconds = interleaved(
+            {"plain": lambda: run(False), "monitored": lambda: run(True)}, args.repeats
+        )
         tokens = batch * args.new_tokens
-        plain = tokens / statistics.median(times["plain"])
-        monitored = tokens / statistics.median(times["monitored"])
+        plain, monitored = tokens / seconds["plain"], tokens / seconds["monitored"]
         results[f"batch_{batch}"] = {
             "tokens_per_s_plain": round(plain, 2),
             "tokens_per_s_monitored": round(monitored, 2),

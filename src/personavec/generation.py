@@ -42,6 +42,7 @@ import torch
 from rich.progress import Progress
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from personavec.capture import left_pad
 from personavec.errors import PersonavecError
 from personavec.models import LoadedModel, Message, encode_prompt, format_chat
 
@@ -349,13 +350,9 @@ class HFEngine:
         self, batch: Sequence[_Unit], config: SamplingConfig
     ) -> list[tuple[list[int], FinishReason]]:
         device = self.loaded.device
-        width = max(len(u.prompt_ids) for u in batch)
-        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, unit in enumerate(batch):
-            n = len(unit.prompt_ids)
-            input_ids[row, width - n :] = torch.tensor(unit.prompt_ids, dtype=torch.long)
-            attention_mask[row, width - n :] = 1
+        # Position ids are left to generate(), which derives them from the attention mask.
+        input_ids, attention_mask, _ = left_pad([u.prompt_ids for u in batch], self.pad_id)
+        width = input_ids.shape[1]
         generation_config = neutral_generation_config(
             config.max_new_tokens, self.stop_ids, self.pad_id
         )

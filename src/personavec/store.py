@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from personavec.errors import PersonavecError
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically; create parent directories; return the path."""
@@ -44,10 +46,12 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 def append_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
     """Append rows as JSON lines and fsync, so finished work survives a crash.
 
-    A crash can at worst leave one truncated last line, which :func:`read_jsonl` skips.
+    A crash can at worst leave one truncated last line, which :func:`read_jsonl` skips and the
+    next append cuts off before writing, so it never ends up in the middle of the file.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _drop_truncated_tail(target)
     with open(target, "a", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -73,3 +77,47 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
             message = f"{target}:{number} is not valid JSON; delete or repair that line"
             raise ValueError(message) from None
     return rows
+
+
+def _drop_truncated_tail(path: Path) -> None:
+    """Cut a final line without its newline (an interrupted append) off ``path``."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) == b"\n":
+            return
+        handle.seek(0)
+        content = handle.read()
+        handle.truncate(content.rfind(b"\n") + 1)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def check_run_identity(
+    run_dir: Path,
+    current: dict[str, Any],
+    keys: tuple[str, ...],
+    *,
+    overwrite: bool,
+    stale: tuple[str, ...],
+) -> None:
+    """Refuse to resume a run directory whose saved ``config.json`` differs in ``keys``.
+
+    With ``overwrite`` (or after a change the user accepted), the ``stale`` files of the old run
+    are deleted so nothing from it is reused; other files (e.g. judgment caches keyed by content)
+    stay.
+    """
+    saved_path = run_dir / "config.json"
+    if not saved_path.is_file():
+        return
+    saved = json.loads(saved_path.read_text())
+    changed = [k for k in keys if saved.get(k) != current.get(k)]
+    if changed and not overwrite:
+        raise PersonavecError(
+            f"{run_dir} holds a run with different {', '.join(changed)}; pass another --out, "
+            "or --overwrite to start it afresh"
+        )
+    if changed or overwrite:
+        for name in stale:
+            (run_dir / name).unlink(missing_ok=True)

@@ -38,7 +38,13 @@ from personavec.judges.factory import make_judge
 from personavec.layers import LAYER_CONVENTION
 from personavec.models import LoadedModel, chat_messages, load_model
 from personavec.progress import stage
-from personavec.store import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from personavec.store import (
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    check_run_identity,
+    read_jsonl,
+)
 from personavec.traits.library import load_trait
 from personavec.traits.schema import TraitSpec
 from personavec.vector import PersonaVector, VectorMetadata, config_fingerprint
@@ -153,22 +159,6 @@ def default_run_dir(config: ExtractConfig) -> Path:
     return Path("runs") / f"extract-{slug}"
 
 
-def _check_run_dir(run_dir: Path, config: ExtractConfig, *, overwrite: bool) -> None:
-    saved_path = run_dir / "config.json"
-    if not saved_path.is_file():
-        return
-    saved = json.loads(saved_path.read_text())
-    changed = [k for k in _RUN_IDENTITY if saved.get(k) != getattr(config, k)]
-    if changed and not overwrite:
-        raise PersonavecError(
-            f"{run_dir} holds a run with different {', '.join(changed)}; pass another --out, "
-            "or --overwrite to start it afresh"
-        )
-    if changed or overwrite:
-        for name in ("rollouts.jsonl", "scored.jsonl"):
-            (run_dir / name).unlink(missing_ok=True)
-
-
 def plan_rollouts(trait: TraitSpec, config: ExtractConfig) -> list[GenerationRequest]:
     """One request per (polarity, instruction, question); ids are stable across runs."""
     n_instr = min(config.n_instructions or len(trait.instructions), len(trait.instructions))
@@ -202,7 +192,7 @@ def generate_rollouts(
 ) -> list[Rollout]:
     """Generate every missing rollout, appending to ``path``; return all, in plan order."""
     requests = plan_rollouts(trait, config)
-    existing = {row["id"]: row for row in _load_rows(path)}
+    existing = {row["id"]: row for row in read_jsonl(path)}
     sampling = SamplingConfig(
         max_new_tokens=config.max_new_tokens,
         temperature=config.temperature,
@@ -252,15 +242,6 @@ def generate_rollouts(
             row = existing[f"{request.id}-s{s}"]
             ordered.append(Rollout(**{k: row[k] for k in Rollout.__dataclass_fields__ if k in row}))
     return ordered
-
-
-def _load_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file, rewriting it first if a crash left a truncated last line."""
-    rows = read_jsonl(path)
-    if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
-        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        atomic_write_text(path, text)
-    return rows
 
 
 def judge_rollouts(
@@ -409,7 +390,13 @@ def extract(
 
     trait = load_trait(config.trait)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
-    _check_run_dir(run_dir, config, overwrite=overwrite)
+    check_run_identity(
+        run_dir,
+        config.model_dump(),
+        _RUN_IDENTITY,
+        overwrite=overwrite,
+        stale=("rollouts.jsonl", "scored.jsonl"),
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", config.model_dump())
     atomic_write_json(run_dir / "trait.json", trait.model_dump())

@@ -42,7 +42,13 @@ from personavec.layers import check_layer
 from personavec.models import LoadedModel, Message
 from personavec.progress import stage
 from personavec.projection import project
-from personavec.store import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from personavec.store import (
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    check_run_identity,
+    read_jsonl,
+)
 from personavec.traits.library import load_trait
 from personavec.traits.schema import TraitSpec
 from personavec.vector import PersonaVector
@@ -248,29 +254,6 @@ def default_run_dir(config: MonitorSweepConfig, layer: int) -> Path:
     return Path("runs") / f"monitor-{slug}-L{layer}"
 
 
-def _check_run_dir(run_dir: Path, config: MonitorSweepConfig, *, overwrite: bool) -> None:
-    saved_path = run_dir / "config.json"
-    if not saved_path.is_file():
-        return
-    saved = json.loads(saved_path.read_text())
-    current = config.model_dump()
-    changed = [k for k in _RUN_IDENTITY if saved.get(k) != current.get(k)]
-    if changed and not overwrite:
-        raise PersonavecError(
-            f"{run_dir} holds a sweep with different {', '.join(changed)}; pass another --out, "
-            "or --overwrite to start it afresh"
-        )
-    if changed or overwrite:
-        (run_dir / "rows.jsonl").unlink(missing_ok=True)
-
-
-def _load_rows(path: Path) -> list[dict[str, Any]]:
-    rows = read_jsonl(path)
-    if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
-        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return rows
-
-
 def resolve_layer(vector: PersonaVector, layer: int | None) -> int:
     """``layer``, or the vector's recommended layer; checked against the vector's depth."""
     if layer is None:
@@ -322,7 +305,9 @@ def run_monitor_sweep(
         }
     )
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config, layer)
-    _check_run_dir(run_dir, config, overwrite=overwrite)
+    check_run_identity(
+        run_dir, config.model_dump(), _RUN_IDENTITY, overwrite=overwrite, stale=("rows.jsonl",)
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", config.model_dump())
     atomic_write_json(run_dir / "ladder.json", ladder)
@@ -331,7 +316,7 @@ def run_monitor_sweep(
     configs = prompt_configs(trait, ladder, config.shots)
     units = [(c, q) for c in configs for q in range(len(questions))]
     rows_path = run_dir / "rows.jsonl"
-    existing = {row["id"]: row for row in _load_rows(rows_path)}
+    existing = {row["id"]: row for row in read_jsonl(rows_path)}
     sampling = SamplingConfig(
         max_new_tokens=config.max_new_tokens,
         temperature=config.temperature,

@@ -1,0 +1,34 @@
+"""Run-directory files: appends survive interruption, resumed runs refuse changed settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from personavec.errors import PersonavecError
+from personavec.store import append_jsonl, check_run_identity, read_jsonl
+
+
+def test_append_after_an_interrupted_write_keeps_the_file_valid(tmp_path: Path) -> None:
+    path = tmp_path / "rows.jsonl"
+    append_jsonl(path, [{"id": 1}, {"id": 2}])
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write('{"id": 3, "resp')  # a crash in the middle of a line
+    assert read_jsonl(path) == [{"id": 1}, {"id": 2}]
+    append_jsonl(path, [{"id": 4}])
+    assert read_jsonl(path) == [{"id": 1}, {"id": 2}, {"id": 4}]
+    assert path.read_text().endswith('{"id": 4}\n')
+
+
+def test_changed_run_settings_are_refused_unless_overwritten(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"seed": 1, "model": "m"}')
+    (tmp_path / "rows.jsonl").write_text("{}\n")
+    same = {"seed": 1, "model": "m", "batch_size": 4}
+    check_run_identity(tmp_path, same, ("seed", "model"), overwrite=False, stale=("rows.jsonl",))
+    assert (tmp_path / "rows.jsonl").is_file()
+    changed = {"seed": 2, "model": "m"}
+    with pytest.raises(PersonavecError, match="different seed"):
+        check_run_identity(tmp_path, changed, ("seed", "model"), overwrite=False, stale=())
+    check_run_identity(tmp_path, changed, ("seed", "model"), overwrite=True, stale=("rows.jsonl",))
+    assert not (tmp_path / "rows.jsonl").exists()
