@@ -185,7 +185,6 @@ def capture(
                 attention.to(device),
                 masks,
                 prompt_lens,
-                response_lens,
                 torch.tensor(batch_idx, dtype=torch.long),
                 group_index[batch_idx],
             )
@@ -233,27 +232,28 @@ def _run_batch(
     attention: torch.Tensor,
     masks: dict[str, torch.Tensor],
     prompt_lens: torch.Tensor,
-    response_lens: torch.Tensor,
     example_idx: torch.Tensor,
     group_idx: torch.Tensor,
 ) -> None:
     device = ids.device
     float_masks = {k: v.to(device=device, dtype=torch.float32) for k, v in masks.items()}
     counts = {k: v.sum(dim=1) for k, v in float_masks.items()}
+    # Per batch, not per layer: denominators and which rows (and groups) have a readout at all.
+    denominators = {k: c.clamp(min=1).unsqueeze(1) for k, c in counts.items()}
+    valid = {k: (c > 0).cpu() for k, c in counts.items()}
+    valid_groups = {k: group_idx[v] for k, v in valid.items()}
+    for name in acc.readouts:
+        groups = valid_groups[name]
+        acc.counts[name].index_add_(0, groups, torch.ones_like(groups))
     response_mask = float_masks["response_avg"]
     prompt_mask = float_masks["prompt_avg"]
 
     def reduce(position: int, hidden: torch.Tensor) -> None:
         h = hidden.float()
         for name in acc.readouts:
-            weights = float_masks[name]
-            totals = torch.einsum("bs,bsh->bh", weights, h)
-            denom = counts[name].clamp(min=1).unsqueeze(1)
-            rows = (totals / denom).cpu()
-            valid = (counts[name] > 0).cpu()
-            acc.sums[name][:, position].index_add_(0, group_idx[valid], rows[valid])
-            if position == 0:
-                acc.counts[name].index_add_(0, group_idx[valid], torch.ones_like(group_idx[valid]))
+            totals = torch.einsum("bs,bsh->bh", float_masks[name], h)
+            rows = (totals / denominators[name]).cpu()
+            acc.sums[name][:, position].index_add_(0, valid_groups[name], rows[valid[name]])
             if acc.keep:
                 acc.per_example[name][example_idx, position] = rows.to(acc.keep_dtype)
         norms = h.norm(dim=-1)

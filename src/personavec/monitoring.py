@@ -47,8 +47,8 @@ from torch.utils.hooks import RemovableHandle
 
 from personavec.errors import PersonavecError, SteeringError
 from personavec.layers import block_output_tensor, check_layer, find_blocks, replace_block_output
-from personavec.positions import POSITION_MODES, PositionMode, real_token_mask, relative_positions
-from personavec.steering import _PROMPT_LENGTHS, _cache_length, _CallState, _owner_of_blocks
+from personavec.positions import POSITION_MODES, PositionMode, relative_positions
+from personavec.steering import _PROMPT_LENGTHS, _CallState, _owner_of_blocks, read_call
 from personavec.vector import PersonaVector
 
 AlertCallback = Callable[[int, int, str, float], None]
@@ -285,23 +285,15 @@ class TokenMonitor:
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         self._call = None
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        embeds = kwargs.get("inputs_embeds")
-        reference = ids if isinstance(ids, torch.Tensor) else embeds
-        if not isinstance(reference, torch.Tensor):
+        inputs = read_call(args, kwargs)
+        if inputs is None:
             return
-        batch, seq = int(reference.shape[0]), int(reference.shape[1])
-        device = reference.device
-        attention = kwargs.get("attention_mask")
-        past_len = _cache_length(kwargs.get("past_key_values", kwargs.get("past_key_value")))
-        if isinstance(attention, torch.Tensor) and attention.ndim == 2:
-            current = attention[:, -seq:]
-            past_len = max(past_len, int(attention.shape[1]) - seq)
-            past_real = attention[:, : attention.shape[1] - seq].long().sum(dim=1)
+        real, past_len, attention = inputs.real, inputs.past_len, inputs.attention
+        device = real.device
+        if attention is not None:
+            past_real = attention[:, : attention.shape[1] - real.shape[1]].long().sum(dim=1)
         else:
-            current = None
-            past_real = torch.full((batch,), past_len, dtype=torch.long, device=device)
-        real = real_token_mask(current, (batch, seq)).to(device)
+            past_real = torch.full((real.shape[0],), past_len, dtype=torch.long, device=device)
         is_prefill = past_len == 0
         prompt_lengths = _PROMPT_LENGTHS.get()
         rel = relative_positions(real)
@@ -312,7 +304,7 @@ class TokenMonitor:
             is_prompt = real & (rel < prompt_lengths.to(device).unsqueeze(1))
         else:
             is_prompt = real
-        token_ids = ids if isinstance(ids, torch.Tensor) else torch.full_like(rel, -1)
+        token_ids = inputs.ids if inputs.ids is not None else torch.full_like(rel, -1)
         state = _CallState(real, is_prefill, prompt_lengths)
         self._call = _Call(state, positions, is_prompt, token_ids)
 

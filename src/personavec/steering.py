@@ -117,6 +117,42 @@ def _cache_length(past: Any) -> int:
     return 0
 
 
+@dataclass
+class CallInputs:
+    """What a forward call of the block-owning module is given, per sequence.
+
+    Attributes:
+        ids: token ids ``[batch, seq]`` of this call, or None when called with embeddings.
+        real: bool ``[batch, seq]``, real (non-padding) tokens of this call.
+        attention: the full 2-D attention mask ``[batch, past + seq]``, or None.
+        past_len: tokens already in the KV cache (0 for a prefill).
+    """
+
+    ids: torch.Tensor | None
+    real: torch.Tensor
+    attention: torch.Tensor | None
+    past_len: int
+
+
+def read_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallInputs | None:
+    """Inputs of one forward call (for hooks that track positions); None without token inputs."""
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    embeds = kwargs.get("inputs_embeds")
+    reference = ids if isinstance(ids, torch.Tensor) else embeds
+    if not isinstance(reference, torch.Tensor):
+        return None
+    batch, seq = int(reference.shape[0]), int(reference.shape[1])
+    attention = kwargs.get("attention_mask")
+    past_len = _cache_length(kwargs.get("past_key_values", kwargs.get("past_key_value")))
+    if isinstance(attention, torch.Tensor) and attention.ndim == 2:
+        current: torch.Tensor | None = attention[:, -seq:]
+        past_len = max(past_len, int(attention.shape[1]) - seq)
+    else:
+        current, attention = None, None
+    real = real_token_mask(current, (batch, seq)).to(reference.device)
+    return CallInputs(ids if isinstance(ids, torch.Tensor) else None, real, attention, past_len)
+
+
 class SteeringHandle:
     """Active steering on a model; call :meth:`remove` (or leave the ``with`` block) to undo."""
 
@@ -171,22 +207,12 @@ class SteeringHandle:
     def _on_call_start(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        embeds = kwargs.get("inputs_embeds")
-        reference = ids if isinstance(ids, torch.Tensor) else embeds
-        if not isinstance(reference, torch.Tensor):
-            self._state = None
-            return
-        batch, seq = int(reference.shape[0]), int(reference.shape[1])
-        attention = kwargs.get("attention_mask")
-        past_len = _cache_length(kwargs.get("past_key_values", kwargs.get("past_key_value")))
-        if isinstance(attention, torch.Tensor) and attention.ndim == 2:
-            current = attention[:, -seq:]
-            past_len = max(past_len, int(attention.shape[1]) - seq)
-        else:
-            current = None
-        real = real_token_mask(current, (batch, seq)).to(reference.device)
-        self._state = _CallState(real, past_len == 0, _PROMPT_LENGTHS.get())
+        call = read_call(args, kwargs)
+        self._state = (
+            None
+            if call is None
+            else _CallState(call.real, call.past_len == 0, _PROMPT_LENGTHS.get())
+        )
 
     def _on_call_end(self, module: nn.Module, args: Any, output: Any) -> None:
         self._state = None

@@ -415,6 +415,30 @@ def run_cells(
 # ---- evaluate -------------------------------------------------------------------------------
 
 
+def prepare_evaluation(
+    loaded: LoadedModel,
+    spec: TraitSpec,
+    judge: str | Judge,
+    *,
+    other_traits: Sequence[str] = (),
+    **settings_fields: Any,
+) -> tuple[EvalSettings, list[str], Judges]:
+    """Validated settings, the held-out questions and the judges (shared by evaluate and sweep).
+
+    ``judge`` is a spec string or a ready judge; ``settings_fields`` are :class:`EvalSettings`
+    fields (questions, samples, max_new_tokens, temperature, seed, coherence_judge).
+    """
+    settings = EvalSettings(
+        judge=judge if isinstance(judge, str) else judge.identity, **settings_fields
+    )
+    settings.sampling()  # validate before anything is generated
+    questions = evaluation_questions(spec, settings.questions)
+    judges = make_judges(
+        loaded, spec, settings, other_traits, trait_judge=None if isinstance(judge, str) else judge
+    )
+    return settings, questions, judges
+
+
 def evaluate_steering(
     loaded: LoadedModel,
     trait: str | TraitSpec,
@@ -449,19 +473,17 @@ def evaluate_steering(
     cell = Cell(tuple(sorted(set(layers))), float(coef), positions, relative)
     check_cell(vector, cell)
     mc_questions = load_mc_file(mc_file) if mc_file is not None else None
-    settings = EvalSettings(
+    settings, question_list, judges = prepare_evaluation(
+        loaded,
+        spec,
+        judge,
+        other_traits=other_traits,
         questions=questions,
         samples=samples,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         seed=seed,
-        judge=judge if isinstance(judge, str) else judge.identity,
         coherence_judge=coherence_judge,
-    )
-    settings.sampling()  # validate
-    question_list = evaluation_questions(spec, questions)
-    judges = make_judges(
-        loaded, spec, settings, other_traits, trait_judge=None if isinstance(judge, str) else judge
     )
 
     out = Path(run_dir)

@@ -39,10 +39,8 @@ from personavec.models import LoadedModel
 from personavec.pipeline.evaluate import (
     Cell,
     CellResult,
-    EvalSettings,
     check_cell,
-    evaluation_questions,
-    make_judges,
+    prepare_evaluation,
     run_cells,
 )
 from personavec.traits.library import load_trait
@@ -353,19 +351,16 @@ def sweep(
     target = vector_path if vector_path is not None else vector.path
     if write and target is None:
         raise PersonavecError("the vector has no file to write the calibration to; pass a path")
-    settings = EvalSettings(
+    settings, question_list, judges = prepare_evaluation(
+        loaded,
+        spec,
+        judge,
         questions=questions,
         samples=samples,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         seed=seed,
-        judge=judge if isinstance(judge, str) else judge.identity,
         coherence_judge=coherence_judge,
-    )
-    settings.sampling()
-    question_list = evaluation_questions(spec, questions)
-    judges = make_judges(
-        loaded, spec, settings, trait_judge=None if isinstance(judge, str) else judge
     )
 
     out = Path(run_dir)
