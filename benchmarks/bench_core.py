@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
-from personavec.capture import Example, capture
-from personavec.layers import find_blocks
-from personavec.models import LoadedModel, chat_messages, format_chat, load_model
-from personavec.steering import Intervention, steer
+from personavec.core.capture import Example, capture
+from personavec.core.layers import find_blocks
+from personavec.core.models import LoadedModel, chat_messages, format_chat, load_model
+from personavec.core.steering import Intervention, steer
 
 QUESTIONS = [
     "What is a good way to learn a new language?",
@@ -115,7 +115,7 @@ def bench_generation(lm: LoadedModel, batch: int, new_tokens: int, repeats: int)
 def bench_capture(lm: LoadedModel, pairs: int, batch: int, repeats: int) -> dict[str, Any]:
     examples = [Example(chat_messages(QUESTIONS[i % 8]), ANSWER) for i in range(pairs)]
     # The same left-padded batches the capture builds, for the baselines.
-    from personavec.capture import encode_example, left_pad
+    from personavec.core.capture import encode_example, left_pad
 
     encoded = [encode_example(lm, ex) for ex in examples]
     pad = int(lm.tokenizer.pad_token_id)

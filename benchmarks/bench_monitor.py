@@ -15,8 +15,8 @@ import json
 import torch
 from bench_core import QUESTIONS, interleaved  # the same prompts and timing as bench_core
 
-from personavec.models import LoadedModel, chat_messages, format_chat, load_model
-from personavec.monitoring import MonitorSpec, TokenMonitor
+from personavec.core.models import LoadedModel, chat_messages, format_chat, load_model
+from personavec.monitor.monitor import MonitorSpec, TokenMonitor
 
 
 def generate(lm: LoadedModel, batch: int, new_tokens: int) -> None:

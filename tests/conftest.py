@@ -27,7 +27,7 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from personavec.models import LoadedModel, load_model
+from personavec.core.models import LoadedModel, load_model
 from tiny_models import smollm2_tokenizer as _cached_smollm2_tokenizer
 from tiny_models import tiny_model as _tiny_model
 

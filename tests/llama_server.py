@@ -51,7 +51,7 @@ def llama_server_url() -> Iterator[str]:
         reason="llama-cpp-python is not installed; `pip install 'llama-cpp-python[server]'` "
         "to run the real-server judge tests",
     )
-    from personavec.models import smollm2_gguf_path
+    from personavec.core.models import smollm2_gguf_path
 
     port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)  # noqa: SIM115

@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from personavec.capability import (
+from personavec.core.models import chat_messages, encode_prompt
+from personavec.core.steering import Intervention, steer
+from personavec.errors import PersonavecError
+from personavec.metrics.capability import (
     MCQuestion,
     accuracy,
     evaluate_multiple_choice,
@@ -15,9 +18,6 @@ from personavec.capability import (
     letter_token_ids,
     load_mc_file,
 )
-from personavec.errors import PersonavecError
-from personavec.models import chat_messages, encode_prompt
-from personavec.steering import Intervention, steer
 from tiny_models import tiny_model
 
 EASY = Path(__file__).parent / "data" / "easy_mc.jsonl"

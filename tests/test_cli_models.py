@@ -10,16 +10,16 @@ import torch
 from typer.testing import CliRunner
 
 from personavec.cli import app
-from personavec.errors import ModelLoadError
-from personavec.gguf_export import read_control_vector
-from personavec.models import (
+from personavec.core.models import (
     chat_messages,
     format_chat,
     load_model,
     smollm2_checkpoint,
     smollm2_gguf_path,
 )
-from personavec.vector import PersonaVector, VectorMetadata, config_fingerprint
+from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
+from personavec.errors import ModelLoadError
+from personavec.interop.gguf_export import read_control_vector
 
 runner = CliRunner()
 
@@ -155,7 +155,7 @@ def test_cli_export_gguf(smollm2, tmp_path: Path) -> None:
 
 
 def test_calibrated_relative_coefficient_is_honoured(smollm2, tmp_path: Path) -> None:
-    from personavec.answering import SteerRequest
+    from personavec.engines.answering import SteerRequest
 
     path = synthetic_vector(smollm2, tmp_path / "v.safetensors", layer=12)
     pv = PersonaVector.load(path)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from personavec.core.models import LoadedModel, chat_messages, encode_prompt, encode_response
 from personavec.judges.base import Judge, JudgeItem
 from personavec.judges.contrast import (
     Calibration,
@@ -14,7 +15,6 @@ from personavec.judges.contrast import (
     JudgeCalibrationError,
     answer_logprobs,
 )
-from personavec.models import LoadedModel, chat_messages, encode_prompt, encode_response
 from personavec.traits.schema import InstructionPair, TraitSpec
 
 PIRATE = TraitSpec(

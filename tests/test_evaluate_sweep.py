@@ -13,14 +13,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from personavec.answering import SteerRequest
-from personavec.capture import Example, capture
 from personavec.cli import app
-from personavec.cli_eval import register
-from personavec.generation import GenerationRequest, HFEngine, SamplingConfig
+from personavec.cli.evaluate import register
+from personavec.core.capture import Example, capture
+from personavec.core.layers import LAYER_CONVENTION
+from personavec.core.models import LoadedModel, chat_messages
+from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
+from personavec.engines.answering import SteerRequest
+from personavec.engines.generation import GenerationRequest, HFEngine, SamplingConfig
 from personavec.judges.contrast import ContrastJudge
-from personavec.layers import LAYER_CONVENTION
-from personavec.models import LoadedModel, chat_messages
 from personavec.pipeline.evaluate import evaluate_steering
 from personavec.pipeline.sweep import (
     DoseCurve,
@@ -32,7 +33,6 @@ from personavec.pipeline.sweep import (
     sweep,
 )
 from personavec.traits.library import load_trait
-from personavec.vector import PersonaVector, VectorMetadata, config_fingerprint
 
 register(app)
 runner = CliRunner()

@@ -14,10 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from personavec.cli import app
+from personavec.core.vector import PersonaVector
 from personavec.pipeline.extract import ExtractConfig, Rollout, filter_pairs, plan_rollouts
 from personavec.store import read_jsonl
 from personavec.traits.library import load_trait
-from personavec.vector import PersonaVector
 
 runner = CliRunner()
 

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 import torch
 
-from personavec.generation import (
+from personavec.core.models import LoadedModel, chat_messages
+from personavec.engines.generation import (
     Generation,
     GenerationRequest,
     HFEngine,
@@ -18,7 +19,6 @@ from personavec.generation import (
     stop_token_ids,
     top_p_filter,
 )
-from personavec.models import LoadedModel, chat_messages
 
 QUESTIONS = [
     "What is 2+2?",

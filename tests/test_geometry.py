@@ -14,11 +14,12 @@ import torch
 from transformers import AutoConfig
 from typer.testing import CliRunner
 
-from personavec.capture import Example, capture_tokens
 from personavec.cli import app
-from personavec.cli_geometry import register
+from personavec.cli.geometry import register
+from personavec.core.capture import Example, capture_tokens
+from personavec.core.models import LoadedModel, chat_messages
+from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
 from personavec.errors import PersonavecError
-from personavec.models import LoadedModel, chat_messages
 from personavec.pipeline.geometry import (
     cosine_matrix,
     cross_prediction,
@@ -26,7 +27,6 @@ from personavec.pipeline.geometry import (
     read_run,
     write_geometry_report,
 )
-from personavec.vector import PersonaVector, VectorMetadata, config_fingerprint
 from tiny_models import tiny_model
 
 register(app)

@@ -26,16 +26,16 @@ import numpy as np
 import pytest
 import torch
 
+from personavec.core.models import LoadedModel, chat_messages, format_chat, smollm2_gguf_path
+from personavec.core.steering import Intervention, steer
+from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
 from personavec.errors import SteeringError, VectorFileError
-from personavec.gguf_export import export_gguf, llama_cpp_tensor_name, read_control_vector
-from personavec.llama_cpp_steer import (
+from personavec.interop.gguf_export import export_gguf, llama_cpp_tensor_name, read_control_vector
+from personavec.interop.llama_cpp_steer import (
     apply_control_vector,
     clear_control_vector,
     load_control_vector_data,
 )
-from personavec.models import LoadedModel, chat_messages, format_chat, smollm2_gguf_path
-from personavec.steering import Intervention, steer
-from personavec.vector import PersonaVector, VectorMetadata, config_fingerprint
 
 N_LAYERS = 4
 HIDDEN = 8

@@ -58,7 +58,7 @@ def test_bad_specs_are_one_line_errors(spec: str, aspect: str, match: str) -> No
 
 @pytest.mark.slow
 def test_contrast_spec_builds_on_a_real_model() -> None:
-    from personavec.models import load_model
+    from personavec.core.models import load_model
 
     loaded = load_model("smollm2", device="cpu")
     judge = make_judge("contrast", aspect="trait", trait=sample_trait(), loaded_model=loaded)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from personavec.capture import Example, capture, capture_tokens, encode_example
+from personavec.core.capture import Example, capture, capture_tokens, encode_example
+from personavec.core.layers import check_layer, find_blocks, resolve_layers
+from personavec.core.models import chat_messages
 from personavec.errors import SteeringError
-from personavec.layers import check_layer, find_blocks, resolve_layers
-from personavec.models import chat_messages
 from tiny_models import TINY_CONFIGS, tiny_model
 
 EXAMPLES = [

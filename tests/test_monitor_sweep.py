@@ -14,12 +14,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from personavec.capture import Example, capture
 from personavec.cli import app
-from personavec.cli_monitor_sweep import register
+from personavec.cli.monitor_sweep import register
+from personavec.core.capture import Example, capture
+from personavec.core.layers import LAYER_CONVENTION
+from personavec.core.models import LoadedModel, chat_messages
+from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
 from personavec.errors import PersonavecError
-from personavec.layers import LAYER_CONVENTION
-from personavec.models import LoadedModel, chat_messages
+from personavec.metrics.stats import auroc, pearson
 from personavec.pipeline.monitor_sweep import (
     LADDER_SIZE,
     build_ladder,
@@ -27,9 +29,7 @@ from personavec.pipeline.monitor_sweep import (
     check_ladder,
     prompt_projections,
 )
-from personavec.stats import auroc, pearson
 from personavec.traits.library import load_trait
-from personavec.vector import PersonaVector, VectorMetadata, config_fingerprint
 
 TRAIT = "evil"
 LAYER = 15

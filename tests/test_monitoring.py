@@ -8,12 +8,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from personavec.capture import Example, capture_tokens
 from personavec.cli import app
-from personavec.cli_monitor import register, sparkline
+from personavec.cli.monitor import register, sparkline
+from personavec.core.capture import Example, capture_tokens
+from personavec.core.models import LoadedModel, chat_messages
+from personavec.core.projection import token_projections
+from personavec.core.steering import Intervention, steer
+from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
 from personavec.errors import SteeringError
-from personavec.models import LoadedModel, chat_messages
-from personavec.monitoring import (
+from personavec.monitor.monitor import (
     ConditionalSteering,
     MonitorSpec,
     ReadingLog,
@@ -22,9 +25,6 @@ from personavec.monitoring import (
     read_log,
     start_monitor,
 )
-from personavec.projection import token_projections
-from personavec.steering import Intervention, steer
-from personavec.vector import PersonaVector, VectorMetadata, config_fingerprint
 
 PROMPTS = [chat_messages("Hi"), chat_messages("Write a haiku about autumn leaves falling slowly")]
 runner = CliRunner()
@@ -53,7 +53,7 @@ def save_vector(lm: LoadedModel, path: Path, *, seed: int = 0, layer: int = 15) 
 
 
 def left_padded(lm: LoadedModel, prompts=PROMPTS):
-    from personavec.models import format_chat
+    from personavec.core.models import format_chat
 
     texts = [format_chat(lm.tokenizer, messages) for messages in prompts]
     return lm.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -303,9 +303,9 @@ def test_sparkline() -> None:
 def test_live_meter_shows_the_latest_reading_at_every_step(smollm2, tmp_path: Path) -> None:
     from rich.console import Console
 
-    from personavec.models import chat_messages
-    from personavec.monitoring import LiveMeter, MonitorSpec, generate_monitored
-    from personavec.vector import PersonaVector
+    from personavec.core.models import chat_messages
+    from personavec.core.vector import PersonaVector
+    from personavec.monitor.monitor import LiveMeter, MonitorSpec, generate_monitored
 
     pv = PersonaVector.load(save_vector(smollm2, tmp_path / "v.safetensors"))
     spec = MonitorSpec.from_vector(pv, None, name="synthetic")

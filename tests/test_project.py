@@ -10,14 +10,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from personavec.capture import Example, capture, capture_tokens
 from personavec.cli import app
-from personavec.cli_project import register
+from personavec.cli.project import register
+from personavec.core.capture import Example, capture, capture_tokens
+from personavec.core.models import LoadedModel
+from personavec.core.projection import project, token_projections
+from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
 from personavec.errors import PersonavecError
-from personavec.models import LoadedModel
 from personavec.pipeline.project import default_output, project_file, project_records
-from personavec.projection import project, token_projections
-from personavec.vector import PersonaVector, VectorMetadata, config_fingerprint
 
 register(app)
 register(app)  # a second registration is harmless

@@ -18,21 +18,21 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from personavec.chat import (
+from personavec.cli import app
+from personavec.cli.steer import register
+from personavec.core.models import LoadedModel, chat_messages
+from personavec.core.steering import plan, steer
+from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
+from personavec.engines.generation import GenerationRequest, HFEngine, SamplingConfig
+from personavec.errors import PersonavecError, SteeringError
+from personavec.interfaces.chat import (
     ChatSession,
     SteerSpec,
     answer_chats,
     build_requests,
     parse_steer_spec,
 )
-from personavec.cli import app
-from personavec.cli_steer import register
-from personavec.errors import PersonavecError, SteeringError
-from personavec.generation import GenerationRequest, HFEngine, SamplingConfig
-from personavec.models import LoadedModel, chat_messages
-from personavec.perplexity import perplexity
-from personavec.steering import plan, steer
-from personavec.vector import PersonaVector, VectorMetadata, config_fingerprint
+from personavec.metrics.perplexity import perplexity
 
 register(app)
 register(app)  # idempotent
@@ -274,7 +274,7 @@ def test_chat_session_history_and_commands(
 def test_chat_cli_piped(vectors: tuple[Path, Path]) -> None:
     a, b = vectors
     script = (
-        "from personavec.cli import app; from personavec.cli_steer import register; "
+        "from personavec.cli import app; from personavec.cli.steer import register; "
         "register(app); app()"
     )
     env = {**os.environ, "COLUMNS": "300"}

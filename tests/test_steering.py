@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 import torch
 
+from personavec.core.layers import block_output_tensor, find_blocks
+from personavec.core.models import chat_messages, format_chat
+from personavec.core.steering import Intervention, apply_steering, plan, steer, teacher_forcing
+from personavec.core.vector import PersonaVector, VectorMetadata
 from personavec.errors import PersonavecError, SteeringError
-from personavec.layers import block_output_tensor, find_blocks
-from personavec.models import chat_messages, format_chat
-from personavec.steering import Intervention, apply_steering, plan, steer, teacher_forcing
-from personavec.vector import PersonaVector, VectorMetadata
 from tiny_models import tiny_model
 
 PROMPTS = ["Hi", "Please write a short poem about autumn leaves falling slowly"]

@@ -12,9 +12,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from personavec.cli.trait import trait_app
 from personavec.errors import PersonavecError, TraitError
 from personavec.traits import InstructionPair, TraitSpec, list_traits, load_trait, save_trait
-from personavec.traits.cli import trait_app
 from personavec.traits.library import (
     library_dir,
     trait_to_json,

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from personavec.core.projection import project, project_layers, token_projections
+from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
 from personavec.errors import VectorFileError
-from personavec.projection import project, project_layers, token_projections
-from personavec.vector import PersonaVector, VectorMetadata, config_fingerprint
 from tiny_models import tiny_model
 
 
@@ -146,8 +146,8 @@ def test_projection_arithmetic() -> None:
 
 
 def test_token_projections_match_capture() -> None:
-    from personavec.capture import Example, capture_tokens
-    from personavec.models import chat_messages
+    from personavec.core.capture import Example, capture_tokens
+    from personavec.core.models import chat_messages
 
     lm = tiny_model("llama")
     tokens = capture_tokens(lm, Example(chat_messages("Hi"), "Hello there"), layers=[1, 2])

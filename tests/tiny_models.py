@@ -20,7 +20,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from personavec.models import LoadedModel, prepare_tokenizer, smollm2_checkpoint
+from personavec.core.models import LoadedModel, prepare_tokenizer, smollm2_checkpoint
 
 VOCAB = 49152  # the SmolLM2 tokenizer's vocabulary
 HIDDEN = 64

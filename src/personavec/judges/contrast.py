@@ -30,10 +30,10 @@ from dataclasses import dataclass
 
 import torch
 
-from personavec.capture import left_pad
+from personavec.core.capture import left_pad
+from personavec.core.models import LoadedModel, chat_messages, encode_prompt, encode_response
 from personavec.errors import PersonavecError
 from personavec.judges.base import Aspect, JudgeItem, content_hash
-from personavec.models import LoadedModel, chat_messages, encode_prompt, encode_response
 from personavec.traits.schema import Polarity, TraitSpec
 
 CALIBRATION_VERSION = "logistic-90-10-v1"

@@ -22,7 +22,7 @@ from personavec.judges.base import Aspect, Judge
 from personavec.traits.schema import TraitSpec
 
 if TYPE_CHECKING:
-    from personavec.models import LoadedModel
+    from personavec.core.models import LoadedModel
 
 VALID_SPECS = ("openai:MODEL", "anthropic:MODEL", "embedding", "heuristic", "contrast")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from personavec.answering import SteerRequest, generate_answers
-from personavec.generation import SamplingConfig
-from personavec.models import load_model
+from personavec.core.models import load_model
+from personavec.engines.answering import SteerRequest, generate_answers
+from personavec.engines.generation import SamplingConfig
 from personavec.pipeline.extract import ExtractConfig, ExtractResult, extract
 from personavec.traits.library import load_trait
 

@@ -35,20 +35,20 @@ from typing import Any
 
 import numpy as np
 
+from personavec.core.models import LoadedModel, chat_messages
+from personavec.core.positions import POSITION_MODES
+from personavec.core.steering import plan, steer
+from personavec.core.vector import PersonaVector, config_fingerprint
+from personavec.engines.generation import GenerationRequest, HFEngine, SamplingConfig
 from personavec.errors import PersonavecError
-from personavec.generation import GenerationRequest, HFEngine, SamplingConfig
 from personavec.judges.base import Judge, JudgeItem
 from personavec.judges.cache import CachedJudge, JudgmentCache
 from personavec.judges.factory import make_judge
-from personavec.models import LoadedModel, chat_messages
-from personavec.positions import POSITION_MODES
+from personavec.metrics.stats import mean_ci
 from personavec.progress import stage
-from personavec.stats import mean_ci
-from personavec.steering import plan, steer
 from personavec.store import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from personavec.traits.library import load_trait
 from personavec.traits.schema import TraitSpec
-from personavec.vector import PersonaVector, config_fingerprint
 
 
 @dataclass(frozen=True)
@@ -466,7 +466,7 @@ def evaluate_steering(
     ``coef`` is raw (``h += coef·v``) or, with ``relative=True``, a fraction of each layer's
     typical residual norm. All inputs are validated before anything is generated or written.
     """
-    from personavec.capability import evaluate_multiple_choice, load_mc_file
+    from personavec.metrics.capability import evaluate_multiple_choice, load_mc_file
 
     spec = trait if isinstance(trait, TraitSpec) else load_trait(trait)
     vector.check_compatible(loaded.model, force=force)

@@ -29,14 +29,15 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from personavec.capture import Example, capture
+from personavec.core.capture import Example, capture
+from personavec.core.layers import LAYER_CONVENTION
+from personavec.core.models import LoadedModel, chat_messages, load_model
+from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
+from personavec.engines.generation import GenerationRequest, HFEngine, SamplingConfig
 from personavec.errors import PersonavecError
-from personavec.generation import GenerationRequest, HFEngine, SamplingConfig
 from personavec.judges.base import Judge, JudgeItem
 from personavec.judges.cache import CachedJudge, JudgmentCache
 from personavec.judges.factory import make_judge
-from personavec.layers import LAYER_CONVENTION
-from personavec.models import LoadedModel, chat_messages, load_model
 from personavec.progress import stage
 from personavec.store import (
     append_jsonl,
@@ -47,7 +48,6 @@ from personavec.store import (
 )
 from personavec.traits.library import load_trait
 from personavec.traits.schema import TraitSpec
-from personavec.vector import PersonaVector, VectorMetadata, config_fingerprint
 
 Polarity = Literal["pos", "neg"]
 
@@ -324,7 +324,7 @@ def layer_separation(
     Two folds over pairs (even / odd): the vector from one fold projects the other fold's
     rollouts; AUROC and Cohen's d are computed over all held-out projections.
     """
-    from personavec.stats import auroc, cohens_d
+    from personavec.metrics.stats import auroc, cohens_d
 
     n = pos.shape[0]
     folds = [torch.arange(0, n, 2), torch.arange(1, n, 2)]

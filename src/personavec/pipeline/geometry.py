@@ -27,14 +27,14 @@ from typing import Any
 
 import torch
 
-from personavec.capture import Example, capture
+from personavec.core.capture import Example, capture
+from personavec.core.layers import check_layer
+from personavec.core.models import LoadedModel, chat_messages
+from personavec.core.projection import project
+from personavec.core.vector import PersonaVector
 from personavec.errors import PersonavecError
-from personavec.layers import check_layer
-from personavec.models import LoadedModel, chat_messages
-from personavec.projection import project
-from personavec.stats import pearson
+from personavec.metrics.stats import pearson
 from personavec.store import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
-from personavec.vector import PersonaVector
 
 DEFAULT_READOUT = "response_avg"
 

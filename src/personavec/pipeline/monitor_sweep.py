@@ -32,16 +32,17 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from personavec.capture import Example, capture
+from personavec.core.capture import Example, capture
+from personavec.core.layers import check_layer
+from personavec.core.models import LoadedModel, Message
+from personavec.core.projection import project
+from personavec.core.vector import PersonaVector
+from personavec.engines.generation import GenerationRequest, HFEngine, SamplingConfig
 from personavec.errors import PersonavecError
-from personavec.generation import GenerationRequest, HFEngine, SamplingConfig
 from personavec.judges.base import JudgeItem
 from personavec.judges.cache import CachedJudge, JudgmentCache
 from personavec.judges.factory import make_judge
-from personavec.layers import check_layer
-from personavec.models import LoadedModel, Message
 from personavec.progress import stage
-from personavec.projection import project
 from personavec.store import (
     append_jsonl,
     atomic_write_json,
@@ -51,7 +52,6 @@ from personavec.store import (
 )
 from personavec.traits.library import load_trait
 from personavec.traits.schema import TraitSpec
-from personavec.vector import PersonaVector
 
 Kind = Literal["ladder", "many_shot"]
 LADDER_SIZE = 8

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from personavec.stats import pearson
+from personavec.core.vector import PersonaVector
+from personavec.metrics.stats import pearson
 from personavec.store import atomic_write_bytes, atomic_write_json, atomic_write_text
 from personavec.traits.schema import TraitSpec
-from personavec.vector import PersonaVector
 
 if TYPE_CHECKING:
     from personavec.pipeline.monitor_sweep import MonitorSweepConfig

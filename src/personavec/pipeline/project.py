@@ -33,13 +33,13 @@ from typing import Any
 
 import torch
 
-from personavec.capture import Example, capture, capture_tokens
+from personavec.core.capture import Example, capture, capture_tokens
+from personavec.core.layers import check_layer
+from personavec.core.models import LoadedModel, Message
+from personavec.core.projection import project, token_projections
+from personavec.core.vector import PersonaVector
 from personavec.errors import PersonavecError
-from personavec.layers import check_layer
-from personavec.models import LoadedModel, Message
-from personavec.projection import project, token_projections
 from personavec.store import atomic_write_text
-from personavec.vector import PersonaVector
 
 ROLES = ("system", "user", "assistant")
 READOUTS_USED = ("prompt_last", "response_avg")

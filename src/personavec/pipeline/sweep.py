@@ -33,9 +33,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from personavec.core.models import LoadedModel
+from personavec.core.vector import PersonaVector
 from personavec.errors import PersonavecError
 from personavec.judges.base import Judge
-from personavec.models import LoadedModel
 from personavec.pipeline.evaluate import (
     Cell,
     CellResult,
@@ -45,7 +46,6 @@ from personavec.pipeline.evaluate import (
 )
 from personavec.traits.library import load_trait
 from personavec.traits.schema import TraitSpec
-from personavec.vector import PersonaVector
 
 DEFAULT_COHERENCE_FLOOR = 75.0
 """The paper reports steering only where mean coherence stays above 75."""

@@ -7,14 +7,14 @@ from typing import Annotated, Any
 
 import typer
 
-from personavec.cli_common import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
+from personavec.cli.common import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
 from personavec.errors import PersonavecError, VectorFileError
 
 
 def _precheck_vector(vector: Any, model: str) -> None:
     """Fail fast, before loading weights, when the vector was made for another model."""
-    from personavec.models import load_config
-    from personavec.vector import config_fingerprint
+    from personavec.core.models import load_config
+    from personavec.core.vector import config_fingerprint
 
     config = load_config(model)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
@@ -74,7 +74,8 @@ def monitor_sweep_command(
     """Correlate the last-prompt-token projection with the judged trait of the answers."""
     from pydantic import ValidationError
 
-    from personavec.models import load_model
+    from personavec.core.models import load_model
+    from personavec.core.vector import PersonaVector
     from personavec.pipeline.monitor_sweep import (
         MonitorSweepConfig,
         read_ladder,
@@ -82,7 +83,6 @@ def monitor_sweep_command(
         run_monitor_sweep,
     )
     from personavec.traits.library import load_trait
-    from personavec.vector import PersonaVector
 
     spec = load_trait(trait)
     ladder_prompts = read_ladder(ladder) if ladder is not None else None

@@ -8,7 +8,7 @@ first is scored exactly once, so
 
     perplexity = exp(mean over scored tokens of −log p(token | preceding tokens in its window)).
 
-Steering applies when called inside an active :func:`personavec.steering.steer` context (or use
+Steering applies when called inside an active :func:`personavec.core.steering.steer` context (or use
 ``steering=`` here). A scoring pass is a single forward call without a KV cache, so for steering
 purposes the whole window counts as prompt: ``all`` and ``prompt`` steer every token,
 ``response`` only the last one.
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from personavec.answering import SteerRequest
-from personavec.chat import steering_context
+from personavec.core.models import LoadedModel
+from personavec.engines.answering import SteerRequest
 from personavec.errors import PersonavecError
-from personavec.models import LoadedModel
+from personavec.interfaces.chat import steering_context
 
 
 @dataclass(frozen=True)

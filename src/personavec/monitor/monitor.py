@@ -1,11 +1,11 @@
 """Live monitoring: per-token projections onto persona vectors during any forward or ``generate``.
 
 A :class:`TokenMonitor` records the scalar projection ``h · v / ‖v‖`` (hidden-state units) of the
-residual stream at chosen layers (block-output convention, see :mod:`personavec.layers`) onto one
+residual stream at chosen layers (block-output convention, see :mod:`personavec.core.layers`) onto one
 or more vectors (:class:`MonitorSpec`), for every real token of every sequence: the prompt
 tokens of a prefill call and the token fed at each cached decode step. Padding is never recorded.
 
-Positions are per sequence, as in :mod:`personavec.steering`: a forward pre-hook on the module
+Positions are per sequence, as in :mod:`personavec.core.steering`: a forward pre-hook on the module
 that owns the decoder blocks reads each call's ``attention_mask`` and the KV-cache length, so a
 left-padded batch under cached decoding is recorded exactly like each request alone. The cost is
 one ``[tokens, hidden] × [hidden, k]`` matmul per monitored layer per forward call; results stay
@@ -20,7 +20,7 @@ end of turn), later tokens of that row (the padding ``generate`` feeds to finish
 recorded.
 
 Order with steering: hooks run in registration order. A monitor started *after*
-:func:`personavec.steering.steer` at the same layer sees the steered stream; one started before
+:func:`personavec.core.steering.steer` at the same layer sees the steered stream; one started before
 it sees the stream before steering. :class:`ConditionalSteering` is part of the monitor: at its
 layer, every reading of that layer is the value *before* its change.
 
@@ -45,11 +45,16 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from personavec.core.layers import (
+    block_output_tensor,
+    check_layer,
+    find_blocks,
+    replace_block_output,
+)
+from personavec.core.positions import POSITION_MODES, PositionMode, relative_positions
+from personavec.core.steering import _PROMPT_LENGTHS, _CallState, _owner_of_blocks, read_call
+from personavec.core.vector import PersonaVector
 from personavec.errors import PersonavecError, SteeringError
-from personavec.layers import block_output_tensor, check_layer, find_blocks, replace_block_output
-from personavec.positions import POSITION_MODES, PositionMode, relative_positions
-from personavec.steering import _PROMPT_LENGTHS, _CallState, _owner_of_blocks, read_call
-from personavec.vector import PersonaVector
 
 AlertCallback = Callable[[int, int, str, float], None]
 """``on_alert(sequence, token_index, name, value)``."""
@@ -635,21 +640,21 @@ def generate_monitored(
     """Answer chats (lists of messages) in one left-padded batch, in order, with monitoring on.
 
     Greedy when ``temperature == 0``; otherwise each row samples from its own seeded stream (as
-    :class:`personavec.generation.HFEngine`). Sequence ``i`` of the monitor is ``prompts[i]``.
+    :class:`personavec.engines.generation.HFEngine`). Sequence ``i`` of the monitor is ``prompts[i]``.
     ``streamer`` is a transformers streamer; if it has ``attach(monitor)``, it is given the
     :class:`TokenMonitor` first, so it can show readings live (see :class:`LiveMeter`).
     """
     from transformers import LogitsProcessorList
 
-    from personavec.capture import left_pad
-    from personavec.generation import (
+    from personavec.core.capture import left_pad
+    from personavec.core.models import encode_prompt
+    from personavec.engines.generation import (
         SamplingConfig,
         _GumbelSampler,
         neutral_generation_config,
         sample_seed,
         stop_token_ids,
     )
-    from personavec.models import encode_prompt
 
     config = SamplingConfig(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed

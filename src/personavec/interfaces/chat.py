@@ -10,7 +10,7 @@ file's recommended layer / coefficient, positions ``all`` (or as calibrated) and
 (e.g. ``evil.safetensors::4`` keeps the file's layer and sets the coefficient to 4).
 
 All requests given together are applied together: their interventions go into one
-:func:`personavec.steering.steer` context (at a shared layer they are applied in order).
+:func:`personavec.core.steering.steer` context (at a shared layer they are applied in order).
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from personavec.answering import SteerRequest
+from personavec.core.models import LoadedModel, Message
+from personavec.core.positions import POSITION_MODES
+from personavec.core.steering import OPERATORS, Intervention, steer
+from personavec.engines.answering import SteerRequest
+from personavec.engines.generation import GenerationRequest, HFEngine, SamplingConfig
 from personavec.errors import PersonavecError, SteeringError
-from personavec.generation import GenerationRequest, HFEngine, SamplingConfig
-from personavec.models import LoadedModel, Message
-from personavec.positions import POSITION_MODES
-from personavec.steering import OPERATORS, Intervention, steer
 
 SPEC_HELP = "FILE[:layer[:coef[:positions[:op]]]], e.g. evil.safetensors:12:4 or v.safetensors:8-16"
 

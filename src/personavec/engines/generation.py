@@ -42,9 +42,9 @@ import torch
 from rich.progress import Progress
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from personavec.capture import left_pad
+from personavec.core.capture import left_pad
+from personavec.core.models import LoadedModel, Message, encode_prompt, format_chat
 from personavec.errors import PersonavecError
-from personavec.models import LoadedModel, Message, encode_prompt, format_chat
 
 FinishReason = Literal["stop", "length"]
 ProgressCallback = Callable[[int, int], None]

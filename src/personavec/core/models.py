@@ -62,7 +62,7 @@ class LoadedModel:
 
     @property
     def n_layers(self) -> int:
-        from personavec.layers import find_blocks
+        from personavec.core.layers import find_blocks
 
         return len(find_blocks(self.model))
 

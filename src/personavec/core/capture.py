@@ -19,10 +19,10 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from personavec.layers import block_output_tensor, find_blocks, resolve_layers
-from personavec.models import LoadedModel, Message, encode_prompt, encode_response
-from personavec.positions import READOUTS, readout_masks
-from personavec.steering import _owner_of_blocks, teacher_forcing
+from personavec.core.layers import block_output_tensor, find_blocks, resolve_layers
+from personavec.core.models import LoadedModel, Message, encode_prompt, encode_response
+from personavec.core.positions import READOUTS, readout_masks
+from personavec.core.steering import _owner_of_blocks, teacher_forcing
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from personavec.cli_common import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
+from personavec.cli.common import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
 from personavec.errors import PersonavecError
 
 _SPARKS = "▁▂▃▄▅▆▇█"
@@ -69,15 +69,15 @@ def monitor_command(
     dtype: DtypeOption = "auto",
 ) -> None:
     """Answer prompts with per-token projections: coloured tokens, meters and alerts."""
-    from personavec.models import chat_messages, load_model
-    from personavec.monitoring import (
+    from personavec.core.models import chat_messages, load_model
+    from personavec.core.vector import PersonaVector
+    from personavec.monitor.monitor import (
         ConditionalSteering,
         LiveMeter,
         MonitorSpec,
         ReadingLog,
         generate_monitored,
     )
-    from personavec.vector import PersonaVector
 
     if steer_back is not None and threshold is None:
         raise PersonavecError("--steer-back needs --threshold T (steer only above it)")

@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from personavec import __version__
-from personavec.cli_common import (
+from personavec.cli.common import (
     DeviceOption,
     DtypeOption,
     ModelOption,
@@ -56,7 +56,7 @@ def info(
     show_template: Annotated[bool, typer.Option(help="Print the whole chat template.")] = False,
 ) -> None:
     """Layers, hidden size, chat template and typical residual norm per layer."""
-    from personavec.model_report import model_info
+    from personavec.core.model_report import model_info
 
     report = model_info(model, device=device, dtype=dtype)
     table = Table(title=f"{report.model_id}", show_header=False)
@@ -115,9 +115,9 @@ def generate(
     dtype: DtypeOption = "auto",
 ) -> None:
     """Answer prompts, optionally steered by a persona vector."""
-    from personavec.answering import SteerRequest, generate_answers
-    from personavec.generation import SamplingConfig
-    from personavec.models import load_model
+    from personavec.core.models import load_model
+    from personavec.engines.answering import SteerRequest, generate_answers
+    from personavec.engines.generation import SamplingConfig
 
     loaded = load_model(model, device=device, dtype=dtype)
     request = None
@@ -163,8 +163,8 @@ def export_gguf_command(
     relative: Annotated[bool, typer.Option(help="Coef relative to typical norm.")] = False,
 ) -> None:
     """Write a llama.cpp control vector (layer numbering mapped to llama.cpp's)."""
-    from personavec.gguf_export import export_gguf
-    from personavec.vector import PersonaVector
+    from personavec.core.vector import PersonaVector
+    from personavec.interop.gguf_export import export_gguf
 
     pv = PersonaVector.load(vector)
     layers = parse_layers(layer) if layer else _default_layers(pv)
@@ -325,13 +325,13 @@ def _default_layers(pv: Any) -> list[int]:
 
 
 def _mount_subapps() -> None:
-    from personavec.cli_eval import register as register_eval
-    from personavec.cli_geometry import register as register_geometry
-    from personavec.cli_monitor import register as register_monitor
-    from personavec.cli_monitor_sweep import register as register_monitor_sweep
-    from personavec.cli_project import register as register_project
-    from personavec.cli_steer import register as register_steer
-    from personavec.traits.cli import trait_app
+    from personavec.cli.evaluate import register as register_eval
+    from personavec.cli.geometry import register as register_geometry
+    from personavec.cli.monitor import register as register_monitor
+    from personavec.cli.monitor_sweep import register as register_monitor_sweep
+    from personavec.cli.project import register as register_project
+    from personavec.cli.steer import register as register_steer
+    from personavec.cli.trait import trait_app
 
     app.add_typer(trait_app, name="trait", help="List, show, validate and create trait files.")
     register_project(app)

@@ -1,6 +1,6 @@
 """``personavec steer``, ``chat`` and ``perplexity``: steering with one or more persona vectors.
 
-Each ``--steer`` takes ``FILE[:layer[:coef[:positions[:op]]]]`` (see :mod:`personavec.chat`);
+Each ``--steer`` takes ``FILE[:layer[:coef[:positions[:op]]]]`` (see :mod:`personavec.interfaces.chat`);
 all of them are applied together.
 """
 
@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from personavec.cli_common import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
+from personavec.cli.common import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
 from personavec.errors import PersonavecError
 
 SteerOption = Annotated[
@@ -69,7 +69,7 @@ def _prompt_row(row: Any, where: str, system: str | None) -> tuple[str, list[dic
 
 
 def _one_turn(prompt: str, system: str | None) -> list[dict[str, str]]:
-    from personavec.models import chat_messages
+    from personavec.core.models import chat_messages
 
     return chat_messages(prompt, system=system)
 
@@ -129,9 +129,14 @@ def steer_command(
     dtype: DtypeOption = "auto",
 ) -> None:
     """Answer prompts steered by one or more persona vectors (optionally also unsteered)."""
-    from personavec.chat import answer_chats, build_requests, describe_all, parse_steer_spec
-    from personavec.generation import SamplingConfig
-    from personavec.models import load_model
+    from personavec.core.models import load_model
+    from personavec.engines.generation import SamplingConfig
+    from personavec.interfaces.chat import (
+        answer_chats,
+        build_requests,
+        describe_all,
+        parse_steer_spec,
+    )
     from personavec.store import atomic_write_text
 
     specs = [parse_steer_spec(s) for s in steer or []]  # bad specs fail before the model loads
@@ -191,9 +196,9 @@ def chat_command(
     dtype: DtypeOption = "auto",
 ) -> None:
     """Chat with the model under persona vectors; /help lists the commands (works piped too)."""
-    from personavec.chat import ChatSession, parse_steer_spec
-    from personavec.generation import SamplingConfig
-    from personavec.models import load_model
+    from personavec.core.models import load_model
+    from personavec.engines.generation import SamplingConfig
+    from personavec.interfaces.chat import ChatSession, parse_steer_spec
 
     specs = [parse_steer_spec(s) for s in steer or []]
     _check_files(specs)
@@ -246,9 +251,9 @@ def perplexity_command(
     dtype: DtypeOption = "auto",
 ) -> None:
     """Perplexity of a text file, unsteered and (with --steer) steered, and the change."""
-    from personavec.chat import build_requests, describe_all, parse_steer_spec
-    from personavec.models import load_model
-    from personavec.perplexity import perplexity, read_text
+    from personavec.core.models import load_model
+    from personavec.interfaces.chat import build_requests, describe_all, parse_steer_spec
+    from personavec.metrics.perplexity import perplexity, read_text
 
     specs = [parse_steer_spec(s) for s in steer or []]
     _check_files(specs)

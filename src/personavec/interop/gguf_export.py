@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from personavec.core.steering import plan
+from personavec.core.vector import PersonaVector
 from personavec.errors import SteeringError, VectorFileError
-from personavec.steering import plan
-from personavec.vector import PersonaVector
 
 
 def llama_cpp_tensor_name(layer: int, n_layers: int) -> str:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from personavec.capture import Example, capture
-from personavec.layers import _BLOCK_PATHS, _get_path, find_blocks
-from personavec.models import chat_messages, format_chat, load_model
-from personavec.vector import config_fingerprint
+from personavec.core.capture import Example, capture
+from personavec.core.layers import _BLOCK_PATHS, _get_path, find_blocks
+from personavec.core.models import chat_messages, format_chat, load_model
+from personavec.core.vector import config_fingerprint
 
 # A few neutral exchanges to estimate the typical residual norm per layer.
 NORM_PROBES: tuple[tuple[str, str], ...] = (

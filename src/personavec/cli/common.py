@@ -1,6 +1,6 @@
 """Shared pieces of the command line: consoles, common options, one-line error handling.
 
-Sub-command modules (``cli_*.py``) import from here, never from :mod:`personavec.cli`, so the
+Command modules (``cli/*.py``) import from here, never from :mod:`personavec.cli.app`, so the
 CLI has no import cycle (``python -m personavec`` and ``python -m personavec.cli`` both work).
 """
 

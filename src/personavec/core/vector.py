@@ -26,8 +26,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from personavec import __version__
+from personavec.core.layers import LAYER_CONVENTION, check_layer
 from personavec.errors import VectorFileError
-from personavec.layers import LAYER_CONVENTION, check_layer
 from personavec.store import atomic_write_bytes
 
 FORMAT_VERSION = 1
@@ -163,7 +163,7 @@ class PersonaVector:
         A hidden-size mismatch is always an error; layer count and fingerprint mismatches are
         allowed with ``force=True`` (e.g. a vector transferred between related models).
         """
-        from personavec.layers import n_layers
+        from personavec.core.layers import n_layers
 
         config: Any = getattr(model, "config", None)
         embeddings: Any = model.get_input_embeddings()  # type: ignore[operator]

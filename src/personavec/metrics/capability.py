@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from personavec.capture import left_pad
+from personavec.core.capture import left_pad
+from personavec.core.models import LoadedModel, chat_messages, encode_prompt
 from personavec.errors import PersonavecError
-from personavec.models import LoadedModel, chat_messages, encode_prompt
 
 LETTERS = string.ascii_uppercase
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from personavec.cli_common import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
+from personavec.cli.common import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
 
 
 @friendly_errors
@@ -35,7 +35,8 @@ def geometry_command(
     dtype: DtypeOption = "auto",
 ) -> None:
     """Cosine similarity between trait vectors per layer, and (with --runs) cross-prediction."""
-    from personavec.layers import check_layer
+    from personavec.core.layers import check_layer
+    from personavec.core.vector import PersonaVector
     from personavec.pipeline.geometry import (
         cosine_matrix,
         cross_prediction,
@@ -44,7 +45,6 @@ def geometry_command(
         read_run,
         write_geometry_report,
     )
-    from personavec.vector import PersonaVector
 
     loaded_vectors = [PersonaVector.load(path) for path in vectors]
     names, cos = cosine_matrix(loaded_vectors, readout)
@@ -53,7 +53,7 @@ def geometry_command(
     cross = None
     if runs:
         run_data = [read_run(path) for path in runs]  # report bad runs before loading the model
-        from personavec.models import load_model
+        from personavec.core.models import load_model
 
         loaded = load_model(model, device=device, dtype=dtype)
         cross = cross_prediction(

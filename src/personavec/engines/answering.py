@@ -7,12 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from personavec.core.models import LoadedModel, chat_messages
+from personavec.core.positions import POSITION_MODES, PositionMode
+from personavec.core.steering import OPERATORS, Intervention, MultiLayerMode, Operator, plan, steer
+from personavec.core.vector import PersonaVector
+from personavec.engines.generation import GenerationRequest, HFEngine, SamplingConfig
 from personavec.errors import SteeringError
-from personavec.generation import GenerationRequest, HFEngine, SamplingConfig
-from personavec.models import LoadedModel, chat_messages
-from personavec.positions import POSITION_MODES, PositionMode
-from personavec.steering import OPERATORS, Intervention, MultiLayerMode, Operator, plan, steer
-from personavec.vector import PersonaVector
 
 
 @dataclass

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from personavec.cli_common import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
+from personavec.cli.common import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
 
 
 @friendly_errors
@@ -30,7 +30,7 @@ def project_command(
     dtype: DtypeOption = "auto",
 ) -> None:
     """Project conversations onto persona vectors; write the rows with proj.* columns."""
-    from personavec.models import load_model
+    from personavec.core.models import load_model
     from personavec.pipeline.project import project_file, read_input, summarize
     from personavec.store import read_jsonl
 

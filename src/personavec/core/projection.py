@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from personavec.capture import TokenActivations
+from personavec.core.capture import TokenActivations
 from personavec.errors import SteeringError
 
 

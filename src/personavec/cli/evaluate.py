@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from personavec.cli_common import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
+from personavec.cli.common import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
 
 JudgeOption = Annotated[
     str, typer.Option(help="Trait judge: contrast (offline), embedding or openai:MODEL.")
@@ -59,12 +59,12 @@ def evaluate_command(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Steer on held-out questions; trait and coherence against the unsteered baseline."""
-    from personavec.capability import load_mc_file
-    from personavec.cli_common import parse_layers
-    from personavec.models import load_model
+    from personavec.cli.common import parse_layers
+    from personavec.core.models import load_model
+    from personavec.core.vector import PersonaVector
+    from personavec.metrics.capability import load_mc_file
     from personavec.pipeline.evaluate import evaluate_steering
     from personavec.traits.library import load_trait
-    from personavec.vector import PersonaVector
 
     spec = load_trait(trait)
     pv = PersonaVector.load(vector)
@@ -153,11 +153,11 @@ def sweep_command(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Dose-response over layers × coefficients; pick a layer, calibrate, store in the vector."""
+    from personavec.core.models import load_model
+    from personavec.core.vector import PersonaVector
     from personavec.errors import PersonavecError
-    from personavec.models import load_model
     from personavec.pipeline.sweep import parse_grid, parse_layer_grid, recommended_coef, sweep
     from personavec.traits.library import load_trait
-    from personavec.vector import PersonaVector
 
     if target_trait is not None and target_change is not None:
         raise PersonavecError("pass --target-trait or --target-change, not both")

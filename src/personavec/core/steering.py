@@ -5,7 +5,7 @@ Operators (at layer ``L``, on the selected positions only):
 * ``add``:    ``h ← h + coef · v``
 * ``ablate``: ``h ← h − (h · v̂) v̂``  (``coef`` is ignored)
 
-Positions are tracked per sequence (see :mod:`personavec.positions`): a forward pre-hook on the
+Positions are tracked per sequence (see :mod:`personavec.core.positions`): a forward pre-hook on the
 module that owns the decoder blocks reads each call's ``attention_mask`` and the KV-cache length,
 so a left-padded batch under cached decoding is steered exactly like each request alone.
 
@@ -26,15 +26,15 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from personavec.errors import SteeringError
-from personavec.layers import (
+from personavec.core.layers import (
     block_output_tensor,
     check_layer,
     find_blocks,
     replace_block_output,
 )
-from personavec.positions import POSITION_MODES, PositionMode, real_token_mask, steering_mask
-from personavec.vector import PersonaVector
+from personavec.core.positions import POSITION_MODES, PositionMode, real_token_mask, steering_mask
+from personavec.core.vector import PersonaVector
+from personavec.errors import SteeringError
 
 Operator = Literal["add", "ablate"]
 OPERATORS: tuple[str, ...] = get_args(Operator)

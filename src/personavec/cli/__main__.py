@@ -1,0 +1,3 @@
+from personavec.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""Core: models, the layer convention, hooks, positions, capture, steering, vectors, projection."""

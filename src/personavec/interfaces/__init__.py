@@ -1,0 +1,1 @@
+"""Interactive interfaces on top of the library: the chat session."""

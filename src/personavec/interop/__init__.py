@@ -1,0 +1,1 @@
+"""Interoperability with other runtimes: llama.cpp control vectors."""

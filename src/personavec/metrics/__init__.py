@@ -1,0 +1,1 @@
+"""Side-effect metrics: multiple-choice capability, perplexity, and statistics."""
