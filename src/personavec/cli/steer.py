@@ -1,6 +1,7 @@
 """``personavec steer``, ``chat`` and ``perplexity``: steering with one or more persona vectors.
 
-Each ``--steer`` takes ``FILE[:layer[:coef[:positions[:op]]]]`` (see :mod:`personavec.interfaces.chat`);
+Each ``--steer`` takes ``FILE[:layer[:coef[:positions[:op]]]]``
+(see :mod:`personavec.interfaces.chat`);
 all of them are applied together.
 """
 

@@ -1,7 +1,8 @@
 """Live monitoring: per-token projections onto persona vectors during any forward or ``generate``.
 
 A :class:`TokenMonitor` records the scalar projection ``h · v / ‖v‖`` (hidden-state units) of the
-residual stream at chosen layers (block-output convention, see :mod:`personavec.core.layers`) onto one
+residual stream at chosen layers (block-output convention, see :mod:`personavec.core.layers`)
+onto one
 or more vectors (:class:`MonitorSpec`), for every real token of every sequence: the prompt
 tokens of a prefill call and the token fed at each cached decode step. Padding is never recorded.
 
@@ -640,7 +641,8 @@ def generate_monitored(
     """Answer chats (lists of messages) in one left-padded batch, in order, with monitoring on.
 
     Greedy when ``temperature == 0``; otherwise each row samples from its own seeded stream (as
-    :class:`personavec.engines.generation.HFEngine`). Sequence ``i`` of the monitor is ``prompts[i]``.
+    :class:`personavec.engines.generation.HFEngine`).
+    Sequence ``i`` of the monitor is ``prompts[i]``.
     ``streamer`` is a transformers streamer; if it has ``attach(monitor)``, it is given the
     :class:`TokenMonitor` first, so it can show readings live (see :class:`LiveMeter`).
     """
