@@ -29,11 +29,12 @@ def test_changed_run_settings_are_refused_unless_overwritten(tmp_path: Path) -> 
     write_run_config(tmp_path, {"seed": 1, "model": "m"})
     (tmp_path / "rows.jsonl").write_text("{}\n")
     same = {"seed": 1, "model": "m", "batch_size": 4}
+    keys = ("seed", "model")
     check_run_identity(tmp_path, same, ("seed", "model"), overwrite=False, stale=("rows.jsonl",))
     assert (tmp_path / "rows.jsonl").is_file()
     changed = {"seed": 2, "model": "m"}
     with pytest.raises(PersonavecError, match="different seed; pass another --out"):
-        check_run_identity(tmp_path, changed, ("seed", "model"), overwrite=False, stale=("rows.jsonl",))
+        check_run_identity(tmp_path, changed, keys, overwrite=False, stale=("rows.jsonl",))
     check_run_identity(tmp_path, changed, ("seed", "model"), overwrite=True, stale=("rows.jsonl",))
     assert not (tmp_path / "rows.jsonl").exists()
 
@@ -41,7 +42,8 @@ def test_changed_run_settings_are_refused_unless_overwritten(tmp_path: Path) -> 
 def test_a_directory_without_earlier_work_is_taken_over(tmp_path: Path) -> None:
     """A run that failed before producing anything (e.g. a bad --model) blocks nothing."""
     write_run_config(tmp_path, {"model": "typo"})
-    check_run_identity(tmp_path, {"model": "smollm2"}, ("model",), overwrite=False, stale=("rows.jsonl",))
+    current = {"model": "smollm2"}
+    check_run_identity(tmp_path, current, ("model",), overwrite=False, stale=("rows.jsonl",))
 
 
 def test_content_hashes_and_recovery_for_older_runs(tmp_path: Path) -> None:
@@ -83,9 +85,8 @@ def test_prepare_run_dir_refuses_a_file(tmp_path: Path) -> None:
 
 def test_second_lock_is_refused_and_released_on_exit(tmp_path: Path) -> None:
     with run_lock(tmp_path):
-        with pytest.raises(RunLockedError) as info:
-            with run_lock(tmp_path):
-                pass
+        with pytest.raises(RunLockedError) as info, run_lock(tmp_path):
+            pass
         message = str(info.value)
         assert message.startswith("another personavec process")
         assert str(tmp_path) in message and "\n" not in message

@@ -51,7 +51,8 @@ def prepare_run_dir(path: str | Path) -> Path:
     """Create the run directory ``path`` (and its parents); refuse a path that is not one."""
     run_dir = Path(path)
     if run_dir.exists() and not run_dir.is_dir():
-        raise PersonavecError(f"{run_dir} is a file, not a run directory; pass a directory to --out")
+        message = f"{run_dir} is a file, not a run directory; pass a directory to --out"
+        raise PersonavecError(message)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
