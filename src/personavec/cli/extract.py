@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from personavec.cli.common import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
+from personavec.cli.common import (
+    DeviceOption,
+    DtypeOption,
+    ModelOption,
+    console,
+    first_error,
+    friendly_errors,
+)
 from personavec.errors import PersonavecError
 
 if TYPE_CHECKING:
@@ -46,16 +53,6 @@ def build_config(
         return ExtractConfig.paper_scale(**merged) if paper_scale else ExtractConfig(**merged)
     except (ValueError, TypeError) as exc:
         raise PersonavecError(f"invalid extraction settings: {first_error(exc)}") from None
-
-
-def first_error(exc: Exception) -> str:
-    """The first problem of a pydantic validation error (or any error) on one line."""
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return f"{where}: {first.get('msg', '')}"
-    return str(exc).splitlines()[0]
 
 
 def print_result(result: ExtractResult) -> None:
