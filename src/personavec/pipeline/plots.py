@@ -116,10 +116,9 @@ def line_chart(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    if legend_outside:
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    else:
-        ax.legend(fontsize=7, loc="best")
+    if any(line.label for line in lines) or any(rule.label for rule in rules):
+        where = {"loc": "center left", "bbox_to_anchor": (1.01, 0.5)} if legend_outside else {}
+        ax.legend(fontsize=7, **({"loc": "best"} | where))
     return to_png(figure, dpi)
 
 
@@ -177,7 +176,8 @@ def scatter_panels(
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_ylim(*ylim)
-        ax.legend(fontsize=7, loc="best", ncol=panel.legend_columns)
+        if panel.groups:
+            ax.legend(fontsize=7, loc="best", ncol=panel.legend_columns)
     figure.suptitle(title)
     return to_png(figure)
 
