@@ -87,7 +87,7 @@ def monitor_sweep_command(
     from personavec.pipeline.monitor_sweep import MonitorSweepConfig, read_ladder
     from personavec.pipeline.monitor_sweep import run_monitor_sweep as run
 
-    settings = {
+    settings: dict[str, Any] = {
         "trait": trait,
         "model": model,
         "layer": layer,

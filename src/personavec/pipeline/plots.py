@@ -117,8 +117,10 @@ def line_chart(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if any(line.label for line in lines) or any(rule.label for rule in rules):
-        where = {"loc": "center left", "bbox_to_anchor": (1.01, 0.5)} if legend_outside else {}
-        ax.legend(fontsize=7, **({"loc": "best"} | where))
+        if legend_outside:
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        else:
+            ax.legend(fontsize=7, loc="best")
     return to_png(figure, dpi)
 
 

@@ -179,7 +179,7 @@ def write_run_config(run_dir: Path, config: Mapping[str, Any]) -> Path:
 
 
 def _row_id(row: Row) -> Hashable:
-    return row["id"]  # type: ignore[no-any-return]
+    return row["id"]
 
 
 def resumable_rows(

@@ -1,4 +1,8 @@
-"""The sweep report: two PNG plots, a self-contained ``report.html`` and ``summary.json``."""
+"""The sweep report: two PNG plots, a self-contained ``report.html`` and ``summary.json``.
+
+The report depends on the sweep's result types, never the reverse: ``sweep.py`` should not
+import this module at its top (it imports it inside the function that writes the report).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,11 @@ import base64
 import html
 import math
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from personavec.pipeline.plots import Line, Rule, line_chart
+from personavec.pipeline.sweep import SweepResult, recommended_coef
 from personavec.store import atomic_write_bytes, atomic_write_json, atomic_write_text
-
-if TYPE_CHECKING:
-    from personavec.pipeline.sweep import SweepResult
 
 
 def _plot(result: SweepResult, attribute: str, ylabel: str, floor: float | None) -> bytes:
@@ -52,8 +54,6 @@ def _clean(value: Any) -> Any:
 
 
 def sweep_summary(result: SweepResult) -> dict[str, Any]:
-    from personavec.pipeline.sweep import recommended_coef
-
     return _clean(
         {
             "trait": result.trait,
@@ -94,8 +94,6 @@ def _table(result: SweepResult, attribute: str) -> str:
 
 def write_sweep_report(result: SweepResult) -> None:
     """Write the plots, ``report.html`` and ``summary.json`` into ``result.run_dir``."""
-    from personavec.pipeline.sweep import recommended_coef
-
     out = result.run_dir
     trait_png = _plot(result, "trait", "trait score", None)
     coherence_png = _plot(result, "coherence", "coherence", result.coherence_floor)
