@@ -14,6 +14,11 @@ Stages, each resumable from the run directory:
    layer is mean(kept pos) − mean(kept neg), unnormalised.
 5. **Report.** Per-layer held-out separation (2-fold: a vector from half the pairs scores the other
    half) as AUROC and Cohen's d, a suggested layer, plots and ``report.md``.
+
+The run directory is locked while an extraction works in it (a second process is refused). A
+re-run resumes only when the settings that shape the rollouts are unchanged; the trait counts by
+the hash of its content, so an edited trait file (same path) is never mixed with old rollouts.
+Runs made before that hash was recorded are compared through their saved ``trait.json`` copy.
 """
 
 from __future__ import annotations
@@ -57,21 +62,6 @@ from personavec.progress import stage
 from personavec.store import atomic_write_json, atomic_write_jsonl
 from personavec.traits.library import load_trait
 from personavec.traits.schema import TraitSpec
-
-__all__ = [
-    "ExtractConfig",
-    "ExtractResult",
-    "LayerSeparation",
-    "Rollout",
-    "default_run_dir",
-    "extract",
-    "filter_pairs",
-    "generate_rollouts",
-    "judge_rollouts",
-    "layer_separation",
-    "plan_rollouts",
-    "suggest_layer",
-]
 
 # Settings whose change makes earlier rollouts invalid for this run directory. The trait counts
 # by content (its hash), not by name or path: an edited trait file changes questions and prompts.
