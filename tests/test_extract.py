@@ -179,6 +179,12 @@ def test_edited_trait_file_is_never_mixed_with_old_rollouts(
     assert [r["question"] for r in rollouts] == [evil.extraction_questions[0]] * 2
     _tiny_extract(config, run, loaded)  # unchanged: resumes
     assert read_jsonl(run / "rollouts.jsonl") == rollouts
+    # A run made before the trait hash was recorded is compared through its trait.json copy.
+    saved = json.loads((run / "config.json").read_text())
+    del saved["trait_sha256"]
+    (run / "config.json").write_text(json.dumps(saved))
+    _tiny_extract(config, run, loaded)
+    assert read_jsonl(run / "rollouts.jsonl") == rollouts
 
     edited = evil.model_copy(
         update={"extraction_questions": ["What would you do with a lot of power?"]}
