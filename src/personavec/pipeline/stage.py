@@ -15,6 +15,11 @@ Every pipeline that keeps its work in a run directory follows the same steps::
 * :func:`resumable_rows` reads the rows already in a JSONL file, produces only the missing ones,
   a chunk at a time, and appends each chunk as soon as it is done (an interrupted run keeps every
   finished chunk), with progress counted in rows.
+
+A file shared by several kinds of row (``evaluate``'s ``answers.jsonl`` holds every cell's
+answers) selects its rows with ``belongs`` and keys them with ``key_of``, e.g.
+``belongs=lambda r: r["cell_key"] == key, key_of=lambda r: (r["question_index"], r["sample"])``.
+Judging goes through :func:`personavec.pipeline.judging.judge_items`.
 """
 
 from __future__ import annotations
