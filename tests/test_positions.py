@@ -72,7 +72,8 @@ def test_steering_mask_never_touches_padding() -> None:
 
 def test_steering_mask_is_per_sequence() -> None:
     """A row's mask is the same alone or in a left-padded batch (shifted by its padding)."""
-    alone = steering_mask("response", t([[1, 1, 1]]), is_prefill=True, prompt_lengths=torch.tensor([2]))
+    one = t([[1, 1, 1]])
+    alone = steering_mask("response", one, is_prefill=True, prompt_lengths=torch.tensor([2]))
     batched = steering_mask("response", LEFT, is_prefill=True, prompt_lengths=torch.tensor([2, 3]))
     assert batched[0, 1:].tolist() == alone[0].tolist() == [False, True, True]
 
