@@ -269,9 +269,16 @@ def test_evaluate_reports_off_target_traits_and_capability(
         **COMMON,  # type: ignore[arg-type]
     )
     for cell in (check.steered, check.baseline):
+        scores = [r["other.humorous"] for r in cell.rows]
+        assert len(scores) == QUESTIONS and all(0 <= s <= 100 for s in scores)
         stat = cell.off_target["humorous"]
-        assert stat.n == QUESTIONS and 0 <= stat.mean <= 100
-    assert check.capability is not None
+        assert stat.n == QUESTIONS and stat.mean == pytest.approx(sum(scores) / QUESTIONS)
+    cap = check.capability
+    assert cap is not None and cap["questions"] == 6  # lines in easy_mc.jsonl
+    for share in (cap["baseline_accuracy"], cap["steered_accuracy"]):
+        assert share * 6 == pytest.approx(round(share * 6)) and 0 <= share <= 1
+    assert cap["change"] == pytest.approx(cap["steered_accuracy"] - cap["baseline_accuracy"])
     text = (tmp_path / "eval" / "report.md").read_text()
     assert "humorous" in text
-    assert json.dumps(check.capability)  # plain data, saved with the summary
+    saved = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert saved["capability"] == cap  # plain data, saved with the summary

@@ -183,8 +183,16 @@ def test_steer_command_writes_rows(
     assert rows[2]["messages"][1:] == history
     requests = build_requests(specs, smollm2)
     chats = [r["messages"] for r in rows]
-    assert [r["steered"] for r in rows] == answer_chats(smollm2, chats, GREEDY, requests)
-    assert [r["unsteered"] for r in rows] == answer_chats(smollm2, chats, GREEDY)
+    # Expected answers without the chat layer: the interventions by hand on the engine.
+    by_hand = plan(PersonaVector.load(a), [10], 4.0) + plan(
+        PersonaVector.load(b), [20], -3.0, positions="response"
+    )
+    engine, plain_requests = HFEngine(smollm2), [GenerationRequest(c) for c in chats]
+    with steer(smollm2.model, by_hand):
+        steered = [g.response_text.strip() for g in engine.generate(plain_requests, GREEDY)]
+    unsteered = [g.response_text.strip() for g in engine.generate(plain_requests, GREEDY)]
+    assert [r["steered"] for r in rows] == steered != unsteered
+    assert [r["unsteered"] for r in rows] == unsteered
     assert rows[0]["steering"] == [r.describe() for r in requests]
     # a text file: one prompt a line
     plain = tmp_path / "prompts.txt"
