@@ -22,6 +22,7 @@ from personavec.cli.common import (
     console,
     err_console,
     friendly_errors,
+    print_answers,
 )
 from personavec.errors import PersonavecError
 
@@ -172,19 +173,6 @@ def _setting_from_options(
         mode=mode,
         threshold=threshold,
     )
-
-
-def print_answers(
-    prompts: list[str], answers: list[str], plain: list[str] | None, label: str
-) -> None:
-    """Each prompt with its answer (and the unsteered one); user text is never markup."""
-    for index, prompt in enumerate(prompts):
-        console.print(f"[bold cyan]user:[/] {escape(prompt)}", highlight=False)
-        if plain is not None:
-            console.print("[bold]unsteered:[/]", end=" ")
-            console.print(plain[index], highlight=False, markup=False)
-        console.print(f"[bold green]{label}:[/] ", end="")
-        console.print(answers[index], highlight=False, markup=False)
 
 
 @app.command("export-gguf")
@@ -354,7 +342,9 @@ def demo(
         end=" ",
     )
     console.print(result.steered, markup=False, highlight=False)
-    console.print(f"[bold green]steered away from {escape(trait)}[/] (coef -{result.coef:g}):", end=" ")
+    console.print(
+        f"[bold green]steered away from {escape(trait)}[/] (coef -{result.coef:g}):", end=" "
+    )
     console.print(result.suppressed, markup=False, highlight=False)
 
 

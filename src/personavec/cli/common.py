@@ -51,3 +51,15 @@ def friendly_errors(func: F) -> F:
 
     return wrapper  # type: ignore[return-value]
 
+
+def print_answers(
+    prompts: list[str], answers: list[str], plain: list[str] | None, label: str
+) -> None:
+    """Each prompt with its answer (and the unsteered one); user text is never markup."""
+    for index, prompt in enumerate(prompts):
+        console.print(f"[bold cyan]user:[/] {escape(prompt)}", highlight=False)
+        if plain is not None:
+            console.print("[bold]unsteered:[/]", end=" ")
+            console.print(plain[index], highlight=False, markup=False)
+        console.print(f"[bold green]{label}:[/] ", end="")
+        console.print(answers[index], highlight=False, markup=False)
