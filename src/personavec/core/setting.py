@@ -35,7 +35,7 @@ from personavec.core.layers import check_layer
 from personavec.core.positions import POSITION_MODES, PositionMode
 from personavec.core.steering import Intervention, MultiLayerMode, SteeringHandle, apply_steering
 from personavec.core.vector import PersonaVector
-from personavec.errors import SteeringError
+from personavec.errors import SteeringError, VectorFileError
 
 Unit = Literal["raw", "relative"]
 UNITS: tuple[str, ...] = get_args(Unit)
@@ -153,7 +153,7 @@ class SteeringSetting:
         norms = self.vector.typical_norm
         if norms is None:
             if self.unit == "relative":
-                raise SteeringError(
+                raise VectorFileError(
                     "this vector records no typical norms, so relative coefficients are "
                     "unavailable; pass --raw"
                 )
