@@ -403,3 +403,34 @@ def test_perplexity_command(vectors: tuple[Path, Path], tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "unsteered: perplexity" in result.output
     assert "steered:   perplexity" in result.output and "change:" in result.output
+
+
+def test_generate_checks_arguments_before_loading_the_model(tmp_path: Path) -> None:
+    # The model spec is bad too: the vector error must come first (no model load was attempted).
+    missing = tmp_path / "missing.safetensors"
+    args = ["generate", "hi", "--model", "missing.gguf", "--vector", str(missing)]
+    outcome = runner.invoke(app, args)
+    assert outcome.exit_code == 2 and "vector file not found" in outcome.output
+    v = spec_vector(tmp_path / "v.safetensors")
+    for extra, words in [
+        (["--coef", "1e30"], "typical residual norm"),
+        (["--layer", "8-"], "cannot read layers"),
+        (["--op", "cap"], "threshold"),
+    ]:
+        outcome = runner.invoke(
+            app, ["generate", "hi", "--model", "missing.gguf", "--vector", str(v), *extra]
+        )
+        assert outcome.exit_code == 2 and words in outcome.output, outcome.output
+
+
+def test_markup_in_vector_metadata_is_printed_verbatim(
+    smollm2: LoadedModel, tmp_path: Path
+) -> None:
+    path = make_vector(smollm2, tmp_path / "odd.safetensors", seed=5, layer=10, coef=2.0,
+                       trait="evil[/]")  # fmt: skip
+    outcome = runner.invoke(
+        app, ["generate", "[bold]hi[/]", "--vector", str(path), "--max-new-tokens", "2"]
+    )
+    assert outcome.exit_code == 0, outcome.output
+    assert "steering 'evil[/]' at layer 10" in outcome.output
+    assert "[bold]hi[/]" in outcome.output

@@ -260,7 +260,7 @@ class SteeringSetting:
 
     def _intervention(self, layer: int, vector: torch.Tensor, scale: float) -> Intervention:
         if self.op != "cap":
-            return Intervention(layer, vector, scale, self.op, self.positions)  # type: ignore[arg-type]
+            return Intervention(layer, vector, scale, self.op, self.positions)
         if "threshold" not in {f.name for f in fields(Intervention)}:
             raise SteeringError("this personavec build has no cap operator; upgrade personavec")
         extra: dict[str, Any] = {"threshold": self.threshold, "bound": self.bound}
