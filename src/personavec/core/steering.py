@@ -314,4 +314,3 @@ def teacher_forcing(prompt_lengths: torch.Tensor | Sequence[int]) -> Iterator[No
         yield
     finally:
         _PROMPT_LENGTHS.reset(token)
-
