@@ -10,27 +10,31 @@ Layer rule (the same everywhere): layers ``0..n_layers`` are valid; 0 is the emb
 ``L`` the output of decoder block ``L``. (Exporters to other runtimes may support fewer layers and
 say so with their own error.)
 
-Layer grammar (:func:`parse_layers`): ``12``, ``8,12,16``, ``8-16``, ``8-20:4`` (every 4th layer
-from 8 to 20), and comma-separated combinations; the result is sorted and distinct.
-
-Spec grammar (:func:`parse_steer_spec`): ``FILE[:layer[:coef[:positions[:op]]]]``. For op
-``cap`` the ``coef`` part is the threshold: a number, or ``pNN`` (the NN-th percentile of the
-projections seen at extraction).
+The text grammars (layers ``12``, ``8,12,16``, ``8-16``, ``8-20:4``; spec strings
+``FILE[:layer[:coef[:positions[:op]]]]``; cap thresholds ``2.5`` or ``p95``) live in
+:mod:`personavec.core.grammar`; :func:`parse_layers` is re-exported here and
+:func:`parse_steer_spec` turns a spec string into a setting.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
+from personavec.core.grammar import (
+    SPEC_HELP,
+    Percentile,
+    parse_coef,
+    parse_layers,
+    parse_threshold,
+    split_spec,
+)
 from personavec.core.layers import check_layer
 from personavec.core.positions import POSITION_MODES, PositionMode
 from personavec.core.steering import Intervention, MultiLayerMode, SteeringHandle, apply_steering
@@ -44,9 +48,6 @@ SETTING_OPS: tuple[str, ...] = get_args(SettingOp)
 Bound = Literal["max", "min"]
 MAX_NORM_RATIO = 100.0
 """An added vector longer than this many times the layer's typical residual norm is refused."""
-
-SPEC_HELP = "FILE[:layer[:coef[:positions[:op]]]], e.g. evil.safetensors:12:4 or v.safetensors:8-16"
-_PERCENTILE = re.compile(r"^[pP](\d+(?:\.\d+)?)$")
 
 
 def unit_of(relative: bool | None) -> Unit | None:
@@ -346,74 +347,12 @@ def _resolve_threshold(
     """A raw cap threshold: a number, or ``pNN`` resolved at the setting's single layer."""
     if threshold is None:
         raise SteeringError("the cap operator needs --threshold (a number, or pNN, e.g. p95)")
-    if isinstance(threshold, int | float):
-        return float(threshold)
-    text = threshold.strip()
-    match = _PERCENTILE.match(text)
-    if match is None:
-        try:
-            return float(text)
-        except ValueError:
-            raise SteeringError(
-                f"cannot read threshold {threshold!r}; write a number or a percentile like p95"
-            ) from None
-    q = float(match.group(1))
-    if not 0 <= q <= 100:
-        raise SteeringError(f"percentile {threshold!r} is outside p0..p100")
+    parsed = float(threshold) if isinstance(threshold, int | float) else parse_threshold(threshold)
+    if not isinstance(parsed, Percentile):
+        return parsed
     if len(set(layers)) != 1:
         raise SteeringError("a percentile threshold needs exactly one layer; pass one --layer")
-    return float(vector.projection_percentile(layers[0], q))  # type: ignore[attr-defined]
-
-
-# ---- text grammars --------------------------------------------------------------------------
-
-
-def parse_layers(text: str, n_layers: int | None = None) -> list[int]:
-    """``"12"``, ``"8,12,16"``, ``"8-16"``, ``"8-20:4"`` (and combinations) → sorted distinct
-    layers; with ``n_layers``, each must be in ``0..n_layers``."""
-    hint = "write e.g. 12, 8,12,16, 8-16 or 8-20:4"
-    layers: set[int] = set()
-    for raw in str(text).split(","):
-        part = raw.strip()
-        match = re.fullmatch(r"(\d+)(?:-(\d+)(?::(\d+))?)?", part)
-        if match is None:
-            if re.fullmatch(r"-\d+.*", part):
-                raise SteeringError(f"layers must be >= 0, got {text!r}; {hint}")
-            raise SteeringError(f"cannot read layers {text!r}; {hint}")
-        start, end, step = match.groups()
-        first, last = int(start), int(end) if end is not None else int(start)
-        stride = int(step) if step is not None else 1
-        if last < first or stride < 1:
-            raise SteeringError(f"cannot read layers {text!r} (empty range {part!r}); {hint}")
-        layers.update(range(first, last + 1, stride))
-    out = sorted(layers)
-    if n_layers is not None:
-        for layer in out:
-            check_layer(layer, n_layers)
-    return out
-
-
-def parse_coef(text: str) -> float:
-    """A finite number, or a one-line error."""
-    try:
-        value = float(text)
-    except ValueError:
-        message = f"cannot read coefficient {text!r}; write a number, e.g. 4 or -0.5"
-        raise SteeringError(message) from None
-    if not math.isfinite(value):
-        raise SteeringError(f"coefficient {text!r} is not a finite number")
-    return value
-
-
-def _split_path(text: str) -> tuple[str, list[str]]:
-    """Split ``FILE:rest…``; a path that itself holds ``:`` (``C:\\v.safetensors``) is kept whole
-    when that file exists."""
-    parts = text.split(":")
-    for k in range(len(parts), 1, -1):
-        candidate = ":".join(parts[:k])
-        if Path(candidate).is_file():
-            return candidate, parts[k:]
-    return parts[0], parts[1:]
+    return float(vector.projection_percentile(layers[0], parsed.q))  # type: ignore[attr-defined]
 
 
 def parse_steer_spec(
@@ -428,40 +367,23 @@ def parse_steer_spec(
 
     Empty or missing parts fall back as in :meth:`SteeringSetting.from_vector`; ``op`` and
     ``threshold`` are defaults for specs that name no operator / threshold. For ``cap`` the coef
-    part is the threshold (a number or ``pNN``).
+    part is the threshold (a number or ``pNN``). The spec is checked before the file is read.
     """
-    raw = text.strip()
-    if not raw:
-        raise SteeringError(f"empty steering spec; write {SPEC_HELP}")
-    path, rest = _split_path(raw)
-    if not path.strip():
-        raise SteeringError(f"steering spec {text!r} names no vector file; write {SPEC_HELP}")
-    if len(rest) > 4:
-        raise SteeringError(f"steering spec {text!r} has too many ':' parts; write {SPEC_HELP}")
-    layer_text, coef_text, positions, spec_op = [p.strip() for p in rest] + [""] * (4 - len(rest))
-    spec_op = spec_op or op
-    if spec_op not in SETTING_OPS:
-        raise SteeringError(f"unknown operator {spec_op!r} in {text!r}; use add, ablate or cap")
-    if positions and positions not in POSITION_MODES:
-        raise SteeringError(
-            f"unknown positions {positions!r} in {text!r}; use {', '.join(POSITION_MODES)}"
-        )
-    layers = parse_layers(layer_text) if layer_text else None
-    coef = None
-    if spec_op == "cap":
-        threshold = coef_text or threshold
-    elif coef_text:
-        coef = parse_coef(coef_text)
-    vector = PersonaVector.load(path.strip())
+    parts = split_spec(text)
+    chosen = parts.op or op
+    coef = parse_coef(parts.value) if parts.value and chosen != "cap" else None
+    if chosen == "cap":
+        threshold = parts.value or threshold
+    vector = PersonaVector.load(parts.path)
     return SteeringSetting.from_vector(
         vector,
-        layers,
+        parts.layers,
         coef,
         unit,
-        positions or None,
-        spec_op,
+        parts.positions,
+        chosen,
         mode,
-        threshold if spec_op == "cap" else None,
+        threshold if chosen == "cap" else None,
     )
 
 
