@@ -357,13 +357,7 @@ def sweep(
     spec = trait if isinstance(trait, TraitSpec) else load_trait(trait)
     _check_targets(target_trait, target_change, coherence_floor)
     vector.check_compatible(loaded.model, force=force)
-    grid = sorted({float(c) for c in coefs} | {0.0})
-    if len(grid) < 2:
-        raise PersonavecError("the coefficient grid is empty; pass e.g. --coefs -2,-1,0,1,2")
-    layer_list = sorted(set(layers))
-    if not layer_list:
-        raise PersonavecError("no layers given; pass e.g. --layers 8-20:4")
-    position_list = list(dict.fromkeys(positions)) or ["all"]
+    grid, layer_list, position_list = _grid_axes(coefs, layers, positions)
     unit = "relative" if relative else "raw"
     steered = [
         SteeringSetting(vector, (layer,), coef, unit, pos)  # type: ignore[arg-type]
@@ -395,8 +389,7 @@ def sweep(
     calibration = _calibrate(
         run, best, results, target_trait, target_change, coherence_floor, refine_steps
     )
-    new_tokens = sum(r.new_tokens for r in results)
-    seconds = sum(r.generation_s for r in results)
+    tokens, seconds = sum(r.new_tokens for r in results), sum(r.generation_s for r in results)
     result = SweepResult(
         run_dir=run.out,
         trait=spec.name,
@@ -410,16 +403,29 @@ def sweep(
         relative=relative,
         coherence_floor=coherence_floor,
         judge=judges.describe(),
-        tokens_per_s=new_tokens / seconds if seconds > 0 else float("nan"),
-        new_tokens=new_tokens,
-        generation_s=seconds,
         settings=asdict(settings),
         vector_written=Path(target) if write and target is not None else None,
+        tokens_per_s=tokens / seconds if seconds > 0 else float("nan"),
+        new_tokens=tokens,
+        generation_s=seconds,
     )
     write_sweep_report(result)
     if result.vector_written is not None:  # last, atomically: nothing half-written before it
         result.vector_written = write_calibration(vector, result.vector_written, result)
     return result
+
+
+def _grid_axes(
+    coefs: Sequence[float], layers: Sequence[int], positions: Sequence[str]
+) -> tuple[list[float], list[int], list[str]]:
+    """Sorted coefficients (0 added: the baseline), sorted layers, distinct position modes."""
+    grid = sorted({float(c) for c in coefs} | {0.0})
+    if len(grid) < 2:
+        raise PersonavecError("the coefficient grid is empty; pass e.g. --coefs -2,-1,0,1,2")
+    layer_list = sorted(set(layers))
+    if not layer_list:
+        raise PersonavecError("no layers given; pass e.g. --layers 8-20:4")
+    return grid, layer_list, list(dict.fromkeys(positions)) or ["all"]
 
 
 def _check_targets(
