@@ -71,10 +71,8 @@ def monitor_command(
 ) -> None:
     """Answer prompts with per-token projections: coloured tokens, meters and alerts."""
     from personavec.core.models import chat_messages, load_model
-    from personavec.core.setting import SteeringSetting
     from personavec.core.vector import PersonaVector
     from personavec.monitor.monitor import (
-        ConditionalSteering,
         LiveMeter,
         ReadingLog,
         generate_monitored,
@@ -84,13 +82,7 @@ def monitor_command(
         raise PersonavecError("--steer-back needs --threshold T (steer only above it)")
     vectors = [PersonaVector.load(path) for path in vector]
     specs = _monitor_specs(vector, vectors, layer, threshold)
-    conditional = []
-    if steer_back is not None and threshold is not None:
-        # validated like every steering setting (layer, strength, zero vector) before loading
-        back = SteeringSetting.from_vector(
-            vectors[0], [specs[0].layer], -steer_back, "raw", "response"
-        )
-        conditional.append(ConditionalSteering(specs[0], threshold, -back.coef, back.positions))
+    conditional = _steer_back(vectors[0], specs[0], threshold, steer_back)
     reading_log = ReadingLog(log) if log is not None else None
     show_live = live if live is not None else (console.is_terminal and len(prompts) == 1)
     if show_live and len(prompts) != 1:
@@ -119,11 +111,23 @@ def monitor_command(
                 highlight=False,
             )
     if reading_log is not None:
-        console.print(
-            f"readings logged to {log} (session {reading_log.session})",
-            highlight=False,
-            markup=False,
-        )
+        where = f"readings logged to {log} (session {reading_log.session})"
+        console.print(where, highlight=False, markup=False)
+
+
+def _steer_back(pv: Any, spec: Any, threshold: float | None, steer_back: float | None) -> list[Any]:
+    """``--steer-back COEF``: subtract ``COEF·v`` at answer tokens above ``--threshold``.
+
+    Validated as a :class:`SteeringSetting` first (layer, strength against the typical norm,
+    zero vector), so nonsense fails before the model loads.
+    """
+    from personavec.core.setting import SteeringSetting
+    from personavec.monitor.monitor import ConditionalSteering
+
+    if steer_back is None or threshold is None:
+        return []
+    back = SteeringSetting.from_vector(pv, [spec.layer], -steer_back, "raw", "response")
+    return [ConditionalSteering(spec, threshold, -back.coef, back.positions)]
 
 
 def _monitor_specs(

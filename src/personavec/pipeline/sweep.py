@@ -301,6 +301,21 @@ class _SweepRun:
     judges: Judges
     out: Path
 
+    @classmethod
+    def prepare(
+        cls,
+        loaded: LoadedModel,
+        spec: TraitSpec,
+        vector: PersonaVector,
+        unit: str,
+        judge: str | Judge,
+        out: Path,
+        **eval_fields: Any,
+    ) -> _SweepRun:
+        """Validated evaluation settings, questions and judges (see ``prepare_evaluation``)."""
+        settings, questions, judges = prepare_evaluation(loaded, spec, judge, **eval_fields)
+        return cls(loaded, vector, unit, settings, questions, judges, out)
+
     def cell(self, layer: int, coef: float, positions: str) -> SteeringSetting:
         """One grid cell (validated: layer range, strength, zero vector)."""
         return SteeringSetting(self.vector, (layer,), coef, self.unit, positions)  # type: ignore[arg-type]
@@ -359,20 +374,24 @@ def sweep(
     vector.check_compatible(loaded.model, force=force)
     grid, layer_list, position_list = _grid_axes(coefs, layers, positions)
     unit = "relative" if relative else "raw"
+    # every cell is validated here, before anything is generated
     steered = [
         SteeringSetting(vector, (layer,), coef, unit, pos)  # type: ignore[arg-type]
         for pos in position_list
         for layer in layer_list
         for coef in grid
         if coef != 0
-    ]  # every cell is validated here, before anything is generated
+    ]
     target = vector_path if vector_path is not None else vector.path
     if write and target is None:
         raise PersonavecError("the vector has no file to write the calibration to; pass a path")
-    settings, question_list, judges = prepare_evaluation(
+    run = _SweepRun.prepare(
         loaded,
         spec,
+        vector,
+        unit,
         judge,
+        Path(run_dir),
         questions=questions,
         samples=samples,
         max_new_tokens=max_new_tokens,
@@ -380,7 +399,6 @@ def sweep(
         seed=seed,
         coherence_judge=coherence_judge,
     )
-    run = _SweepRun(loaded, vector, unit, settings, question_list, judges, Path(run_dir))
     baseline_cell = run.cell(layer_list[0], 0.0, position_list[0])
     results = run.run([baseline_cell, *steered], show_progress)
     baseline, cells = results[0], results[1:]
@@ -402,8 +420,8 @@ def sweep(
         calibration=calibration,
         relative=relative,
         coherence_floor=coherence_floor,
-        judge=judges.describe(),
-        settings=asdict(settings),
+        judge=run.judges.describe(),
+        settings=asdict(run.settings),
         vector_written=Path(target) if write and target is not None else None,
         tokens_per_s=tokens / seconds if seconds > 0 else float("nan"),
         new_tokens=tokens,
