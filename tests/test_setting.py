@@ -287,3 +287,11 @@ def test_describe_and_label() -> None:
     )
     assert SteeringSetting(pv, (2,), -1.0).label() == "L2 raw -1 (all)"
     assert SteeringSetting(pv, (2,), 0.0).label() == "baseline"
+
+
+def test_cap_passes_threshold_and_bound_to_the_intervention() -> None:
+    """Needs ``Intervention(threshold=, bound=)`` (the ``core`` branch)."""
+    setting = SteeringSetting(make_vector(), (2,), op="cap", threshold=1.5, bound="min")
+    (item,) = setting.interventions()
+    assert (item.layer, item.op, item.threshold, item.bound) == (2, "cap", 1.5, "min")  # type: ignore[attr-defined]
+    torch.testing.assert_close(item.vector, make_vector().at(2))
