@@ -55,9 +55,12 @@ def unit_of(relative: bool | None) -> Unit | None:
     return None if relative is None else ("relative" if relative else "raw")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SteeringSetting:
     """A persona vector plus how to apply it; validated across fields when constructed.
+
+    Frozen: change one with :func:`dataclasses.replace`, which validates again. Compared by
+    identity (the vector holds tensors); compare :meth:`identity` for "same setting".
 
     Attributes:
         vector: the persona vector (rows ``[n_layers + 1, hidden]``).
