@@ -68,9 +68,12 @@ def parse_specs(
     """Every ``--steer`` as a setting (vector files read; no model needed yet)."""
     from personavec.core.setting import parse_steer_spec, unit_of
 
-    return [
+    settings = [
         parse_steer_spec(s, unit=unit_of(relative), op=op, threshold=threshold) for s in specs or []
     ]
+    if threshold is not None and not any(s.op == "cap" for s in settings):
+        raise PersonavecError("--threshold is for cap steering; pass --op cap or a ':cap' spec")
+    return settings
 
 
 def _load_checked(
