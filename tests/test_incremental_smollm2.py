@@ -17,7 +17,8 @@ from torch import nn
 
 from fixtures import synthetic_vector
 from personavec.core.models import LoadedModel
-from personavec.core.steering import plan, steer
+from personavec.core.setting import SteeringSetting
+from personavec.core.steering import steer
 
 FIRST, LAST = 10, 13  # the incremental range a..b (block outputs, 1-indexed)
 COEF = 1.5
@@ -91,7 +92,9 @@ def test_incremental_adds_exactly_v_b(smollm2: LoadedModel) -> None:
     with torch.no_grad():
         with observe(blocks, watched, first=True) as plain:
             model(ids)
-        interventions = plan(vector, range(FIRST, LAST + 1), COEF, mode="incremental")
+        interventions = SteeringSetting(
+            vector, tuple(range(FIRST, LAST + 1)), COEF, mode="incremental"
+        ).interventions()
         with (
             observe(blocks, watched, first=True) as before,
             steer(model, interventions),
@@ -135,7 +138,9 @@ def test_incremental_changes_generation_then_undoes(smollm2: LoadedModel) -> Non
     ids = ids["input_ids"] if not isinstance(ids, torch.Tensor) else ids
     with torch.no_grad():
         plain = greedy(smollm2, ids)
-        interventions = plan(vector, range(FIRST, LAST + 1), 1.0, mode="incremental")
+        interventions = SteeringSetting(
+            vector, tuple(range(FIRST, LAST + 1)), 1.0, mode="incremental"
+        ).interventions()
         with steer(model, interventions):
             steered = greedy(smollm2, ids)
         again = greedy(smollm2, ids)
