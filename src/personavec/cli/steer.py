@@ -182,6 +182,17 @@ def steer_command(
         console.print(f"wrote {len(rows)} rows to {out}")
 
 
+def _stdin_is_terminal() -> bool:
+    """Whether standard input is a terminal; a one-line error when it is closed or absent."""
+    stdin = sys.stdin
+    if stdin is None or stdin.closed:
+        raise PersonavecError(
+            "standard input is closed, so chat has nothing to read; run it in a terminal "
+            "or pipe messages in (one per line)"
+        )
+    return stdin.isatty()
+
+
 @friendly_errors
 def chat_command(
     steer: SteerOption = None,
@@ -201,6 +212,7 @@ def chat_command(
     from personavec.engines.generation import SamplingConfig
     from personavec.interfaces.chat import ChatSession, parse_steer_spec
 
+    interactive = _stdin_is_terminal()  # a closed stdin fails before the model loads
     specs = [parse_steer_spec(s) for s in steer or []]
     _check_files(specs)
     config = SamplingConfig(
@@ -211,7 +223,6 @@ def chat_command(
     for spec in specs:
         session.add(spec)
     console.print(f"[dim]{session.describe()}[/]", highlight=False)
-    interactive = sys.stdin.isatty()
     if interactive:
         console.print("[dim]type /help for commands, /quit to leave[/]")
     while True:
