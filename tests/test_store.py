@@ -32,3 +32,32 @@ def test_changed_run_settings_are_refused_unless_overwritten(tmp_path: Path) -> 
         check_run_identity(tmp_path, changed, ("seed", "model"), overwrite=False, stale=())
     check_run_identity(tmp_path, changed, ("seed", "model"), overwrite=True, stale=("rows.jsonl",))
     assert not (tmp_path / "rows.jsonl").exists()
+
+
+def test_atomic_writes_honour_the_umask_like_plain_files(tmp_path: Path) -> None:
+    import json
+    import os
+    import stat
+
+    from personavec.store import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+    for umask in (0o022, 0o077, 0o002):
+        folder = tmp_path / f"umask-{umask:03o}"
+        previous = os.umask(umask)
+        try:
+            folder.mkdir()
+            plain = folder / "plain.txt"
+            plain.write_text("x")
+            written = [
+                atomic_write_bytes(folder / "vector.safetensors", b"\x00"),
+                atomic_write_text(folder / "rows.jsonl", "{}\n"),
+                atomic_write_json(folder / "sub" / "config.json", {"a": 1}),
+            ]
+        finally:
+            os.umask(previous)
+        expected = 0o666 & ~umask
+        assert stat.S_IMODE(plain.stat().st_mode) == expected
+        assert [stat.S_IMODE(p.stat().st_mode) for p in written] == [expected] * 3
+        assert json.loads(written[2].read_text()) == {"a": 1}
+        names = sorted(p.name for p in folder.iterdir())
+        assert names == ["plain.txt", "rows.jsonl", "sub", "vector.safetensors"]  # no temp left
