@@ -160,3 +160,46 @@ def test_real_server_judge_through_the_cache(llama_server_url: str, tmp_path: Pa
         assert cache.count(judge.identity) == 1
     with JudgmentCache(path) as cache:
         assert cache.get_many(judge.identity, "coherence", [ITEM]) == {0: first[0]}
+
+
+def test_scores_that_arrived_are_kept_when_one_request_fails(tmp_path: Path) -> None:
+    from llama_server import Reply
+    from personavec.judges.base import IncompleteScores
+    from personavec.llm_client import RetryPolicy
+
+    items = [JudgeItem("q", f"answer {i}") for i in range(3)]
+    fast = RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.02)
+    # concurrency 1: the requests run in order, and the second one fails three times; the
+    # judge identity includes the base URL, so one server serves both runs
+    script = [
+        chat_reply("40", {"40": 0.0}),
+        *[Reply(503, {"error": "busy"})] * 3,
+        chat_reply("60", {"60": 0.0}),
+        chat_reply("50", {"50": 0.0}),
+    ]
+    with ScriptedServer(script) as server:
+        llm = LLMClient("m", base_url=server.base_url, concurrency=1, retry=fast)
+        judge = OpenAIJudge("m", trait=sample_trait(), client=llm)
+        with JudgmentCache(tmp_path / "j.sqlite") as cache:
+            with pytest.raises(IncompleteScores) as info:
+                CachedJudge(judge, cache).score(items)
+            assert info.value.scored == {0: 40.0, 2: 60.0}
+            message = str(info.value)
+            assert "\n" not in message and message.endswith("(2 of 3 requests were answered)")
+            assert cache.count(judge.identity) == 2  # the answers that arrived are kept
+        assert len(server.received) == 5
+        with JudgmentCache(tmp_path / "j.sqlite") as cache:
+            assert CachedJudge(judge, cache).score(items) == [40.0, 50.0, 60.0]
+    assert len(server.received) == 6  # only the missing verdict is asked for again
+    assert items[1].answer in server.received[5].body["messages"][0]["content"]
+
+
+def test_judge_timeout_reaches_the_client() -> None:
+    judge = OpenAIJudge("m", trait=sample_trait(), base_url="http://127.0.0.1:9/v1", timeout_s=9)
+    assert judge.client.timeout_s == 9.0
+    from personavec.judges.factory import make_judge
+
+    made = make_judge(
+        "openai:m", aspect="coherence", base_url="http://127.0.0.1:9/v1", timeout_s=4.5
+    )
+    assert isinstance(made, OpenAIJudge) and made.client.timeout_s == 4.5
