@@ -203,3 +203,50 @@ def test_judge_timeout_reaches_the_client() -> None:
         "openai:m", aspect="coherence", base_url="http://127.0.0.1:9/v1", timeout_s=4.5
     )
     assert isinstance(made, OpenAIJudge) and made.client.timeout_s == 4.5
+
+
+def test_cli_judge_timeout_reaches_the_llm_judge(smollm2, tmp_path: Path) -> None:
+    import torch
+    from typer.testing import CliRunner
+
+    from llama_server import Reply
+    from personavec.cli import app
+    from personavec.cli.evaluate import register
+    from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
+
+    register(app)
+    meta = VectorMetadata(
+        trait="evil",
+        model_id=smollm2.model_id,
+        model_fingerprint=config_fingerprint(smollm2.model.config),
+        hidden_size=smollm2.hidden_size,
+        n_layers=smollm2.n_layers,
+        readouts=["response_avg"],
+    )
+    vectors = {"response_avg": torch.ones(smollm2.n_layers + 1, smollm2.hidden_size)}
+    vector = PersonaVector(vectors, meta).save(tmp_path / "evil.safetensors")
+    args = ["evaluate", "--trait", "evil", "--vector", str(vector), "--layer", "10"]
+    args += ["--coef", "0.5", "--questions", "1", "--max-new-tokens", "2", "--quiet"]
+    args += ["--judge", "openai:slow-judge", "--out", str(tmp_path / "run"), "--device", "cpu"]
+    args += ["--judge-timeout", "0.25", "--judge-concurrency", "1"]
+    with ScriptedServer([Reply(body={"late": True}, delay_s=1.5)]) as server:
+        result = CliRunner().invoke(app, args, env={"OPENAI_BASE_URL": server.base_url})
+    assert result.exit_code == 2, result.output
+    assert "did not answer within 0.25 s (5 attempts); raise --judge-timeout" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_evaluation_settings_carry_the_judge_endpoint_options(
+    smollm2, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from personavec.pipeline.evaluate import EvalSettings, make_judges
+
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+
+    settings = EvalSettings(
+        judge="openai:m", coherence_judge="openai:m", judge_timeout_s=4.0, judge_concurrency=3
+    )
+    judges = make_judges(smollm2, sample_trait(), settings)
+    for judge in (judges.trait, judges.coherence):
+        assert isinstance(judge, OpenAIJudge)
+        assert (judge.client.timeout_s, judge.client.concurrency) == (4.0, 3)

@@ -17,6 +17,8 @@ from personavec import __version__
 from personavec.cli.common import (
     DeviceOption,
     DtypeOption,
+    JudgeConcurrencyOption,
+    JudgeTimeoutOption,
     ModelOption,
     console,
     err_console,
@@ -214,6 +216,8 @@ def extract(
     judge_api_key: Annotated[
         str | None, typer.Option(help="API key (or OPENAI_API_KEY); never saved.")
     ] = None,
+    judge_timeout: JudgeTimeoutOption = None,
+    judge_concurrency: JudgeConcurrencyOption = 8,
     overwrite: Annotated[bool, typer.Option(help="Start the run directory afresh.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     device: DeviceOption = "auto",
@@ -263,6 +267,8 @@ def extract(
         show_progress=not quiet,
         judge_base_url=judge_base_url,
         judge_api_key=judge_api_key,
+        judge_timeout_s=judge_timeout,
+        judge_concurrency=judge_concurrency,
     )
     best = next(s for s in result.separation if s.layer == result.suggested_layer)
     console.print(

@@ -41,7 +41,7 @@ from personavec.core.steering import plan, steer
 from personavec.core.vector import PersonaVector, config_fingerprint
 from personavec.engines.generation import GenerationRequest, HFEngine, SamplingConfig
 from personavec.errors import PersonavecError
-from personavec.judges.base import Judge, JudgeItem
+from personavec.judges.base import Aspect, Judge, JudgeItem
 from personavec.judges.cache import CachedJudge, JudgmentCache
 from personavec.judges.factory import make_judge
 from personavec.metrics.stats import mean_ci
@@ -65,6 +65,10 @@ class EvalSettings:
     batch_size: int = 64
     judge: str = "contrast"
     coherence_judge: str = "heuristic"
+    judge_timeout_s: float | None = None
+    """Seconds to wait for each LLM-judge answer (default ``$PERSONAVEC_JUDGE_TIMEOUT`` or 120)."""
+    judge_concurrency: int = 8
+    """LLM-judge requests in flight at once."""
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(
@@ -334,17 +338,26 @@ def make_judges(
     ``trait_judge`` replaces the one named by ``settings.judge`` (e.g. a ``ContrastJudge`` with
     fewer instruction pairs).
     """
+
+    def judge_for(spec: str, aspect: Aspect, about: TraitSpec) -> Judge:
+        return make_judge(
+            spec,
+            aspect=aspect,
+            trait=about,
+            loaded_model=loaded,
+            timeout_s=settings.judge_timeout_s,
+            concurrency=settings.judge_concurrency,
+        )
+
     others: dict[str, Judge] = {}
     for name in other_traits:
         other = load_trait(name)
         if other.name == trait.name:
             continue
-        others[other.name] = make_judge(
-            other_judge, aspect="trait", trait=other, loaded_model=loaded
-        )
+        others[other.name] = judge_for(other_judge, "trait", other)
     return Judges(
-        trait_judge or make_judge(settings.judge, aspect="trait", trait=trait, loaded_model=loaded),
-        make_judge(settings.coherence_judge, aspect="coherence", trait=trait, loaded_model=loaded),
+        trait_judge or judge_for(settings.judge, "trait", trait),
+        judge_for(settings.coherence_judge, "coherence", trait),
         others,
     )
 
@@ -426,7 +439,8 @@ def prepare_evaluation(
     """Validated settings, the held-out questions and the judges (shared by evaluate and sweep).
 
     ``judge`` is a spec string or a ready judge; ``settings_fields`` are :class:`EvalSettings`
-    fields (questions, samples, max_new_tokens, temperature, seed, coherence_judge).
+    fields (questions, samples, max_new_tokens, temperature, seed, coherence_judge,
+    judge_timeout_s, judge_concurrency).
     """
     settings = EvalSettings(
         judge=judge if isinstance(judge, str) else judge.identity, **settings_fields
@@ -460,6 +474,8 @@ def evaluate_steering(
     run_dir: str | Path,
     force: bool = False,
     show_progress: bool = True,
+    judge_timeout_s: float | None = None,
+    judge_concurrency: int = 8,
 ) -> EvalResult:
     """Steer with ``coef`` at ``layers`` on held-out questions; compare with the baseline.
 
@@ -484,6 +500,8 @@ def evaluate_steering(
         temperature=temperature,
         seed=seed,
         coherence_judge=coherence_judge,
+        judge_timeout_s=judge_timeout_s,
+        judge_concurrency=judge_concurrency,
     )
 
     out = Path(run_dir)

@@ -381,10 +381,13 @@ def extract(
     loaded: LoadedModel | None = None,
     judge_base_url: str | None = None,
     judge_api_key: str | None = None,
+    judge_timeout_s: float | None = None,
+    judge_concurrency: int = 8,
 ) -> ExtractResult:
     """Run the whole extraction (see the module docstring); resumable in ``run_dir``.
 
-    ``judge_base_url`` / ``judge_api_key`` reach LLM judges only and are never written to disk.
+    ``judge_base_url`` / ``judge_api_key`` / ``judge_timeout_s`` (seconds per request) /
+    ``judge_concurrency`` reach LLM judges only and are never written to disk.
     """
     from personavec.pipeline.extract_report import write_report
 
@@ -413,6 +416,8 @@ def extract(
         loaded_model=loaded,
         base_url=judge_base_url,
         api_key=judge_api_key,
+        timeout_s=judge_timeout_s,
+        concurrency=judge_concurrency,
     )
     coherence_judge = make_judge(
         config.resolved_coherence_judge(),
@@ -421,6 +426,8 @@ def extract(
         loaded_model=loaded,
         base_url=judge_base_url,
         api_key=judge_api_key,
+        timeout_s=judge_timeout_s,
+        concurrency=judge_concurrency,
     )
     judge_rollouts(
         rollouts,

@@ -315,6 +315,8 @@ def sweep(
     write: bool = True,
     force: bool = False,
     show_progress: bool = True,
+    judge_timeout_s: float | None = None,
+    judge_concurrency: int = 8,
 ) -> SweepResult:
     """Run the grid, choose the layer, calibrate, report; write the vector metadata last.
 
@@ -361,6 +363,8 @@ def sweep(
         temperature=temperature,
         seed=seed,
         coherence_judge=coherence_judge,
+        judge_timeout_s=judge_timeout_s,
+        judge_concurrency=judge_concurrency,
     )
 
     out = Path(run_dir)
