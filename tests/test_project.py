@@ -303,3 +303,18 @@ def test_in_vocabulary_token_ids_are_projected(tiny_model_factory, tmp_path: Pat
     assert close(got[0]["proj.t.L1.response_avg"], float(expected[0]))
     with pytest.raises(PersonavecError, match=r"^row 1: response_token_ids holds 49152"):
         project_records(tiny, [{**rows[0], "response_token_ids": [49152]}], [("t", pv)], {"t": 1})
+
+
+@pytest.mark.parametrize("ids", [["28"], [1.5], "28 29", [True], {"a": 1}])
+def test_token_ids_that_are_not_integers_exit_2_before_the_model_loads(
+    vectors, tmp_path: Path, ids: Any
+) -> None:
+    rows = [{"text": "fine"}, {"question": "Q?", "response": "A.", "response_token_ids": ids}]
+    source = write_rows(tmp_path / "rollouts.jsonl", rows)
+    result = runner.invoke(app, ["project", str(source), "--vector", str(vectors[0])])
+    assert result.exit_code == 2, result.output
+    assert "rollouts.jsonl:2: 'response_token_ids' must be a list of integer token ids" in (
+        result.output
+    )
+    assert len(result.output.strip().splitlines()) == 1
+    assert not default_output(source).exists()

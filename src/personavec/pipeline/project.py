@@ -129,7 +129,14 @@ def parse_row(row: Any, where: str) -> ParsedRow:
     if user_key != "text" and row.get("response") is not None:
         response = _text(row["response"], where, "response", allow_empty=True)
     ids = row.get("response_token_ids") if user_key == "question" else None
-    if isinstance(ids, list) and all(isinstance(i, int) for i in ids):
+    if ids is not None:
+        if not isinstance(ids, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in ids
+        ):
+            raise PersonavecError(
+                f"{where}: 'response_token_ids' must be a list of integer token ids; "
+                "fix it or drop the key to use the response text"
+            )
         return ParsedRow(Example(messages, response, ids), bool(ids))
     return ParsedRow(Example(messages, response), bool(response))
 
