@@ -186,3 +186,39 @@ def test_cli_runs_as_a_module(module: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("personavec ")
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        ('{"model_type": "llama", ', "not valid JSON (Expecting property name"),
+        ("[1, 2]", "it holds a JSON list, not an object"),
+        (b"\xff\xfe{}", "'utf-8' codec can't decode byte 0xff"),
+    ],
+)
+def test_corrupt_checkpoint_config_is_named_not_blamed_on_the_hub(
+    tmp_path: Path, content: str | bytes, reason: str
+) -> None:
+    config = tmp_path / "config.json"
+    if isinstance(content, bytes):
+        config.write_bytes(content)
+    else:
+        config.write_text(content)
+    expected = f"cannot read {config}: {reason}"
+    with pytest.raises(ModelLoadError, match="repair or re-create the checkpoint") as info:
+        load_model(str(tmp_path), device="cpu")
+    assert str(info.value).startswith(expected)
+    result = runner.invoke(app, ["info", str(tmp_path), "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert expected in result.output and "hub" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_checkpoint_that_transformers_cannot_load_is_not_blamed_on_the_hub(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')  # no tokenizer, no weights
+    with pytest.raises(ModelLoadError, match="repair or re-create the checkpoint") as info:
+        load_model(str(tmp_path), device="cpu")
+    assert str(info.value).startswith(f"cannot load the checkpoint in {tmp_path}: ")
+    assert "hub" not in str(info.value)

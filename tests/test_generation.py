@@ -173,3 +173,52 @@ def test_gumbel_sampler_matches_softmax() -> None:
     draws = sampler(torch.zeros(4000, 1, dtype=torch.long), logits).argmax(-1)  # type: ignore[arg-type]
     freq = torch.bincount(draws, minlength=3).float() / 4000
     assert torch.allclose(freq, probs, atol=0.03)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_prompt_longer_than_the_context_is_refused_in_one_line(
+    tiny_model_factory: Any, arch: str
+) -> None:
+    from personavec.core.models import encode_prompt
+    from personavec.engines.generation import check_context_length, context_length
+    from personavec.errors import PersonavecError
+
+    loaded = tiny_model_factory(arch)
+    assert context_length(loaded) == 1024  # both tiny configs allow 1024 positions
+    engine = HFEngine(loaded)
+    long = chat_messages("sea " * 1100)
+    n_long = len(encode_prompt(loaded.tokenizer, long))
+    assert n_long > 1024
+    requests = [*_requests(), GenerationRequest(long)]
+    with pytest.raises(PersonavecError) as info:
+        engine.generate(requests, SamplingConfig(max_new_tokens=4))
+    assert str(info.value) == (
+        f"prompt 4 of {n_long} tokens exceeds the model's context of 1024 tokens; shorten it"
+    )
+    fits = chat_messages("sea " * 900)
+    n_fits = len(encode_prompt(loaded.tokenizer, fits))
+    room = 1024 - n_fits
+    assert 0 < room < 200
+    with pytest.raises(PersonavecError) as info:
+        engine.generate([GenerationRequest(fits)], SamplingConfig(max_new_tokens=room + 1))
+    assert str(info.value) == (
+        f"the prompt of {n_fits} tokens plus max_new_tokens {room + 1} exceeds the model's "
+        f"context of 1024 tokens; shorten the prompt or lower max_new_tokens to {room}"
+    )
+    check_context_length(loaded, [encode_prompt(loaded.tokenizer, fits)], room)  # exactly fits
+
+
+def test_context_length_falls_back_to_a_sane_tokenizer_limit(tiny_model_factory: Any) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from personavec.engines.generation import context_length
+
+    tokenizer = tiny_model_factory("llama").tokenizer
+    config = AutoConfig.for_model(
+        "mamba", vocab_size=64, hidden_size=16, num_hidden_layers=1, state_size=4
+    )  # a recurrent model: no position limit in its config
+    loaded = LoadedModel(AutoModelForCausalLM.from_config(config), tokenizer, "mamba", "mamba")
+    tokenizer.model_max_length = 512
+    assert context_length(loaded) == 512
+    tokenizer.model_max_length = int(1e30)  # transformers' "no limit"
+    assert context_length(loaded) is None

@@ -175,3 +175,93 @@ def test_real_server_judge_through_the_cache(llama_server_url: str, tmp_path: Pa
         assert cache.count(judge.identity) == 1
     with JudgmentCache(path) as cache:
         assert cache.get_many(judge.identity, "coherence", [ITEM]) == {0: first[0]}
+
+
+def test_scores_that_arrived_are_kept_when_one_request_fails(tmp_path: Path) -> None:
+    from llama_server import Reply
+    from personavec.judges.base import IncompleteScores
+    from personavec.llm_client import RetryPolicy
+
+    items = [JudgeItem("q", f"answer {i}") for i in range(3)]
+    fast = RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.02)
+    # concurrency 1: the requests run in order, and the second one fails three times; the
+    # judge identity includes the base URL, so one server serves both runs
+    script = [
+        chat_reply("40", {"40": 0.0}),
+        *[Reply(503, {"error": "busy"})] * 3,
+        chat_reply("60", {"60": 0.0}),
+        chat_reply("50", {"50": 0.0}),
+    ]
+    with ScriptedServer(script) as server:
+        llm = LLMClient("m", base_url=server.base_url, concurrency=1, retry=fast)
+        judge = OpenAIJudge("m", trait=sample_trait(), client=llm)
+        with JudgmentCache(tmp_path / "j.sqlite") as cache:
+            with pytest.raises(IncompleteScores) as info:
+                CachedJudge(judge, cache).score(items)
+            assert info.value.scored == {0: 40.0, 2: 60.0}
+            message = str(info.value)
+            assert "\n" not in message and message.endswith("(2 of 3 requests were answered)")
+            assert cache.count(judge.identity) == 2  # the answers that arrived are kept
+        assert len(server.received) == 5
+        with JudgmentCache(tmp_path / "j.sqlite") as cache:
+            assert CachedJudge(judge, cache).score(items) == [40.0, 50.0, 60.0]
+    assert len(server.received) == 6  # only the missing verdict is asked for again
+    assert items[1].answer in server.received[5].body["messages"][0]["content"]
+
+
+def test_judge_timeout_reaches_the_client() -> None:
+    judge = OpenAIJudge("m", trait=sample_trait(), base_url="http://127.0.0.1:9/v1", timeout_s=9)
+    assert judge.client.timeout_s == 9.0
+    from personavec.judges.factory import make_judge
+
+    made = make_judge(
+        "openai:m", aspect="coherence", base_url="http://127.0.0.1:9/v1", timeout_s=4.5
+    )
+    assert isinstance(made, OpenAIJudge) and made.client.timeout_s == 4.5
+
+
+def test_cli_judge_timeout_reaches_the_llm_judge(smollm2, tmp_path: Path) -> None:
+    import torch
+    from typer.testing import CliRunner
+
+    from llama_server import Reply
+    from personavec.cli import app
+    from personavec.cli.evaluate import register
+    from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
+
+    register(app)
+    meta = VectorMetadata(
+        trait="evil",
+        model_id=smollm2.model_id,
+        model_fingerprint=config_fingerprint(smollm2.model.config),
+        hidden_size=smollm2.hidden_size,
+        n_layers=smollm2.n_layers,
+        readouts=["response_avg"],
+    )
+    vectors = {"response_avg": torch.ones(smollm2.n_layers + 1, smollm2.hidden_size)}
+    vector = PersonaVector(vectors, meta).save(tmp_path / "evil.safetensors")
+    args = ["evaluate", "--trait", "evil", "--vector", str(vector), "--layer", "10"]
+    args += ["--coef", "0.5", "--questions", "1", "--max-new-tokens", "2", "--quiet"]
+    args += ["--judge", "openai:slow-judge", "--out", str(tmp_path / "run"), "--device", "cpu"]
+    args += ["--judge-timeout", "0.25", "--judge-concurrency", "1"]
+    with ScriptedServer([Reply(body={"late": True}, delay_s=1.5)]) as server:
+        result = CliRunner().invoke(app, args, env={"OPENAI_BASE_URL": server.base_url})
+    assert result.exit_code == 2, result.output
+    assert "did not answer within 0.25 s (5 attempts); raise --judge-timeout" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_evaluation_settings_carry_the_judge_endpoint_options(
+    smollm2, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from personavec.pipeline.evaluate import EvalSettings, make_judges
+
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+
+    settings = EvalSettings(
+        judge="openai:m", coherence_judge="openai:m", judge_timeout_s=4.0, judge_concurrency=3
+    )
+    judges = make_judges(smollm2, sample_trait(), settings)
+    for judge in (judges.trait, judges.coherence):
+        assert isinstance(judge, OpenAIJudge)
+        assert (judge.client.timeout_s, judge.client.concurrency) == (4.0, 3)

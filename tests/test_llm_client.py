@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import math
+import threading
 import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
 from llama_server import Reply, ScriptedServer, chat_reply, free_port
 from personavec.errors import PersonavecError
 from personavec.llm_client import (
+    BatchIncomplete,
     ChatOptions,
     LLMClient,
     RetryPolicy,
@@ -253,3 +259,140 @@ def test_backoff_is_bounded_and_jittered() -> None:
     assert len(set(delays)) > 100
     assert policy.delay_s(1, 60.0, rng) == 10.0
     assert policy.delay_s(1, 2.5, rng) == 2.5
+
+
+# ---- malformed answers, timeouts, partial batches ---------------------------------------------
+
+
+class RawServer:
+    """A real HTTP server on 127.0.0.1 whose POST answers come from ``answer(n, body)``.
+
+    ``answer`` gets the 1-based request number and the request JSON and returns
+    ``(status, raw body bytes)``, so a test can send bodies that are not JSON at all.
+    """
+
+    def __init__(self, answer: Callable[[int, Any], tuple[int, bytes]]) -> None:
+        self.bodies: list[Any] = []
+        lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("content-length", "0")))
+                with lock:
+                    server.bodies.append(json.loads(raw))
+                    number = len(server.bodies)
+                status, payload = answer(number, server.bodies[-1])
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self.base_url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> RawServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+def completion(text: str) -> bytes:
+    choice = {"index": 0, "message": {"role": "assistant", "content": text}}
+    return json.dumps({"choices": [choice]}).encode()
+
+
+MALFORMED = [b'{"choices": [{"message": ', b"<html>proxy error</html>", b'{"choices": []}']
+
+
+def test_malformed_200_is_retried_like_a_5xx() -> None:
+    def answer(number: int, body: Any) -> tuple[int, bytes]:
+        return (200, MALFORMED[number - 1]) if number <= 3 else (200, completion("fine"))
+
+    with RawServer(answer) as server:
+        assert client(server.base_url).chat(HELLO).text == "fine"
+    assert len(server.bodies) == 4  # three malformed answers, each retried
+
+    with RawServer(answer) as server:
+        results = client(server.base_url, concurrency=1).chat_many([HELLO])
+    assert [r.text for r in results] == ["fine"]
+    assert len(server.bodies) == 4
+
+
+def test_always_malformed_gives_up_naming_the_api() -> None:
+    with (
+        RawServer(lambda n, body: (200, b'{"choices": []}')) as server,
+        pytest.raises(PersonavecError) as info,
+    ):
+        client(server.base_url).chat(HELLO)
+    assert len(server.bodies) == FAST.max_attempts
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(
+        f"{server.base_url}/chat/completions answered HTTP 200 without a usable completion "
+        f"{FAST.max_attempts} times (last: no usable completion (IndexError"
+    )
+    assert message.endswith("check that the server speaks the OpenAI chat API")
+
+
+def test_batch_keeps_the_answers_that_arrived() -> None:
+    def answer(number: int, body: Any) -> tuple[int, bytes]:
+        question = body["messages"][0]["content"]
+        if question == "bad":
+            return 503, b'{"error": "busy"}'
+        return 200, completion(f"answer to {question}")
+
+    questions = ["q0", "bad", "q2", "q3"]
+    with RawServer(answer) as server, pytest.raises(BatchIncomplete) as info:
+        client(server.base_url, concurrency=2).chat_many(
+            [[{"role": "user", "content": q}] for q in questions]
+        )
+    texts = [r.text if r is not None else None for r in info.value.results]
+    assert texts == ["answer to q0", None, "answer to q2", "answer to q3"]
+    assert len(server.bodies) == 3 + FAST.max_attempts
+    message = str(info.value)
+    assert "\n" not in message
+    assert "kept failing after 4 attempts (last: HTTP 503)" in message
+    assert "lower --judge-concurrency (now 2)" in message
+    assert message.endswith("(3 of 4 requests were answered)")
+
+
+def test_read_timeout_is_reported_as_a_timeout() -> None:
+    script = [Reply(body={"late": True}, delay_s=1.0)]
+    retry = RetryPolicy(max_attempts=2, base_delay_s=0.01)
+    with ScriptedServer(script) as server:
+        with pytest.raises(PersonavecError) as info:
+            client(server.base_url, timeout_s=0.2, retry=retry).chat(HELLO)
+        with pytest.raises(PersonavecError) as batch:
+            client(server.base_url, timeout_s=0.2, retry=retry).chat_many([HELLO])
+    for message in (str(info.value), str(batch.value)):
+        assert "cannot reach" not in message and "\n" not in message
+        assert message.startswith(
+            f"{server.base_url}/chat/completions did not answer within 0.2 s (2 attempts); "
+            "raise --judge-timeout (or PERSONAVEC_JUDGE_TIMEOUT)"
+        )
+
+
+def test_timeout_from_argument_environment_or_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "http://127.0.0.1:9/v1"
+    monkeypatch.delenv("PERSONAVEC_JUDGE_TIMEOUT", raising=False)
+    assert client(url).timeout_s == 120.0
+    monkeypatch.setenv("PERSONAVEC_JUDGE_TIMEOUT", "7.5")
+    assert client(url).timeout_s == 7.5
+    assert client(url, timeout_s=3).timeout_s == 3.0  # an argument wins over the environment
+    monkeypatch.setenv("PERSONAVEC_JUDGE_TIMEOUT", "soon")
+    with pytest.raises(PersonavecError, match="PERSONAVEC_JUDGE_TIMEOUT='soon' is not a number"):
+        client(url)
+    for bad in (0.0, -1.0, math.inf):
+        with pytest.raises(PersonavecError, match="positive number of seconds"):
+            client(url, timeout_s=bad)

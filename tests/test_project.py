@@ -234,3 +234,62 @@ def test_vector_from_another_model_exits_2(tmp_path: Path) -> None:
     assert "hidden size 64" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not default_output(source).exists()
+
+
+@pytest.mark.parametrize("bad_id", [49152, 10**9, -1])
+def test_out_of_vocabulary_token_ids_exit_2_naming_the_line(
+    vectors, tmp_path: Path, bad_id: int
+) -> None:
+    good = {"question": "Any advice?", "response": "Sleep.", "response_token_ids": [28, 29]}
+    bad = {"question": "Any advice?", "response": "Sleep.", "response_token_ids": [28, bad_id]}
+    source = write_rows(tmp_path / "rollouts.jsonl", [good, bad])
+    result = runner.invoke(
+        app, ["project", str(source), "--vector", str(vectors[0]), "--device", "cpu"]
+    )
+    assert result.exit_code == 2, result.output
+    assert f"rollouts.jsonl:2: response_token_ids holds {bad_id}" in result.output
+    assert "0..49151" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not default_output(source).exists()
+
+
+def test_in_vocabulary_token_ids_are_projected(tiny_model_factory, tmp_path: Path) -> None:
+    tiny = tiny_model_factory("llama", n_layers=2)
+    pv = synthetic_vector(
+        trait="t",
+        layer=1,
+        n_layers=2,
+        hidden=64,
+        model_id=tiny.model_id,
+        fingerprint=config_fingerprint(tiny.model.config),
+    )
+    ids = [0, 49151]
+    rows = [{"question": "Hi?", "response": "x", "response_token_ids": ids}]
+    got = project_records(tiny, rows, [("t", pv)], {"t": 1})
+    reference = capture(
+        tiny,
+        [Example([{"role": "user", "content": "Hi?"}], "x", ids)],
+        layers=[1],
+        keep_per_example=True,
+    )
+    assert reference.per_example is not None
+    h, v = reference.per_example["response_avg"][0, 0].double(), pv.at(1).double()
+    expected = float(h @ v / v.norm())  # h · v / ‖v‖, written out
+    assert close(got[0]["proj.t.L1.response_avg"], expected)
+    with pytest.raises(PersonavecError, match=r"^row 1: response_token_ids holds 49152"):
+        project_records(tiny, [{**rows[0], "response_token_ids": [49152]}], [("t", pv)], {"t": 1})
+
+
+@pytest.mark.parametrize("ids", [["28"], [1.5], "28 29", [True], {"a": 1}])
+def test_token_ids_that_are_not_integers_exit_2_before_the_model_loads(
+    vectors, tmp_path: Path, ids: Any
+) -> None:
+    rows = [{"text": "fine"}, {"question": "Q?", "response": "A.", "response_token_ids": ids}]
+    source = write_rows(tmp_path / "rollouts.jsonl", rows)
+    result = runner.invoke(app, ["project", str(source), "--vector", str(vectors[0])])
+    assert result.exit_code == 2, result.output
+    assert "rollouts.jsonl:2: 'response_token_ids' must be a list of integer token ids" in (
+        result.output
+    )
+    assert len(result.output.strip().splitlines()) == 1
+    assert not default_output(source).exists()

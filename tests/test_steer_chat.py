@@ -444,3 +444,24 @@ def test_markup_in_vector_metadata_is_printed_verbatim(
     assert outcome.exit_code == 0, outcome.output
     assert "steering 'evil[/]' at layer 10" in outcome.output
     assert "[bold]hi[/]" in outcome.output
+
+
+def test_chat_with_closed_stdin_exits_2_with_one_line(tmp_path: Path) -> None:
+    script = (
+        "from personavec.cli import app; from personavec.cli.steer import register; "
+        "register(app); app()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, "chat", "--device", "cpu"],
+        preexec_fn=lambda: os.close(0),  # the child starts with file descriptor 0 closed
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "300"},
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    output = (result.stdout + result.stderr).strip()
+    assert "standard input is closed" in output
+    assert "Traceback" not in output and len(output.splitlines()) == 1

@@ -24,3 +24,32 @@ def test_atomic_jsonl_rewrite_replaces_the_rows(tmp_path: Path) -> None:
     atomic_write_jsonl(path, [{"id": 1, "score": 42.0}, {"id": 2, "text": "ü"}])
     assert read_jsonl(path) == [{"id": 1, "score": 42.0}, {"id": 2, "text": "ü"}]
     assert [p.name for p in tmp_path.iterdir()] == ["rows.jsonl"]  # no temp file left
+
+
+def test_atomic_writes_honour_the_umask_like_plain_files(tmp_path: Path) -> None:
+    import json
+    import os
+    import stat
+
+    from personavec.store import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+    for umask in (0o022, 0o077, 0o002):
+        folder = tmp_path / f"umask-{umask:03o}"
+        previous = os.umask(umask)
+        try:
+            folder.mkdir()
+            plain = folder / "plain.txt"
+            plain.write_text("x")
+            written = [
+                atomic_write_bytes(folder / "vector.safetensors", b"\x00"),
+                atomic_write_text(folder / "rows.jsonl", "{}\n"),
+                atomic_write_json(folder / "sub" / "config.json", {"a": 1}),
+            ]
+        finally:
+            os.umask(previous)
+        expected = 0o666 & ~umask
+        assert stat.S_IMODE(plain.stat().st_mode) == expected
+        assert [stat.S_IMODE(p.stat().st_mode) for p in written] == [expected] * 3
+        assert json.loads(written[2].read_text()) == {"a": 1}
+        names = sorted(p.name for p in folder.iterdir())
+        assert names == ["plain.txt", "rows.jsonl", "sub", "vector.safetensors"]  # no temp left

@@ -417,3 +417,18 @@ def test_cli_validate_strict_fails_on_warnings(cli: typer.Typer, tmp_path: Path)
     assert lenient.exit_code == 0 and "warning: 1 instruction pair" in lenient.stdout
     strict = runner.invoke(cli, ["trait", "validate", "--strict", str(path)])
     assert strict.exit_code == 1 and strict.stdout.startswith("FAIL ")
+
+
+@pytest.mark.parametrize("version", ["1", -1, 0, 1.0, True, None])
+def test_format_version_must_be_a_positive_integer(
+    cli: typer.Typer, tmp_path: Path, version: object
+) -> None:
+    data = _evil_data()
+    data["format_version"] = version
+    path = _write(tmp_path / "t.json", data)
+    assert "format_version:" in _error_for(path)
+    result = runner.invoke(cli, ["trait", "validate", str(path)])
+    assert result.exit_code == 1
+    assert result.stdout.startswith("FAIL ") and "format_version" in result.stdout
+    data["format_version"] = 1
+    assert validate_trait_file(_write(tmp_path / "ok.json", data)).format_version == 1

@@ -3,9 +3,12 @@
 One :class:`LLMClient` talks to one model on one endpoint. It offers a synchronous
 :meth:`LLMClient.chat`, an asynchronous :meth:`LLMClient.achat`, and batch helpers that run
 requests concurrently with at most ``concurrency`` in flight. Transient failures (HTTP 429,
-HTTP 5xx, timeouts, refused or dropped connections) are retried with exponential backoff and
-full jitter, honouring ``Retry-After``; everything else fails at once with a one-line
-:class:`~personavec.errors.PersonavecError`.
+HTTP 5xx, an HTTP 200 whose body is not a usable completion, timeouts, refused or dropped
+connections) are retried with exponential backoff and full jitter, honouring ``Retry-After``;
+everything else fails at once with a one-line :class:`~personavec.errors.PersonavecError`. One
+retry loop (:meth:`LLMClient._outcome` decides, :meth:`LLMClient._backoff_s` waits or gives up)
+serves both the blocking and the asynchronous calls. A batch whose requests partly fail raises
+:class:`BatchIncomplete`, which carries the answers that did arrive.
 
 Endpoints and keys come from arguments or the environment:
 
@@ -14,18 +17,20 @@ Endpoints and keys come from arguments or the environment:
   api.openai.com endpoint; local servers (llama.cpp, vLLM, ...) usually need none.
 * ``anthropic:MODEL``: ``ANTHROPIC_BASE_URL`` (default ``https://api.anthropic.com/v1``) and
   ``ANTHROPIC_API_KEY``. Text only: the Messages API returns no log-probabilities.
+
+The per-request timeout defaults to ``PERSONAVEC_JUDGE_TIMEOUT`` seconds when set, else 120 s.
+Request bodies and answer parsing live in :mod:`personavec.llm_wire`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import email.utils
 import math
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import urlparse
@@ -33,43 +38,27 @@ from urllib.parse import urlparse
 import httpx
 
 from personavec.errors import PersonavecError
-
-Provider = Literal["openai", "anthropic"]
-Message = Mapping[str, str]
+from personavec.llm_wire import (
+    ChatOptions,
+    ChatResult,
+    Message,
+    Provider,
+    anthropic_body,
+    check_options,
+    openai_body,
+    parse_anthropic_response,
+    parse_openai_response,
+    parse_retry_after,
+)
 
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_ANTHROPIC_BASE_URL = "https://api.anthropic.com/v1"
 ANTHROPIC_VERSION = "2023-06-01"
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+DEFAULT_TIMEOUT_S = 120.0
+TIMEOUT_ENV = "PERSONAVEC_JUDGE_TIMEOUT"
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ChatOptions:
-    """Sampling options for one chat completion."""
-
-    max_tokens: int = 512
-    temperature: float = 0.0
-    top_p: float | None = None
-    logprobs: bool = False
-    """Ask for the log-probability of each generated token (OpenAI-compatible servers only)."""
-    top_logprobs: int | None = None
-    """How many alternatives per position to return with their log-probabilities (0-20)."""
-    seed: int | None = None
-
-
-@dataclass(frozen=True)
-class ChatResult:
-    """One completion: its text and, when asked for, per-position top log-probabilities."""
-
-    text: str
-    top_logprobs: list[dict[str, float]] | None = None
-    """One mapping per generated token: candidate token text -> natural-log probability.
-
-    Candidates that decode to the same text (e.g. two byte-level spellings) are merged by
-    summing their probabilities. ``None`` when the server returned no log-probabilities."""
-    finish_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,7 +89,38 @@ class _Transient:
 
     reason: str
     retry_after_s: float | None = None
-    unreachable: bool = False
+    kind: Literal["server", "unreachable", "timeout", "malformed"] = "server"
+
+
+class BatchIncomplete(PersonavecError):
+    """Some requests of a batch failed for good; ``results`` holds the answers that arrived.
+
+    ``results[i]`` is the :class:`ChatResult` of conversation ``i``, or ``None`` where that
+    request failed. The message is the first failure's, with how many requests were answered.
+    """
+
+    def __init__(self, message: str, results: list[ChatResult | None]) -> None:
+        super().__init__(message)
+        self.results = results
+
+
+def resolve_timeout_s(timeout_s: float | None) -> float:
+    """``timeout_s``, else ``$PERSONAVEC_JUDGE_TIMEOUT``, else 120; must be a positive number."""
+    if timeout_s is None:
+        raw = os.environ.get(TIMEOUT_ENV, "").strip()
+        if not raw:
+            return DEFAULT_TIMEOUT_S
+        try:
+            timeout_s = float(raw)
+        except ValueError:
+            raise PersonavecError(
+                f"{TIMEOUT_ENV}={raw!r} is not a number of seconds; set it to e.g. 300"
+            ) from None
+    if not math.isfinite(timeout_s) or timeout_s <= 0:
+        raise PersonavecError(
+            f"the judge timeout must be a positive number of seconds, got {timeout_s}"
+        )
+    return float(timeout_s)
 
 
 @dataclass
@@ -113,7 +133,7 @@ class LLMClient:
         provider: ``"openai"`` (any OpenAI-compatible server) or ``"anthropic"``.
         base_url: Endpoint root ending in ``/v1``; default from the environment (module docs).
         api_key: Bearer key; default from the environment.
-        timeout_s: Per-request timeout in seconds.
+        timeout_s: Per-request timeout in seconds; default ``$PERSONAVEC_JUDGE_TIMEOUT`` or 120.
         concurrency: Most requests in flight at once in the batch helpers.
         retry: Retry policy for transient failures.
     """
@@ -122,7 +142,7 @@ class LLMClient:
     provider: Provider = "openai"
     base_url: str | None = None
     api_key: str | None = None
-    timeout_s: float = 120.0
+    timeout_s: float | None = None
     concurrency: int = 8
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     _rng: random.Random = field(
@@ -134,6 +154,7 @@ class LLMClient:
             raise PersonavecError(
                 f"unknown LLM provider {self.provider!r}; use 'openai' or 'anthropic'"
             )
+        self.timeout_s = resolve_timeout_s(self.timeout_s)
         if self.concurrency < 1:
             raise PersonavecError(f"concurrency must be >= 1, got {self.concurrency}")
         if self.retry.max_attempts < 1:
@@ -197,16 +218,13 @@ class LLMClient:
         return openai_body(self.model, messages, options)
 
     def _parse(self, payload: Any) -> ChatResult:
-        try:
-            if self.provider == "anthropic":
-                return parse_anthropic_response(payload)
-            return parse_openai_response(payload)
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise PersonavecError(
-                f"unexpected response from {self.url} ({type(exc).__name__}: {exc}); "
-                "check that the server speaks the "
-                f"{'Anthropic Messages' if self.provider == 'anthropic' else 'OpenAI chat'} API"
-            ) from exc
+        if self.provider == "anthropic":
+            return parse_anthropic_response(payload)
+        return parse_openai_response(payload)
+
+    @property
+    def _api_name(self) -> str:
+        return "Anthropic Messages" if self.provider == "anthropic" else "OpenAI chat"
 
     def _classify(self, response: httpx.Response) -> _Transient | None:
         """``None`` for success; a transient failure to retry; raise for a permanent one."""
@@ -226,17 +244,56 @@ class LLMClient:
             f"(HTTP {response.status_code}: {snippet}); check the model name and options"
         )
 
+    def _outcome(self, reply: httpx.Response | httpx.TransportError) -> ChatResult | _Transient:
+        """The answer of one attempt, or the transient failure to retry; raise when permanent.
+
+        An HTTP 200 whose body is not JSON, or JSON without a usable completion (e.g. empty
+        ``choices``), is transient: proxies and overloaded servers send those now and then.
+        """
+        if isinstance(reply, httpx.TransportError):
+            return self._transport_failure(reply)
+        failure = self._classify(reply)
+        if failure is not None:
+            return failure
+        try:
+            payload = reply.json()
+        except ValueError:
+            snippet = " ".join(reply.text.split())[:120]
+            return _Transient(f"a body that is not JSON: {snippet!r}", kind="malformed")
+        try:
+            return self._parse(payload)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            return _Transient(
+                f"no usable completion ({type(exc).__name__}: {exc})", kind="malformed"
+            )
+
+    def _backoff_s(self, attempt: int, last: _Transient) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based); raise after the last."""
+        if attempt >= self.retry.max_attempts:
+            raise self._give_up(last)
+        return self.retry.delay_s(attempt, last.retry_after_s, self._rng)
+
     def _give_up(self, last: _Transient) -> PersonavecError:
         attempts = self.retry.max_attempts
-        if last.unreachable:
+        if last.kind == "unreachable":
             return PersonavecError(
                 f"cannot reach {self.url} after {attempts} attempts ({last.reason}); "
                 "check that the server is running and the base URL (--base-url / "
                 f"{'OPENAI' if self.provider == 'openai' else 'ANTHROPIC'}_BASE_URL)"
             )
+        if last.kind == "timeout":
+            return PersonavecError(
+                f"{self.url} did not answer within {self.timeout_s:g} s ({attempts} attempts); "
+                f"raise --judge-timeout (or {TIMEOUT_ENV}) or use a faster server"
+            )
+        if last.kind == "malformed":
+            return PersonavecError(
+                f"{self.url} answered HTTP 200 without a usable completion {attempts} times "
+                f"(last: {last.reason}); check that the server speaks the {self._api_name} API"
+            )
         return PersonavecError(
             f"{self.url} kept failing after {attempts} attempts (last: {last.reason}); "
-            "try again later or lower the concurrency"
+            f"try again later or lower --judge-concurrency (now {self.concurrency})"
         )
 
     @staticmethod
@@ -245,28 +302,28 @@ class LLMClient:
         detail = str(exc).strip()
         if detail:
             reason = f"{reason}: {detail[:120]}"
-        return _Transient(reason, unreachable=True)
+        if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+            return _Transient(reason, kind="timeout")
+        return _Transient(reason, kind="unreachable")
 
     def chat(self, messages: Sequence[Message], options: ChatOptions | None = None) -> ChatResult:
         """One chat completion, blocking, with retries."""
         options = options or ChatOptions()
         check_options(self.provider, options)
         body = self._body(messages, options)
-        last = _Transient("no attempt made")
+        attempt = 0
         with httpx.Client(timeout=self.timeout_s) as http:
-            for attempt in range(1, self.retry.max_attempts + 1):
+            while True:
+                attempt += 1
+                reply: httpx.Response | httpx.TransportError
                 try:
-                    response = http.post(self.url, json=body, headers=self._headers())
+                    reply = http.post(self.url, json=body, headers=self._headers())
                 except httpx.TransportError as exc:
-                    last = self._transport_failure(exc)
-                else:
-                    failure = self._classify(response)
-                    if failure is None:
-                        return self._parse(_json(response, self.url))
-                    last = failure
-                if attempt < self.retry.max_attempts:
-                    time.sleep(self.retry.delay_s(attempt, last.retry_after_s, self._rng))
-        raise self._give_up(last)
+                    reply = exc
+                outcome = self._outcome(reply)
+                if isinstance(outcome, ChatResult):
+                    return outcome
+                time.sleep(self._backoff_s(attempt, outcome))
 
     async def achat(
         self,
@@ -282,20 +339,18 @@ class LLMClient:
         options = options or ChatOptions()
         check_options(self.provider, options)
         body = self._body(messages, options)
-        last = _Transient("no attempt made")
-        for attempt in range(1, self.retry.max_attempts + 1):
+        attempt = 0
+        while True:
+            attempt += 1
+            reply: httpx.Response | httpx.TransportError
             try:
-                response = await http.post(self.url, json=body, headers=self._headers())
+                reply = await http.post(self.url, json=body, headers=self._headers())
             except httpx.TransportError as exc:
-                last = self._transport_failure(exc)
-            else:
-                failure = self._classify(response)
-                if failure is None:
-                    return self._parse(_json(response, self.url))
-                last = failure
-            if attempt < self.retry.max_attempts:
-                await asyncio.sleep(self.retry.delay_s(attempt, last.retry_after_s, self._rng))
-        raise self._give_up(last)
+                reply = exc
+            outcome = self._outcome(reply)
+            if isinstance(outcome, ChatResult):
+                return outcome
+            await asyncio.sleep(self._backoff_s(attempt, outcome))
 
     async def achat_many(
         self,
@@ -307,6 +362,8 @@ class LLMClient:
         """Many completions, at most ``concurrency`` in flight; results in input order.
 
         ``on_done(index)`` is called as each one finishes (e.g. to advance a progress bar).
+        When some requests fail for good, the others still run to the end, and
+        :class:`BatchIncomplete` is raised with every answer that arrived.
         """
         semaphore = asyncio.Semaphore(self.concurrency)
         limits = httpx.Limits(max_connections=self.concurrency)
@@ -319,7 +376,10 @@ class LLMClient:
                     on_done(index)
                 return result
 
-            return list(await asyncio.gather(*(one(i, m) for i, m in enumerate(conversations))))
+            outcomes = await asyncio.gather(
+                *(one(i, m) for i, m in enumerate(conversations)), return_exceptions=True
+            )
+        return _complete(outcomes)
 
     def chat_many(
         self,
@@ -330,6 +390,21 @@ class LLMClient:
     ) -> list[ChatResult]:
         """Blocking wrapper of :meth:`achat_many` (safe to call inside a running event loop)."""
         return run_sync(lambda: self.achat_many(conversations, options, on_done=on_done))
+
+
+def _complete(outcomes: Sequence[ChatResult | BaseException]) -> list[ChatResult]:
+    """The results of a batch; :class:`BatchIncomplete` (with the answers) when some failed."""
+    for outcome in outcomes:  # anything but a request's own one-line failure propagates as is
+        if isinstance(outcome, BaseException) and not isinstance(outcome, PersonavecError):
+            raise outcome
+    results = [o if isinstance(o, ChatResult) else None for o in outcomes]
+    failures = [o for o in outcomes if isinstance(o, PersonavecError)]
+    if not failures:
+        return cast(list[ChatResult], results)
+    answered = len(outcomes) - len(failures)
+    raise BatchIncomplete(
+        f"{failures[0]} ({answered} of {len(outcomes)} requests were answered)", results
+    )
 
 
 def run_sync(make: Callable[[], Awaitable[T]]) -> T:
@@ -348,128 +423,3 @@ def run_sync(make: Callable[[], Awaitable[T]]) -> T:
         return runner()
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(runner).result()
-
-
-def _json(response: httpx.Response, url: str) -> Any:
-    try:
-        return response.json()
-    except ValueError as exc:
-        snippet = " ".join(response.text.split())[:120]
-        raise PersonavecError(
-            f"{url} answered with something that is not JSON ({snippet!r}); "
-            "check the base URL points at an OpenAI-compatible /v1 endpoint"
-        ) from exc
-
-
-def check_options(provider: Provider, options: ChatOptions) -> None:
-    """Reject option combinations the provider cannot serve."""
-    if options.max_tokens < 1:
-        raise PersonavecError(f"max_tokens must be >= 1, got {options.max_tokens}")
-    if options.top_logprobs is not None and not 0 <= options.top_logprobs <= 20:
-        raise PersonavecError(f"top_logprobs must be in 0..20, got {options.top_logprobs}")
-    if provider == "anthropic" and (options.logprobs or options.top_logprobs):
-        raise PersonavecError(
-            "Anthropic's Messages API returns no log-probabilities; use an openai: model "
-            "for logprob-based judging"
-        )
-
-
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date); ``None`` if absent."""
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - time.time(), 0.0)
-
-
-def openai_body(model: str, messages: Sequence[Message], options: ChatOptions) -> dict[str, Any]:
-    """Request JSON for ``POST /chat/completions``."""
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": [dict(m) for m in messages],
-        "max_tokens": options.max_tokens,
-        "temperature": options.temperature,
-    }
-    if options.top_p is not None:
-        body["top_p"] = options.top_p
-    if options.seed is not None:
-        body["seed"] = options.seed
-    if options.logprobs or options.top_logprobs:
-        body["logprobs"] = True
-        if options.top_logprobs:
-            body["top_logprobs"] = options.top_logprobs
-    return body
-
-
-def anthropic_body(model: str, messages: Sequence[Message], options: ChatOptions) -> dict[str, Any]:
-    """Request JSON for Anthropic's ``POST /messages`` (system turns move to ``system``)."""
-    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-    body: dict[str, Any] = {
-        "model": model,
-        "max_tokens": options.max_tokens,
-        "temperature": options.temperature,
-        "messages": [
-            {"role": m["role"], "content": m["content"]} for m in messages if m["role"] != "system"
-        ],
-    }
-    if system:
-        body["system"] = system
-    if options.top_p is not None:
-        body["top_p"] = options.top_p
-    return body
-
-
-def _merge(pairs: Sequence[tuple[str, float]]) -> dict[str, float]:
-    """token -> logprob, summing probabilities of candidates with the same text."""
-    merged: dict[str, float] = {}
-    for token, logprob in pairs:
-        if logprob is None:
-            continue
-        if token in merged:
-            merged[token] = math.log(math.exp(merged[token]) + math.exp(logprob))
-        else:
-            merged[token] = float(logprob)
-    return merged
-
-
-def parse_openai_response(payload: Any) -> ChatResult:
-    """Text and top log-probabilities from a chat-completions response.
-
-    Accepts the chat format (``logprobs.content[i].top_logprobs`` as a list) and the legacy
-    completion format some servers send (``logprobs.top_logprobs`` as a list of mappings).
-    """
-    choice = payload["choices"][0]
-    message = choice.get("message") or {}
-    text = message.get("content")
-    if text is None:
-        text = choice.get("text") or ""
-    logprobs = choice.get("logprobs")
-    top: list[dict[str, float]] | None = None
-    if isinstance(logprobs, Mapping):
-        if isinstance(logprobs.get("content"), list):
-            top = [
-                _merge(
-                    [(c["token"], c["logprob"]) for c in position.get("top_logprobs") or []]
-                    or [(position["token"], position["logprob"])]
-                )
-                for position in logprobs["content"]
-            ]
-        elif isinstance(logprobs.get("top_logprobs"), list):
-            top = [_merge(list((pos or {}).items())) for pos in logprobs["top_logprobs"]]
-    return ChatResult(str(text), top or None, choice.get("finish_reason"))
-
-
-def parse_anthropic_response(payload: Any) -> ChatResult:
-    """Text from a Messages API response (concatenated text blocks)."""
-    blocks = payload["content"]
-    text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
-    return ChatResult(text, None, payload.get("stop_reason"))

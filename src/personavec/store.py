@@ -8,17 +8,39 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from personavec.errors import PersonavecError
+
+
+def _create_temp(target: Path) -> tuple[int, str]:
+    """Open a new temp file beside ``target`` with the permissions of a normal new file.
+
+    ``tempfile.mkstemp`` creates files readable by the owner only (0600); ``os.open`` with
+    0666 lets the umask decide, as ``open(path, "w")`` does, so every run file gets the same
+    mode.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = str(target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise PersonavecError(f"cannot create a temporary file beside {target}; clean that directory")
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically; create parent directories; return the path."""
+    """Write ``data`` to ``path`` atomically; create parent directories; return the path.
+
+    A new file gets the mode ``0666 & ~umask``, like any file the user's programs create.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = _create_temp(target)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -30,6 +30,13 @@ ModelOption = Annotated[
 ]
 DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
 DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")]
+JudgeTimeoutOption = Annotated[
+    float | None,
+    typer.Option(help="Seconds to wait for each LLM-judge answer (PERSONAVEC_JUDGE_TIMEOUT; 120)."),
+]
+JudgeConcurrencyOption = Annotated[
+    int, typer.Option(min=1, help="LLM-judge requests in flight at once.")
+]
 
 
 def friendly_errors(func: F) -> F:

@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from personavec.cli.common import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
+from personavec.cli.common import (
+    DeviceOption,
+    DtypeOption,
+    JudgeConcurrencyOption,
+    JudgeTimeoutOption,
+    ModelOption,
+    console,
+    friendly_errors,
+)
 
 if TYPE_CHECKING:
     from personavec.pipeline.evaluate import EvalResult
@@ -64,6 +72,8 @@ def evaluate_command(
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     judge: JudgeOption = "contrast",
     coherence_judge: CoherenceOption = "heuristic",
+    judge_timeout: JudgeTimeoutOption = None,
+    judge_concurrency: JudgeConcurrencyOption = 8,
     other_traits: Annotated[
         str | None, typer.Option(help="Comma-separated traits to check for side effects.")
     ] = None,
@@ -116,6 +126,8 @@ def evaluate_command(
         run_dir=_run_dir("evaluate", trait, vector, out),
         force=force,
         show_progress=not quiet,
+        judge_timeout_s=judge_timeout,
+        judge_concurrency=judge_concurrency,
     )
     _print_evaluation(result)
 
@@ -168,6 +180,8 @@ def sweep_command(
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     judge: JudgeOption = "contrast",
     coherence_judge: CoherenceOption = "heuristic",
+    judge_timeout: JudgeTimeoutOption = None,
+    judge_concurrency: JudgeConcurrencyOption = 8,
     out: Annotated[Path | None, typer.Option(help="Run directory.")] = None,
     write: Annotated[
         bool, typer.Option("--write/--no-write", help="Store the recommendation in the vector.")
@@ -217,6 +231,8 @@ def sweep_command(
         write=write,
         force=force,
         show_progress=not quiet,
+        judge_timeout_s=judge_timeout,
+        judge_concurrency=judge_concurrency,
     )
     _print_sweep(result)
 

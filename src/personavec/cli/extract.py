@@ -12,6 +12,8 @@ from rich.markup import escape
 from personavec.cli.common import (
     DeviceOption,
     DtypeOption,
+    JudgeConcurrencyOption,
+    JudgeTimeoutOption,
     ModelOption,
     console,
     first_error,
@@ -101,6 +103,8 @@ def extract_command(
     judge_api_key: Annotated[
         str | None, typer.Option(help="API key (or OPENAI_API_KEY); never saved.")
     ] = None,
+    judge_timeout: JudgeTimeoutOption = None,
+    judge_concurrency: JudgeConcurrencyOption = 8,
     overwrite: Annotated[bool, typer.Option(help="Start the run directory afresh.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     device: DeviceOption = "auto",
@@ -137,6 +141,8 @@ def extract_command(
         show_progress=not quiet,
         judge_base_url=judge_base_url,
         judge_api_key=judge_api_key,
+        judge_timeout_s=judge_timeout,
+        judge_concurrency=judge_concurrency,
     )
     print_result(result)
 

@@ -235,6 +235,17 @@ def _write_rows(out: Path, rows: list[dict[str, Any]]) -> None:
     console.print(f"wrote {len(rows)} rows to {out}", markup=False, highlight=False)
 
 
+def _stdin_is_terminal() -> bool:
+    """Whether standard input is a terminal; a one-line error when it is closed or absent."""
+    stdin = sys.stdin
+    if stdin is None or stdin.closed:
+        raise PersonavecError(
+            "standard input is closed, so chat has nothing to read; run it in a terminal "
+            "or pipe messages in (one per line)"
+        )
+    return stdin.isatty()
+
+
 @friendly_errors
 def chat_command(
     steer: SteerOption = None,
@@ -254,6 +265,7 @@ def chat_command(
     from personavec.engines.generation import SamplingConfig
     from personavec.interfaces.chat import ChatSession
 
+    interactive = _stdin_is_terminal()  # a closed stdin fails before the model loads
     settings = parse_specs(steer, relative)
     config = SamplingConfig(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
@@ -263,7 +275,6 @@ def chat_command(
     for setting in settings:
         session.add(setting)
     console.print(session.describe(), style="dim", markup=False, highlight=False)
-    interactive = sys.stdin.isatty()
     if interactive:
         console.print("[dim]type /help for commands, /quit to leave[/]")
     while True:

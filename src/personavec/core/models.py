@@ -228,6 +228,7 @@ def _resolve_source(spec: str) -> tuple[str, str]:
             raise ModelLoadError(
                 f"{spec} is a directory without config.json; pass a transformers checkpoint"
             )
+        read_checkpoint_config(path)
         return str(path), path.name
     if path.exists():
         raise ModelLoadError(
@@ -240,6 +241,27 @@ def _resolve_source(spec: str) -> tuple[str, str]:
             "or a hub id like org/name"
         )
     return spec, spec
+
+
+def read_checkpoint_config(directory: Path) -> dict[str, Any]:
+    """The parsed ``config.json`` of a local checkpoint; a one-line error when it is unreadable."""
+    config = directory / "config.json"
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
+    except json.JSONDecodeError as exc:
+        reason = f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+        raise _unreadable_checkpoint(config, reason) from exc
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise _unreadable_checkpoint(config, str(exc)) from exc
+    return data
+
+
+def _unreadable_checkpoint(config: Path, reason: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"cannot read {config}: {' '.join(reason.split())}; repair or re-create the checkpoint"
+    )
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -270,7 +292,14 @@ def load_model(
         with _quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(location)
             model = AutoModelForCausalLM.from_pretrained(location, dtype=resolved_dtype)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
+        if Path(location).is_dir():  # a local checkpoint: the hub is not involved
+            raise ModelLoadError(
+                f"cannot load the checkpoint in {location}: {' '.join(str(exc).split())[:300]}; "
+                "repair or re-create the checkpoint"
+            ) from exc
+        if not isinstance(exc, OSError):
+            raise
         raise ModelLoadError(
             f"cannot load {spec!r}: it is not in the local cache and the hub is unreachable; "
             "download it elsewhere and pass its directory, or use 'smollm2'"

@@ -320,6 +320,7 @@ class HFEngine:
         tokenizer = self.loaded.tokenizer
         prompts = [format_chat(tokenizer, r.messages) for r in requests]
         prompt_ids = [encode_prompt(tokenizer, r.messages) for r in requests]
+        check_context_length(self.loaded, prompt_ids, config.max_new_tokens)
         distinct = 1 if config.greedy else config.n_samples
         units = [
             _Unit(i, s, prompt_ids[i], sample_seed(config.seed, _key(r, i), s))
@@ -378,6 +379,50 @@ class HFEngine:
             else:
                 results.append(([int(t) for t in row[:cut]], "stop"))
         return results
+
+
+_SANE_MAX_LENGTH = 10_000_000  # tokenizers without a limit report about 1e30
+
+
+def context_length(loaded: LoadedModel) -> int | None:
+    """Most positions (prompt + generated tokens) the model accepts; ``None`` when unknown.
+
+    The config's ``max_position_embeddings`` (``n_positions`` for GPT-2) wins; otherwise the
+    tokenizer's ``model_max_length`` when it is a real limit rather than transformers' huge
+    "no limit" placeholder.
+    """
+    config = loaded.model.config
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(loaded.tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < _SANE_MAX_LENGTH:
+        return limit
+    return None
+
+
+def check_context_length(
+    loaded: LoadedModel, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int
+) -> None:
+    """Refuse, in one line, a prompt whose tokens plus ``max_new_tokens`` exceed the context."""
+    limit = context_length(loaded)
+    if limit is None or not prompt_ids:
+        return
+    index = max(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+    length = len(prompt_ids[index])
+    if length + max_new_tokens <= limit:
+        return
+    which = f"prompt {index + 1} " if len(prompt_ids) > 1 else "the prompt "
+    if length >= limit:
+        raise PersonavecError(
+            f"{which}of {length} tokens exceeds the model's context of {limit} tokens; shorten it"
+        )
+    raise PersonavecError(
+        f"{which}of {length} tokens plus max_new_tokens {max_new_tokens} exceeds the model's "
+        f"context of {limit} tokens; shorten the prompt or lower max_new_tokens to "
+        f"{limit - length}"
+    )
 
 
 def _key(request: GenerationRequest, index: int) -> str:

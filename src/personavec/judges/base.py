@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
+from personavec.errors import PersonavecError
+
 Aspect = Literal["trait", "coherence"]
 
 
@@ -41,6 +43,18 @@ class Judge(Protocol):
     def score(self, items: Sequence[JudgeItem]) -> list[float | None]:
         """Scores in [0, 100] (or ``None``), one per item, in order."""
         ...
+
+
+class IncompleteScores(PersonavecError):
+    """A judge could score only some items; ``scored`` maps item index -> score for those.
+
+    Raised instead of discarding work (e.g. when some requests to a remote judge fail for
+    good), so a cache can keep the verdicts that did arrive.
+    """
+
+    def __init__(self, message: str, scored: dict[int, float | None]) -> None:
+        super().__init__(message)
+        self.scored = scored
 
 
 def content_hash(*parts: str) -> str:

@@ -5,7 +5,8 @@
 NULL when the judge could not say) and a ``status`` (``"scored"`` or ``"none"``), so a ``None``
 verdict is cached too. :class:`CachedJudge` wraps any judge: it scores only the misses, in
 chunks, and writes each chunk in one transaction as soon as it is scored, so an interrupted run
-keeps every chunk it finished.
+keeps every chunk it finished (and, when a judge raises :class:`IncompleteScores`, the verdicts
+of the chunk that did arrive).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 
 from personavec.errors import PersonavecError
-from personavec.judges.base import Aspect, Judge, JudgeItem
+from personavec.judges.base import Aspect, IncompleteScores, Judge, JudgeItem
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -193,7 +194,15 @@ class CachedJudge:
         unique = list(pending)
         for start in range(0, len(unique), self.chunk_size):
             chunk = unique[start : start + self.chunk_size]
-            scores = self.judge.score(chunk)
+            try:
+                scores = self.judge.score(chunk)
+            except IncompleteScores as exc:  # keep the verdicts that arrived, then stop
+                kept = sorted(exc.scored.items())
+                if kept:
+                    self.cache.put_many(
+                        identity, aspect, [chunk[i] for i, _ in kept], [s for _, s in kept]
+                    )
+                raise
             if len(scores) != len(chunk):
                 raise PersonavecError(
                     f"judge {identity} returned {len(scores)} scores for {len(chunk)} items; "

@@ -46,6 +46,7 @@ def make_judge(
     base_url: str | None = None,
     api_key: str | None = None,
     concurrency: int = 8,
+    timeout_s: float | None = None,
 ) -> Judge:
     """The judge named by ``spec`` for ``aspect`` (table in the module docstring).
 
@@ -55,7 +56,8 @@ def make_judge(
         aspect: ``"trait"`` or ``"coherence"``.
         trait: Required for trait judges (rubric / examples).
         loaded_model: Required for ``contrast``.
-        base_url, api_key, concurrency: For LLM judges (defaults from the environment).
+        base_url, api_key, concurrency, timeout_s: For LLM judges (defaults from the
+            environment; ``timeout_s`` seconds per request, see ``llm_client``).
     """
     if aspect not in ("trait", "coherence"):
         raise PersonavecError(f"unknown judge aspect {aspect!r}; use 'trait' or 'coherence'")
@@ -65,7 +67,14 @@ def make_judge(
         if provider not in ("openai", "anthropic") or not model.strip():
             raise _unknown(spec)
         return _llm_judge(
-            provider, model.strip(), aspect, trait, base_url, api_key, concurrency=concurrency
+            provider,
+            model.strip(),
+            aspect,
+            trait,
+            base_url,
+            api_key,
+            concurrency=concurrency,
+            timeout_s=timeout_s,
         )
     if name == "heuristic":
         return _heuristic_judge(aspect)
@@ -83,6 +92,7 @@ def _llm_judge(
     api_key: str | None,
     *,
     concurrency: int,
+    timeout_s: float | None,
 ) -> Judge:
     from personavec.judges.openai_judge import OpenAIJudge
 
@@ -93,6 +103,7 @@ def _llm_judge(
         base_url=base_url,
         api_key=api_key,
         concurrency=concurrency,
+        timeout_s=timeout_s,
         provider="openai" if provider == "openai" else "anthropic",
     )
 

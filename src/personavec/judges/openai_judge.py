@@ -15,8 +15,15 @@ import re
 from collections.abc import Mapping, Sequence
 
 from personavec.errors import PersonavecError
-from personavec.judges.base import Aspect, JudgeItem, content_hash
-from personavec.llm_client import ChatOptions, ChatResult, LLMClient, Message, Provider
+from personavec.judges.base import Aspect, IncompleteScores, JudgeItem, content_hash
+from personavec.llm_client import (
+    BatchIncomplete,
+    ChatOptions,
+    ChatResult,
+    LLMClient,
+    Message,
+    Provider,
+)
 from personavec.traits.schema import TraitSpec
 
 DEFAULT_MIN_MASS = 0.25
@@ -99,9 +106,11 @@ class OpenAIJudge:
         rubric: Overrides the rubric; must contain ``{question}`` and ``{answer}``.
         base_url, api_key: Endpoint and key (default from the environment, see ``llm_client``).
         concurrency: Most requests in flight at once.
+        timeout_s: Seconds to wait for each answer; default ``$PERSONAVEC_JUDGE_TIMEOUT`` or 120.
         min_mass: Least probability the integer tokens must hold for a score.
         provider: ``"openai"``; ``"anthropic"`` scores from text only (no log-probabilities).
-        client: A ready client; overrides ``model``/``base_url``/``api_key``/``concurrency``.
+        client: A ready client; overrides ``model``, ``base_url``, ``api_key``, ``concurrency``
+            and ``timeout_s``.
     """
 
     def __init__(
@@ -114,6 +123,7 @@ class OpenAIJudge:
         base_url: str | None = None,
         api_key: str | None = None,
         concurrency: int = 8,
+        timeout_s: float | None = None,
         min_mass: float = DEFAULT_MIN_MASS,
         provider: Provider = "openai",
         client: LLMClient | None = None,
@@ -133,7 +143,12 @@ class OpenAIJudge:
         if not 0.0 <= min_mass <= 1.0:
             raise PersonavecError(f"min_mass must be in [0, 1], got {min_mass}")
         self.client = client or LLMClient(
-            model, provider, base_url=base_url, api_key=api_key, concurrency=concurrency
+            model,
+            provider,
+            base_url=base_url,
+            api_key=api_key,
+            timeout_s=timeout_s,
+            concurrency=concurrency,
         )
         self._aspect: Aspect = aspect
         self.rubric = rubric
@@ -165,8 +180,20 @@ class OpenAIJudge:
         return [{"role": "user", "content": text}]
 
     def score(self, items: Sequence[JudgeItem]) -> list[float | None]:
-        """Scores 0-100 (or ``None``), one per item, in order; requests run concurrently."""
+        """Scores 0-100 (or ``None``), one per item, in order; requests run concurrently.
+
+        Raises :class:`~personavec.judges.base.IncompleteScores` (with the scores that did
+        arrive) when some requests fail for good.
+        """
         if not items:
             return []
-        results = self.client.chat_many([self.prompt(item) for item in items], self.options)
+        try:
+            results = self.client.chat_many([self.prompt(item) for item in items], self.options)
+        except BatchIncomplete as exc:
+            scored = {
+                i: score_from_result(r, min_mass=self.min_mass)
+                for i, r in enumerate(exc.results)
+                if r is not None
+            }
+            raise IncompleteScores(str(exc), scored) from exc
         return [score_from_result(r, min_mass=self.min_mass) for r in results]

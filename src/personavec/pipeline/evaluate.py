@@ -39,7 +39,7 @@ from personavec.core.setting import SteeringSetting
 from personavec.core.vector import config_fingerprint
 from personavec.engines.generation import GenerationRequest, HFEngine, SamplingConfig
 from personavec.errors import PersonavecError
-from personavec.judges.base import Judge, JudgeItem
+from personavec.judges.base import Aspect, Judge, JudgeItem
 from personavec.judges.cache import CachedJudge, JudgmentCache
 from personavec.judges.factory import make_judge
 from personavec.metrics.stats import mean_ci
@@ -63,6 +63,10 @@ class EvalSettings:
     batch_size: int = 64
     judge: str = "contrast"
     coherence_judge: str = "heuristic"
+    judge_timeout_s: float | None = None
+    """Seconds to wait for each LLM-judge answer (default ``$PERSONAVEC_JUDGE_TIMEOUT`` or 120)."""
+    judge_concurrency: int = 8
+    """LLM-judge requests in flight at once."""
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(
@@ -262,17 +266,26 @@ def make_judges(
     ``trait_judge`` replaces the one named by ``settings.judge`` (e.g. a ``ContrastJudge`` with
     fewer instruction pairs).
     """
+
+    def judge_for(spec: str, aspect: Aspect, about: TraitSpec) -> Judge:
+        return make_judge(
+            spec,
+            aspect=aspect,
+            trait=about,
+            loaded_model=loaded,
+            timeout_s=settings.judge_timeout_s,
+            concurrency=settings.judge_concurrency,
+        )
+
     others: dict[str, Judge] = {}
     for name in other_traits:
         other = load_trait(name)
         if other.name == trait.name:
             continue
-        others[other.name] = make_judge(
-            other_judge, aspect="trait", trait=other, loaded_model=loaded
-        )
+        others[other.name] = judge_for(other_judge, "trait", other)
     return Judges(
-        trait_judge or make_judge(settings.judge, aspect="trait", trait=trait, loaded_model=loaded),
-        make_judge(settings.coherence_judge, aspect="coherence", trait=trait, loaded_model=loaded),
+        trait_judge or judge_for(settings.judge, "trait", trait),
+        judge_for(settings.coherence_judge, "coherence", trait),
         others,
     )
 
@@ -353,7 +366,8 @@ def prepare_evaluation(
     """Validated settings, the held-out questions and the judges (shared by evaluate and sweep).
 
     ``judge`` is a spec string or a ready judge; ``settings_fields`` are :class:`EvalSettings`
-    fields (questions, samples, max_new_tokens, temperature, seed, coherence_judge).
+    fields (questions, samples, max_new_tokens, temperature, seed, coherence_judge,
+    judge_timeout_s, judge_concurrency).
     """
     settings = EvalSettings(
         judge=judge if isinstance(judge, str) else judge.identity, **settings_fields
@@ -383,6 +397,8 @@ def evaluate_steering(
     run_dir: str | Path,
     force: bool = False,
     show_progress: bool = True,
+    judge_timeout_s: float | None = None,
+    judge_concurrency: int = 8,
 ) -> EvalResult:
     """Steer with ``setting`` on held-out questions; compare with the unsteered baseline.
 
@@ -405,6 +421,8 @@ def evaluate_steering(
         temperature=temperature,
         seed=seed,
         coherence_judge=coherence_judge,
+        judge_timeout_s=judge_timeout_s,
+        judge_concurrency=judge_concurrency,
     )
     out = Path(run_dir)
     baseline, steered = run_cells(

@@ -201,16 +201,13 @@ def _make_judges(
     config: ExtractConfig,
     trait: TraitSpec,
     loaded: LoadedModel,
-    base_url: str | None,
-    api_key: str | None,
+    access: dict[str, Any],
 ) -> tuple[Judge, Judge]:
-    """The trait judge and the coherence judge named in ``config``."""
-    common: dict[str, Any] = {
-        "trait": trait,
-        "loaded_model": loaded,
-        "base_url": base_url,
-        "api_key": api_key,
-    }
+    """The trait judge and the coherence judge named in ``config``.
+
+    ``access``: ``base_url``, ``api_key``, ``timeout_s`` and ``concurrency`` for LLM judges.
+    """
+    common: dict[str, Any] = {"trait": trait, "loaded_model": loaded, **access}
     return (
         make_judge(config.judge, aspect="trait", **common),
         make_judge(config.resolved_coherence_judge(), aspect="coherence", **common),
@@ -328,13 +325,16 @@ def extract(
     loaded: LoadedModel | None = None,
     judge_base_url: str | None = None,
     judge_api_key: str | None = None,
+    judge_timeout_s: float | None = None,
+    judge_concurrency: int = 8,
 ) -> ExtractResult:
     """Run the whole extraction (see the module docstring); resumable in ``run_dir``.
 
     The run directory is locked while the extraction runs (a second process is refused), and
     ``config.json`` is written only once the model and judges are ready, so a run that failed
     on bad input leaves nothing that blocks the corrected one. ``judge_base_url`` /
-    ``judge_api_key`` reach LLM judges only and are never written to disk.
+    ``judge_api_key`` / ``judge_timeout_s`` (seconds per request) / ``judge_concurrency`` reach
+    LLM judges only and are never written to disk.
     """
     trait = load_trait(config.trait)
     config, run_dir = open_extraction(config, run_dir, trait)
@@ -346,7 +346,13 @@ def extract(
         )
         if loaded is None:
             loaded = load_model(config.model, device=config.device, dtype=config.dtype)
-        judges = _make_judges(config, trait, loaded, judge_base_url, judge_api_key)
+        access = {
+            "base_url": judge_base_url,
+            "api_key": judge_api_key,
+            "timeout_s": judge_timeout_s,
+            "concurrency": judge_concurrency,
+        }
+        judges = _make_judges(config, trait, loaded, access)
         write_run_config(run_dir, identity)
         atomic_write_json(run_dir / "trait.json", trait.model_dump())
         return _run_stages(config, trait, loaded, judges, run_dir, show_progress)

@@ -129,7 +129,14 @@ def parse_row(row: Any, where: str) -> ParsedRow:
     if user_key != "text" and row.get("response") is not None:
         response = _text(row["response"], where, "response", allow_empty=True)
     ids = row.get("response_token_ids") if user_key == "question" else None
-    if isinstance(ids, list) and all(isinstance(i, int) for i in ids):
+    if ids is not None:
+        if not isinstance(ids, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in ids
+        ):
+            raise PersonavecError(
+                f"{where}: 'response_token_ids' must be a list of integer token ids; "
+                "fix it or drop the key to use the response text"
+            )
         return ParsedRow(Example(messages, response, ids), bool(ids))
     return ParsedRow(Example(messages, response), bool(response))
 
@@ -149,6 +156,92 @@ def resolve_vector_layers(
             raise PersonavecError(f"vector {name!r} records no recommended layer; pass --layer")
         chosen[name] = check_layer(int(picked), vector.meta.n_layers)
     return chosen
+
+
+def vocabulary_size(loaded: LoadedModel) -> int:
+    """Rows of the model's input embedding: token ids must lie in ``[0, size)``."""
+    weight = loaded.model.get_input_embeddings().weight
+    assert isinstance(weight, torch.Tensor)
+    return int(weight.shape[0])
+
+
+def check_token_ids(parsed: Sequence[ParsedRow], where: Sequence[str], vocab_size: int) -> None:
+    """Raise a one-line error naming the first row whose ``response_token_ids`` leave the vocab."""
+    for label, row in zip(where, parsed, strict=True):
+        ids = row.example.response_ids
+        if ids is None:
+            continue
+        bad = next((i for i in ids if not 0 <= i < vocab_size), None)
+        if bad is not None:
+            raise PersonavecError(
+                f"{label}: response_token_ids holds {bad}, outside the model's vocabulary "
+                f"0..{vocab_size - 1}; these ids come from another tokenizer — drop them to "
+                "use the response text, or pass the model that produced them"
+            )
+
+
+def _checked_inputs(
+    loaded: LoadedModel,
+    records: Sequence[Mapping[str, Any]],
+    vectors: list[tuple[str, PersonaVector]],
+    layers: dict[str, int] | None,
+    labels: Sequence[str] | None,
+) -> tuple[list[ParsedRow], dict[str, int]]:
+    """Parse every row and check ids, vectors and layers; return the rows and layer per vector."""
+    if not records:
+        raise PersonavecError("there are no rows to project; give at least one")
+    if not vectors:
+        raise PersonavecError("no persona vectors given; pass at least one --vector")
+    where = list(labels) if labels is not None else [f"row {i}" for i in range(1, len(records) + 1)]
+    parsed = [parse_row(row, where[i]) for i, row in enumerate(records)]
+    check_token_ids(parsed, where, vocabulary_size(loaded))
+    chosen = layers if layers is not None else resolve_vector_layers(vectors, None)
+    missing = [name for name, _ in vectors if name not in chosen]
+    if missing:
+        raise PersonavecError(f"no layer given for vector(s) {missing}; pass --layer")
+    for name, vector in vectors:
+        check_layer(chosen[name], vector.meta.n_layers)
+        vector.check_compatible(loaded.model, force=True)  # hidden size must always match
+    return parsed, chosen
+
+
+def _with_turns(parsed: Sequence[ParsedRow]) -> tuple[list[Example], list[tuple[int, int] | None]]:
+    """Every row's example followed by all chat turns; each row's ``[start, end)`` of turns."""
+    examples = [p.example for p in parsed]
+    turn_spans: list[tuple[int, int] | None] = []
+    for p in parsed:
+        if p.turns is None:
+            turn_spans.append(None)
+        else:
+            turn_spans.append((len(examples), len(examples) + len(p.turns)))
+            examples.extend(p.turns)
+    return examples, turn_spans
+
+
+def _readout_projections(
+    loaded: LoadedModel,
+    examples: Sequence[Example],
+    chosen: dict[str, int],
+    directions: dict[str, torch.Tensor],
+    batch_size: int,
+) -> dict[tuple[str, str], list[float]]:
+    """Projection of each example's readouts, keyed by ``(vector name, readout)``."""
+    result = capture(
+        loaded,
+        examples,
+        layers=sorted(set(chosen.values())),
+        readouts=READOUTS_USED,
+        keep_per_example=True,
+        batch_size=batch_size,
+    )
+    assert result.per_example is not None
+    projections: dict[tuple[str, str], list[float]] = {}
+    for name, layer in chosen.items():
+        position = result.layers.index(layer)
+        for readout in READOUTS_USED:
+            values = project(result.per_example[readout][:, position], directions[name])
+            projections[(name, readout)] = [float(x) for x in values.tolist()]
+    return projections
 
 
 def project_records(
@@ -172,52 +265,17 @@ def project_records(
         batch_size: examples per forward pass.
         labels: how errors refer to each row (default ``row N``).
     """
-    if not records:
-        raise PersonavecError("there are no rows to project; give at least one")
-    if not vectors:
-        raise PersonavecError("no persona vectors given; pass at least one --vector")
-    where = list(labels) if labels is not None else [f"row {i}" for i in range(1, len(records) + 1)]
-    parsed = [parse_row(row, where[i]) for i, row in enumerate(records)]
-    chosen = layers if layers is not None else resolve_vector_layers(vectors, None)
-    missing = [name for name, _ in vectors if name not in chosen]
-    if missing:
-        raise PersonavecError(f"no layer given for vector(s) {missing}; pass --layer")
-    for name, vector in vectors:
-        check_layer(chosen[name], vector.meta.n_layers)
-        vector.check_compatible(loaded.model, force=True)  # hidden size must always match
+    parsed, chosen = _checked_inputs(loaded, records, vectors, layers, labels)
+    chosen = {name: chosen[name] for name, _ in vectors}
     directions = {name: vector.at(chosen[name]).float() for name, vector in vectors}
-    capture_layers = sorted(set(chosen[name] for name, _ in vectors))
-
-    examples = [p.example for p in parsed]
-    turn_spans: list[tuple[int, int] | None] = []
-    for p in parsed:
-        if p.turns is None:
-            turn_spans.append(None)
-        else:
-            turn_spans.append((len(examples), len(examples) + len(p.turns)))
-            examples.extend(p.turns)
-    result = capture(
-        loaded,
-        examples,
-        layers=capture_layers,
-        readouts=READOUTS_USED,
-        keep_per_example=True,
-        batch_size=batch_size,
-    )
-    assert result.per_example is not None
-    projections: dict[tuple[str, str], list[float]] = {}
-    for name, _ in vectors:
-        position = result.layers.index(chosen[name])
-        for readout in READOUTS_USED:
-            values = project(result.per_example[readout][:, position], directions[name])
-            projections[(name, readout)] = [float(x) for x in values.tolist()]
-
+    examples, turn_spans = _with_turns(parsed)
+    projections = _readout_projections(loaded, examples, chosen, directions, batch_size)
+    capture_layers = sorted(set(chosen.values()))
     output: list[dict[str, Any]] = []
     for index, (row, p) in enumerate(zip(records, parsed, strict=True)):
         new = dict(row)
         tokens = capture_tokens(loaded, p.example, layers=capture_layers) if per_token else None
-        for name, _ in vectors:
-            layer = chosen[name]
+        for name, layer in chosen.items():
             new[column(name, layer, "prompt_last")] = projections[(name, "prompt_last")][index]
             avg = projections[(name, "response_avg")][index]
             new[column(name, layer, "response_avg")] = avg if p.has_response else None

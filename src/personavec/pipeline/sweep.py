@@ -357,6 +357,8 @@ def sweep(
     write: bool = True,
     force: bool = False,
     show_progress: bool = True,
+    judge_timeout_s: float | None = None,
+    judge_concurrency: int = 8,
 ) -> SweepResult:
     """Run the grid, choose the layer, calibrate, report; write the vector metadata last.
 
@@ -398,6 +400,8 @@ def sweep(
         temperature=temperature,
         seed=seed,
         coherence_judge=coherence_judge,
+        judge_timeout_s=judge_timeout_s,
+        judge_concurrency=judge_concurrency,
     )
     baseline_cell = run.cell(layer_list[0], 0.0, position_list[0])
     results = run.run([baseline_cell, *steered], show_progress)

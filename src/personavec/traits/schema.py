@@ -31,7 +31,7 @@ class TraitSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format_version: int = TRAIT_FORMAT_VERSION
+    format_version: int = Field(default=TRAIT_FORMAT_VERSION, strict=True, gt=0)
     name: str = Field(description="Slug: lowercase letters, digits, '-' or '_'.")
     description: str = Field(min_length=10)
     positive_persona: str = Field(
