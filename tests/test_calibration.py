@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from personavec.pipeline.sweep import Calibration, DoseCurve, refine_calibration
+from personavec.pipeline.calibration import Calibration, DoseCurve, refine_calibration
 
 GRID = [0.0, 1.0, 2.0, 4.0]
 TARGET = 50.0

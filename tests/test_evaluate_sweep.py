@@ -22,15 +22,10 @@ from personavec.core.setting import SteeringSetting, parse_layers
 from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
 from personavec.engines.generation import GenerationRequest, HFEngine, SamplingConfig
 from personavec.judges.contrast import ContrastJudge
+from personavec.pipeline.calibration import DoseCurve, calibrate_coefficient, pick_layer
 from personavec.pipeline.evaluate import evaluate_steering
-from personavec.pipeline.sweep import (
-    DoseCurve,
-    SweepResult,
-    calibrate_coefficient,
-    parse_grid,
-    pick_layer,
-    sweep,
-)
+from personavec.pipeline.sweep import parse_grid, sweep
+from personavec.pipeline.sweep_types import SweepResult
 from personavec.traits.library import load_trait
 
 register(app)

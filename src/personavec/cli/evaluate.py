@@ -19,8 +19,8 @@ from personavec.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from personavec.pipeline.evaluate import EvalResult
-    from personavec.pipeline.sweep import SweepResult
+    from personavec.pipeline.evaluate_types import EvalResult
+    from personavec.pipeline.sweep_types import SweepResult
 
 JudgeOption = Annotated[
     str, typer.Option(help="Trait judge: contrast (offline), embedding or openai:MODEL.")
@@ -238,7 +238,7 @@ def sweep_command(
 
 
 def _print_sweep(result: SweepResult) -> None:
-    from personavec.pipeline.sweep import recommended_coef
+    from personavec.pipeline.sweep_types import recommended_coef
 
     for curve in result.curves:
         values = ", ".join(

@@ -25,120 +25,31 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from personavec.core.models import LoadedModel, chat_messages
 from personavec.core.setting import SteeringSetting
 from personavec.core.vector import config_fingerprint
-from personavec.engines.generation import GenerationRequest, HFEngine, SamplingConfig
+from personavec.engines.generation import GenerationRequest, HFEngine
 from personavec.errors import PersonavecError
 from personavec.judges.base import Aspect, Judge, JudgeItem
-from personavec.judges.cache import CachedJudge, JudgmentCache
 from personavec.judges.factory import make_judge
-from personavec.metrics.stats import mean_ci
+from personavec.pipeline.evaluate_report import write_evaluation
+from personavec.pipeline.evaluate_types import (
+    CellResult,
+    EvalResult,
+    EvalSettings,
+    Judges,
+    Stat,
+)
+from personavec.pipeline.judging import judge_items
+from personavec.pipeline.stage import Row, resumable_rows
 from personavec.progress import stage
-from personavec.store import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from personavec.traits.library import load_trait
 from personavec.traits.schema import TraitSpec
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """Sampling and judging settings shared by every cell of an evaluation or sweep."""
-
-    questions: int | None = None
-    """Held-out evaluation questions to use (the first N; default all)."""
-    samples: int = 1
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
-    batch_size: int = 64
-    judge: str = "contrast"
-    coherence_judge: str = "heuristic"
-    judge_timeout_s: float | None = None
-    """Seconds to wait for each LLM-judge answer (default ``$PERSONAVEC_JUDGE_TIMEOUT`` or 120)."""
-    judge_concurrency: int = 8
-    """LLM-judge requests in flight at once."""
-
-    def sampling(self) -> SamplingConfig:
-        return SamplingConfig(
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            n_samples=self.samples,
-            seed=self.seed,
-            batch_size=self.batch_size,
-        )
-
-
-@dataclass
-class Stat:
-    """Mean, sample standard deviation and normal 95 % interval of the mean over ``n`` scores."""
-
-    mean: float
-    std: float
-    low: float
-    high: float
-    n: int
-    unscored: int = 0
-
-    @classmethod
-    def of(cls, values: Sequence[float | None]) -> Stat:
-        numbers = [float(v) for v in values if v is not None]
-        mean, low, high = mean_ci(numbers)
-        std = float(np.std(numbers, ddof=1)) if len(numbers) > 1 else float("nan")
-        return cls(mean, std, low, high, len(numbers), len(values) - len(numbers))
-
-    def text(self) -> str:
-        if self.n == 0:
-            return "n/a"
-        if math.isnan(self.low):
-            return f"{self.mean:.1f}"
-        return f"{self.mean:.1f} [{self.low:.1f}, {self.high:.1f}]"
-
-
-@dataclass
-class CellResult:
-    """Answers and scores of one cell, in (question, sample) order."""
-
-    cell: SteeringSetting
-    rows: list[dict[str, Any]]
-    trait: Stat
-    coherence: Stat
-    new_tokens: int
-    generation_s: float
-    """Seconds spent generating in this call (0 when every answer came from the run dir)."""
-    off_target: dict[str, Stat] = field(default_factory=dict)
-
-
-@dataclass
-class EvalResult:
-    """What :func:`evaluate_steering` produced (paths are inside ``run_dir``)."""
-
-    run_dir: Path
-    trait: str
-    steered: CellResult
-    baseline: CellResult
-    capability: dict[str, Any] | None
-    judge: str
-    report_path: Path
-
-    @property
-    def trait_change(self) -> float:
-        return self.steered.trait.mean - self.baseline.trait.mean
-
-    @property
-    def coherence_change(self) -> float:
-        return self.steered.coherence.mean - self.baseline.coherence.mean
-
 
 # ---- validation -----------------------------------------------------------------------------
 
@@ -180,7 +91,7 @@ def cell_key(
     return _digest(identity)
 
 
-def _answer_row(key: str, cell: SteeringSetting, question: str, g: Any) -> dict[str, Any]:
+def _answer_row(key: str, cell: SteeringSetting, index: int, question: str, g: Any) -> Row:
     return {
         "cell_key": key,
         "cell": cell.label(),
@@ -189,7 +100,7 @@ def _answer_row(key: str, cell: SteeringSetting, question: str, g: Any) -> dict[
         "positions": cell.positions,
         "relative": cell.unit == "relative",
         "op": cell.op,
-        "question_index": g.request_index,
+        "question_index": index,
         "sample": g.sample_index,
         "question": question,
         "answer": g.response_text.strip(),
@@ -204,52 +115,43 @@ def generate_cell(
     questions: Sequence[str],
     settings: EvalSettings,
     answers_path: Path,
-) -> tuple[list[dict[str, Any]], int, float]:
-    """Answers of one cell: from ``answers_path`` when present, else generated in one batch.
+) -> tuple[list[Row], int, float]:
+    """Answers of one cell: reused from ``answers_path``, the missing ones generated and appended.
 
-    Returns ``(rows, new_tokens_generated_now, seconds_generating_now)``.
+    Each question's random stream is keyed by its index (``q{index}``), so answers do not depend
+    on which questions are generated together. Returns ``(rows, new_tokens_generated_now,
+    seconds_generating_now)``.
     """
     key = cell_key(loaded, cell, settings, questions)
-    existing = {
-        (row["question_index"], row["sample"]): row
-        for row in read_jsonl(answers_path)
-        if row.get("cell_key") == key
-    }
-    wanted = [(q, s) for q in range(len(questions)) for s in range(settings.samples)]
-    tokens, seconds = 0, 0.0
-    if any(w not in existing for w in wanted):
-        requests = [
-            GenerationRequest(chat_messages(question), f"q{index}")
-            for index, question in enumerate(questions)
-        ]
+    spent = {"tokens": 0, "seconds": 0.0}
+
+    def produce(chunk: list[int]) -> list[Row]:
+        requests = [GenerationRequest(chat_messages(questions[q]), f"q{q}") for q in chunk]
         start = time.perf_counter()
         with cell.apply(loaded.model):
             generations = HFEngine(loaded).generate(requests, settings.sampling())
-        seconds = time.perf_counter() - start
-        tokens = sum(len(g.response_token_ids) for g in generations)
-        rows = [
-            _answer_row(key, cell, questions[g.request_index], g)
+        spent["seconds"] += time.perf_counter() - start
+        spent["tokens"] += sum(len(g.response_token_ids) for g in generations)
+        return [
+            _answer_row(key, cell, chunk[g.request_index], questions[chunk[g.request_index]], g)
             for g in generations
-            if (g.request_index, g.sample_index) not in existing
         ]
-        append_jsonl(answers_path, rows)
-        existing.update({(r["question_index"], r["sample"]): r for r in rows})
-    return [dict(existing[w]) for w in wanted], tokens, seconds
+
+    rows = resumable_rows(
+        answers_path,
+        list(range(len(questions))),
+        row_keys=lambda q: [(q, sample) for sample in range(settings.samples)],
+        produce=produce,
+        chunk_size=max(1, settings.batch_size // settings.samples),
+        label=f"generating {cell.label()}",
+        show_progress=False,
+        key_of=lambda row: (row["question_index"], row["sample"]),
+        belongs=lambda row: row.get("cell_key") == key,
+    )
+    return [dict(row) for row in rows], int(spent["tokens"]), float(spent["seconds"])
 
 
 # ---- judging --------------------------------------------------------------------------------
-
-
-@dataclass
-class Judges:
-    """The trait and coherence judges of a run, plus optional off-target trait judges."""
-
-    trait: Judge
-    coherence: Judge
-    others: dict[str, Judge] = field(default_factory=dict)
-
-    def describe(self) -> str:
-        return f"trait={self.trait.identity}; coherence={self.coherence.identity}"
 
 
 def make_judges(
@@ -295,21 +197,12 @@ def judge_rows(
 ) -> None:
     """Add ``trait``, ``coherence`` and ``other.<trait>`` scores to ``rows`` (cached)."""
     items = [JudgeItem(r["question"], r["answer"]) for r in rows]
-    todo: list[tuple[str, Judge]] = [("trait", judges.trait), ("coherence", judges.coherence)]
-    todo += [(f"other.{name}", judge) for name, judge in judges.others.items()]
-    with JudgmentCache(cache_path) as cache:
-        for column, judge in todo:
-            with stage(f"judging {column}", len(items), enabled=show_progress) as advance:
-                done = 0
-
-                def report(n: int) -> None:
-                    nonlocal done
-                    done += n
-                    advance(done)
-
-                scores = CachedJudge(judge, cache, chunk_size=64, on_chunk=report).score(items)
-            for row, score in zip(rows, scores, strict=True):
-                row[column] = score
+    named = {"trait": judges.trait, "coherence": judges.coherence}
+    named.update({f"other.{name}": judge for name, judge in judges.others.items()})
+    scores = judge_items(items, named, cache_path, show_progress=show_progress, chunk_size=64)
+    for column, values in scores.items():
+        for row, score in zip(rows, values, strict=True):
+            row[column] = score
 
 
 def summarise_cell(
@@ -440,7 +333,7 @@ def evaluate_steering(
     result = EvalResult(
         out, spec.name, steered, baseline, capability, judges.describe(), out / "report.md"
     )
-    _write_evaluation(result, settings)
+    write_evaluation(result, settings)
     return result
 
 
@@ -460,118 +353,3 @@ def _capability(
         "steered_accuracy": moved.accuracy,
         "change": moved.accuracy - plain.accuracy,
     }
-
-
-def _write_evaluation(result: EvalResult, settings: EvalSettings) -> None:
-    """``table.jsonl``, ``summary.json`` and ``report.md`` (each atomically)."""
-    out = result.run_dir
-    rows = [{**r, "steered": False} for r in result.baseline.rows]
-    rows += [{**r, "steered": True} for r in result.steered.rows]
-    atomic_write_text(
-        out / "table.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    )
-    atomic_write_json(out / "summary.json", eval_summary(result, settings))
-    atomic_write_text(out / "report.md", eval_report(result, settings))
-
-
-def _stat_dict(stat: Stat) -> dict[str, Any]:
-    return {
-        k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(stat).items()
-    }
-
-
-def eval_summary(result: EvalResult, settings: EvalSettings) -> dict[str, Any]:
-    def cell(c: CellResult) -> dict[str, Any]:
-        return {
-            "trait": _stat_dict(c.trait),
-            "coherence": _stat_dict(c.coherence),
-            "off_target": {k: _stat_dict(v) for k, v in c.off_target.items()},
-        }
-
-    steered = result.steered.cell
-    return {
-        "trait": result.trait,
-        "layers": list(steered.layers),
-        "coef": steered.coef,
-        "relative": steered.unit == "relative",
-        "positions": steered.positions,
-        "op": steered.op,
-        "settings": asdict(settings),
-        "judge": result.judge,
-        "steered": cell(result.steered),
-        "baseline": cell(result.baseline),
-        "trait_change": result.trait_change,
-        "coherence_change": result.coherence_change,
-        "off_target_change": {
-            k: v.mean - result.baseline.off_target[k].mean
-            for k, v in result.steered.off_target.items()
-        },
-        "capability": result.capability,
-    }
-
-
-def _quote(text: str, limit: int = 240) -> str:
-    text = " ".join(text.split())
-    return (text[:limit] + "…") if len(text) > limit else text
-
-
-def eval_report(result: EvalResult, settings: EvalSettings) -> str:
-    s, b = result.steered, result.baseline
-    lines = [
-        f"# Steering evaluation: {result.trait}",
-        "",
-        f"- Setting: {s.cell.label()}",
-        f"- Questions: {len(s.rows) // max(settings.samples, 1)} held-out × {settings.samples} "
-        f"samples, ≤ {settings.max_new_tokens} new tokens, temperature {settings.temperature:g}, "
-        f"seed {settings.seed} (the baseline uses the same questions and seeds)",
-        f"- Judges: {result.judge}",
-        "",
-        "| | trait (mean [95 % CI]) | trait std | coherence (mean [95 % CI]) | coherence std |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, c in (("unsteered", b), ("steered", s)):
-        lines.append(
-            f"| {name} | {c.trait.text()} | {c.trait.std:.1f} | {c.coherence.text()} | "
-            f"{c.coherence.std:.1f} |"
-        )
-    lines += [
-        "",
-        f"Trait change **{result.trait_change:+.1f}**, coherence change "
-        f"{result.coherence_change:+.1f}"
-        + (" (below the paper's 75 floor)" if s.coherence.mean < 75 else "")
-        + ".",
-        "",
-    ]
-    if s.off_target:
-        lines += ["## Off-target traits (same answers, other judges)", ""]
-        lines += ["| trait | unsteered | steered | change |", "|---|---:|---:|---:|"]
-        for name, stat in s.off_target.items():
-            base = b.off_target[name]
-            lines.append(
-                f"| {name} | {base.mean:.1f} | {stat.mean:.1f} | {stat.mean - base.mean:+.1f} |"
-            )
-        lines.append("")
-    if result.capability:
-        cap = result.capability
-        lines += [
-            "## Capability (multiple choice)",
-            "",
-            f"{cap['questions']} questions from `{cap['file']}`: accuracy "
-            f"{cap['baseline_accuracy']:.3f} unsteered, {cap['steered_accuracy']:.3f} steered "
-            f"({cap['change']:+.3f}).",
-            "",
-        ]
-    lines += ["## Examples", ""]
-    for base_row, steered_row in list(zip(b.rows, s.rows, strict=True))[:3]:
-        lines += [
-            f"*{_quote(base_row['question'], 120)}*",
-            "",
-            f"- unsteered (trait {_fmt(base_row.get('trait'))}): {_quote(base_row['answer'])}",
-            f"- steered (trait {_fmt(steered_row.get('trait'))}): {_quote(steered_row['answer'])}",
-            "",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.0f}"

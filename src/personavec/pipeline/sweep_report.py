@@ -1,7 +1,7 @@
 """The sweep report: two PNG plots, a self-contained ``report.html`` and ``summary.json``.
 
-The report depends on the sweep's result types, never the reverse: ``sweep.py`` should not
-import this module at its top (it imports it inside the function that writes the report).
+The report depends on the sweep's result types (:mod:`personavec.pipeline.sweep_types`), never
+on the sweep itself.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from personavec.pipeline.plots import Line, Rule, line_chart
-from personavec.pipeline.sweep import SweepResult, recommended_coef
+from personavec.pipeline.sweep_types import SweepResult, recommended_coef
 from personavec.store import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
