@@ -42,8 +42,8 @@ import torch
 from rich.progress import Progress
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from personavec.core.capture import left_pad
 from personavec.core.models import LoadedModel, Message, encode_prompt, format_chat
+from personavec.core.padding import left_pad
 from personavec.errors import PersonavecError
 
 FinishReason = Literal["stop", "length"]
