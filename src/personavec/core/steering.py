@@ -107,7 +107,8 @@ class Intervention:
 OperatorFn = Callable[[torch.Tensor, torch.Tensor, Intervention], torch.Tensor]
 """``op(hidden [b, s, h], mask bool [b, s], item) -> hidden``. ``item`` is prepared for the
 model: for ``add`` its vector is ``coef · v`` in the model's dtype, otherwise the float32 unit
-vector ``v̂``; both on the model's device. Positions where ``mask`` is False must stay as they are."""
+vector ``v̂``; both on the model's device. Positions where ``mask`` is False must stay as
+they are."""
 
 
 def add(hidden: torch.Tensor, mask: torch.Tensor, item: Intervention) -> torch.Tensor:
