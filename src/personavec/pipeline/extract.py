@@ -32,7 +32,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from personavec.core.capture import Example, capture
 from personavec.core.layers import LAYER_CONVENTION
 from personavec.core.models import LoadedModel, chat_messages, load_model
-from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
+from personavec.core.vector import (
+    PersonaVector,
+    VectorMetadata,
+    config_fingerprint,
+    projection_percentiles,
+)
 from personavec.engines.generation import GenerationRequest, HFEngine, SamplingConfig
 from personavec.errors import PersonavecError
 from personavec.judges.base import Judge, JudgeItem
@@ -491,7 +496,13 @@ def extract(
         recommended_layer=suggested,
         extra={"run_dir": str(run_dir), "layer_choice": "held-out separation, middle layers"},
     )
-    vector = PersonaVector(vectors, meta, typical_norm=captured.token_norm)
+    vector = PersonaVector(
+        vectors,
+        meta,
+        typical_norm=captured.token_norm,
+        # Every kept rollout (both polarities) projected on the default (response_avg) vector.
+        projection_percentiles=projection_percentiles(per_pair, vectors[meta.default_readout]),
+    )
     vector_path = vector.save(run_dir / f"{trait.name}.safetensors")
     result = ExtractResult(
         run_dir=run_dir,
