@@ -24,7 +24,7 @@ from personavec.core.hooks import (
     run_until_stopped,
     teacher_forcing,
 )
-from personavec.core.layers import find_blocks, resolve_layers
+from personavec.core.layers import n_layers, resolve_layers
 from personavec.core.models import LoadedModel, Message, encode_prompt, encode_response
 from personavec.core.padding import left_pad, position_ids
 from personavec.core.positions import READOUTS, readout_masks
@@ -144,18 +144,10 @@ def capture(
         raise ValueError(f"unknown readouts {sorted(unknown)}; use {', '.join(READOUTS)}")
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    labels = list(groups) if groups is not None else ["all"] * len(examples)
-    if len(labels) != len(examples):
-        raise ValueError(f"got {len(labels)} group labels for {len(examples)} examples")
-    group_names = list(dict.fromkeys(labels))
-    group_index = torch.tensor([group_names.index(g) for g in labels], dtype=torch.long)
-
-    model = loaded.model
-    blocks = find_blocks(model)
-    selected = resolve_layers(layers, len(blocks))
+    group_names, group_index = _group_index(groups, len(examples))
     acc = _Accumulator(
         tuple(readouts),
-        selected,
+        resolve_layers(layers, n_layers(loaded.model)),
         group_names,
         loaded.hidden_size,
         keep_per_example,
@@ -163,6 +155,20 @@ def capture(
         per_example_dtype,
     )
     encoded = [encode_example(loaded, ex) for ex in examples]
+    _capture_batches(loaded, encoded, acc, group_index, batch_size, progress)
+    return _finish(acc)
+
+
+def _capture_batches(
+    loaded: LoadedModel,
+    encoded: Sequence[EncodedExample],
+    acc: _Accumulator,
+    group_index: torch.Tensor,
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Run length-sorted, left-padded batches of ``encoded`` into ``acc``."""
+    model = loaded.model
     order = sorted(
         range(len(encoded)),
         key=lambda i: len(encoded[i].prompt_ids) + len(encoded[i].response_ids),
@@ -190,7 +196,15 @@ def capture(
             done += len(batch_idx)
             if progress is not None:
                 progress(done)
-    return _finish(acc)
+
+
+def _group_index(groups: Sequence[str] | None, n: int) -> tuple[list[str], torch.Tensor]:
+    """Distinct group names in order of appearance, and each example's group index ``[n]``."""
+    labels = list(groups) if groups is not None else ["all"] * n
+    if len(labels) != n:
+        raise ValueError(f"got {len(labels)} group labels for {n} examples")
+    names = list(dict.fromkeys(labels))
+    return names, torch.tensor([names.index(g) for g in labels], dtype=torch.long)
 
 
 def _left_pad(
@@ -326,8 +340,7 @@ def capture_tokens(
 ) -> TokenActivations:
     """Every token's residual stream for one example (no padding), for monitoring."""
     encoded = encode_example(loaded, example)
-    blocks = find_blocks(loaded.model)
-    selected = resolve_layers(layers, len(blocks))
+    selected = resolve_layers(layers, n_layers(loaded.model))
     ids = torch.tensor([encoded.prompt_ids + encoded.response_ids], device=loaded.device)
     out = torch.zeros((len(selected), ids.shape[1], loaded.hidden_size), dtype=torch.float32)
 
