@@ -115,7 +115,8 @@ def bench_generation(lm: LoadedModel, batch: int, new_tokens: int, repeats: int)
 def bench_capture(lm: LoadedModel, pairs: int, batch: int, repeats: int) -> dict[str, Any]:
     examples = [Example(chat_messages(QUESTIONS[i % 8]), ANSWER) for i in range(pairs)]
     # The same left-padded batches the capture builds, for the baselines.
-    from personavec.core.capture import encode_example, left_pad
+    from personavec.core.capture import encode_example
+    from personavec.core.padding import left_pad
 
     encoded = [encode_example(lm, ex) for ex in examples]
     pad = int(lm.tokenizer.pad_token_id)

@@ -12,10 +12,10 @@ from personavec.core.models import LoadedModel, chat_messages
 from personavec.engines.generation import (
     Generation,
     GenerationRequest,
+    GumbelSampler,
     HFEngine,
     SamplingConfig,
     SamplingConfigError,
-    _GumbelSampler,
     stop_token_ids,
     top_p_filter,
 )
@@ -169,7 +169,7 @@ def test_top_p_keeps_smallest_nucleus() -> None:
 def test_gumbel_sampler_matches_softmax() -> None:
     probs = torch.tensor([0.6, 0.3, 0.1])
     logits = torch.log(probs).expand(4000, 3).clone()
-    sampler = _GumbelSampler(seeds=range(4000), temperature=1.0, top_p=1.0)
+    sampler = GumbelSampler(seeds=range(4000), temperature=1.0, top_p=1.0)
     draws = sampler(torch.zeros(4000, 1, dtype=torch.long), logits).argmax(-1)  # type: ignore[arg-type]
     freq = torch.bincount(draws, minlength=3).float() / 4000
     assert torch.allclose(freq, probs, atol=0.03)

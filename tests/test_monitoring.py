@@ -16,13 +16,12 @@ from personavec.core.projection import token_projections
 from personavec.core.steering import Intervention, steer
 from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
 from personavec.errors import SteeringError
+from personavec.monitor.generate import generate_monitored
+from personavec.monitor.log import ReadingLog, read_log
 from personavec.monitor.monitor import (
     ConditionalSteering,
     MonitorSpec,
-    ReadingLog,
     TokenMonitor,
-    generate_monitored,
-    read_log,
     start_monitor,
 )
 
@@ -305,7 +304,9 @@ def test_live_meter_shows_the_latest_reading_at_every_step(smollm2, tmp_path: Pa
 
     from personavec.core.models import chat_messages
     from personavec.core.vector import PersonaVector
-    from personavec.monitor.monitor import LiveMeter, MonitorSpec, generate_monitored
+    from personavec.monitor.generate import generate_monitored
+    from personavec.monitor.live import LiveMeter
+    from personavec.monitor.monitor import MonitorSpec
 
     pv = PersonaVector.load(save_vector(smollm2, tmp_path / "v.safetensors"))
     spec = MonitorSpec.from_vector(pv, None, name="synthetic")

@@ -205,3 +205,21 @@ def test_bad_steering_requests_fail_clearly() -> None:
         Intervention(1, torch.ones(4), positions="middle")  # type: ignore[arg-type]
     for module in lm.model.modules():
         assert not module._forward_hooks and not module._forward_pre_hooks
+
+
+def test_non_finite_activations_stop_with_a_clear_error() -> None:
+    lm = tiny_model("llama")
+    ids = batch(lm, PROMPTS[:1])
+    huge = torch.full((lm.hidden_size,), 2e38)  # finite, but two of them overflow float32
+    with (
+        pytest.raises(SteeringError, match=r"NaN or inf.*smaller coefficient"),
+        steer(lm.model, [Intervention(1, huge), Intervention(2, huge)]),
+        torch.no_grad(),
+    ):
+        lm.model.generate(**ids, max_new_tokens=2, pad_token_id=lm.tokenizer.pad_token_id)
+    with pytest.raises(SteeringError, match="overflows float32"):
+        apply_steering(lm.model, Intervention(1, torch.ones(lm.hidden_size), coef=1e39))
+    for module in lm.model.modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks
+    with torch.no_grad(), steer(lm.model, Intervention(1, huge)):  # one is still finite
+        assert torch.isfinite(lm.model(**ids).logits).all()

@@ -10,7 +10,12 @@ import torch
 from safetensors.torch import save_file
 
 from personavec.core.projection import project, project_layers, token_projections
-from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
+from personavec.core.vector import (
+    PersonaVector,
+    VectorMetadata,
+    config_fingerprint,
+    projection_percentiles,
+)
 from personavec.errors import VectorFileError
 from tiny_models import tiny_model
 
@@ -157,3 +162,58 @@ def test_token_projections_match_capture() -> None:
     torch.testing.assert_close(values, tokens.hidden[1] @ (v / v.norm()))
     with pytest.raises(Exception, match="not captured"):
         token_projections(tokens, 3, v)
+
+
+def test_projection_percentiles_equal_hand_computation() -> None:
+    generator = torch.Generator().manual_seed(3)
+    readouts = torch.randn(7, 4, 5, generator=generator)
+    vectors = torch.randn(4, 5, generator=generator)
+    vectors[2] = 0.0  # a zero row projects to 0
+    table = projection_percentiles(readouts, vectors)
+    assert table.shape == (4, 101) and table.dtype == torch.float32
+    for layer in (0, 1, 3):
+        unit = vectors[layer] / vectors[layer].norm()
+        values = sorted((readouts[:, layer] @ unit).tolist())  # 7 values: 6 gaps of 100/6 %
+        assert table[layer, 0].item() == pytest.approx(values[0], abs=1e-6)
+        assert table[layer, 100].item() == pytest.approx(values[-1], abs=1e-6)
+        # Percentile 50 is the 4th of 7 sorted values; 25 lies halfway between the 2nd and 3rd.
+        assert table[layer, 50].item() == pytest.approx(values[3], abs=1e-6)
+        assert table[layer, 25].item() == pytest.approx((values[1] + values[2]) / 2, abs=1e-6)
+        assert bool((table[layer, 1:] >= table[layer, :-1]).all())
+    assert torch.equal(table[2], torch.zeros(101))
+
+
+def test_projection_percentiles_round_trip_and_lookup(tmp_path: Path) -> None:
+    lm = tiny_model("llama")
+    base = vector_for(lm)
+    rows = base.meta.n_layers + 1
+    table = torch.linspace(-50.0, 50.0, 101).repeat(rows, 1) + torch.arange(rows).unsqueeze(1)
+    with_table = PersonaVector(base.vectors, base.meta, base.typical_norm, table)
+    path = with_table.save(tmp_path / "v.safetensors")
+    loaded = PersonaVector.load(path, model=lm.model)
+    assert loaded.projection_percentiles is not None
+    assert torch.equal(loaded.projection_percentiles, table)
+    assert path.read_bytes() == loaded.to_bytes()
+    assert loaded.projection_percentile(2, 90) == 42.0  # -50 + 90 + layer 2
+    assert loaded.projection_percentile(0, 12.5) == pytest.approx(-37.5)
+    assert loaded.projection_percentile(3, 100) == 53.0
+    with pytest.raises(VectorFileError, match=r"0\.\.100"):
+        loaded.projection_percentile(1, 101)
+    with pytest.raises(Exception, match="out of range"):
+        loaded.projection_percentile(9, 50)
+    with pytest.raises(VectorFileError, match="shape"):
+        PersonaVector(base.vectors, base.meta, base.typical_norm, table[:, :100])
+
+
+def test_old_file_without_percentiles_loads_and_says_what_to_do(tmp_path: Path) -> None:
+    lm = tiny_model("llama")
+    old = vector_for(lm)  # written without percentiles, as by earlier versions
+    path = old.save(tmp_path / "old.safetensors")
+    loaded = PersonaVector.load(path)
+    assert loaded.projection_percentiles is None
+    assert torch.equal(loaded.vectors["response_avg"], old.vectors["response_avg"])
+    with pytest.raises(VectorFileError) as info:
+        loaded.projection_percentile(2, 95)
+    message = str(info.value)
+    assert "re-extract with this version or pass a raw threshold" in message
+    assert "\n" not in message

@@ -72,11 +72,9 @@ def monitor_command(
     """Answer prompts with per-token projections: coloured tokens, meters and alerts."""
     from personavec.core.models import chat_messages, load_model
     from personavec.core.vector import PersonaVector
-    from personavec.monitor.monitor import (
-        LiveMeter,
-        ReadingLog,
-        generate_monitored,
-    )
+    from personavec.monitor.generate import generate_monitored
+    from personavec.monitor.live import LiveMeter
+    from personavec.monitor.log import ReadingLog
 
     if steer_back is not None and threshold is None:
         raise PersonavecError("--steer-back needs --threshold T (steer only above it)")

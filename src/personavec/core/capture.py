@@ -13,16 +13,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
-from torch import nn
-from torch.utils.hooks import RemovableHandle
 
-from personavec.core.layers import block_output_tensor, find_blocks, resolve_layers
+from personavec.core.hooks import (
+    ForwardCall,
+    HookHandle,
+    LayerHook,
+    install_hooks,
+    run_until_stopped,
+    teacher_forcing,
+)
+from personavec.core.layers import n_layers, resolve_layers
 from personavec.core.models import LoadedModel, Message, encode_prompt, encode_response
+from personavec.core.padding import left_pad, position_ids
 from personavec.core.positions import READOUTS, readout_masks
-from personavec.core.steering import _owner_of_blocks, teacher_forcing
 
 
 @dataclass(frozen=True)
@@ -77,10 +82,6 @@ class CaptureResult:
     counts: dict[str, dict[str, int]]
     per_example: dict[str, torch.Tensor] | None
     token_norm: torch.Tensor
-
-
-class _StopForward(Exception):
-    """Raised by the last needed hook to skip the remaining blocks and the LM head."""
 
 
 @dataclass
@@ -143,18 +144,10 @@ def capture(
         raise ValueError(f"unknown readouts {sorted(unknown)}; use {', '.join(READOUTS)}")
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    labels = list(groups) if groups is not None else ["all"] * len(examples)
-    if len(labels) != len(examples):
-        raise ValueError(f"got {len(labels)} group labels for {len(examples)} examples")
-    group_names = list(dict.fromkeys(labels))
-    group_index = torch.tensor([group_names.index(g) for g in labels], dtype=torch.long)
-
-    model = loaded.model
-    blocks = find_blocks(model)
-    selected = resolve_layers(layers, len(blocks))
+    group_names, group_index = _group_index(groups, len(examples))
     acc = _Accumulator(
         tuple(readouts),
-        selected,
+        resolve_layers(layers, n_layers(loaded.model)),
         group_names,
         loaded.hidden_size,
         keep_per_example,
@@ -162,6 +155,20 @@ def capture(
         per_example_dtype,
     )
     encoded = [encode_example(loaded, ex) for ex in examples]
+    _capture_batches(loaded, encoded, acc, group_index, batch_size, progress)
+    return _finish(acc)
+
+
+def _capture_batches(
+    loaded: LoadedModel,
+    encoded: Sequence[EncodedExample],
+    acc: _Accumulator,
+    group_index: torch.Tensor,
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Run length-sorted, left-padded batches of ``encoded`` into ``acc``."""
+    model = loaded.model
     order = sorted(
         range(len(encoded)),
         key=lambda i: len(encoded[i].prompt_ids) + len(encoded[i].response_ids),
@@ -169,7 +176,6 @@ def capture(
     device = loaded.device
     pad_id = loaded.tokenizer.pad_token_id
     pad_id = int(pad_id) if pad_id is not None else 0
-    runner = _owner_of_blocks(model, blocks)
     done = 0
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
@@ -178,8 +184,7 @@ def capture(
             ids, attention, prompt_lens, response_lens = _left_pad(batch, pad_id)
             masks = readout_masks(prompt_lens, response_lens, ids.shape[1])
             _run_batch(
-                runner,
-                blocks,
+                model,
                 acc,
                 ids.to(device),
                 attention.to(device),
@@ -191,27 +196,15 @@ def capture(
             done += len(batch_idx)
             if progress is not None:
                 progress(done)
-    return _finish(acc)
 
 
-def left_pad(
-    sequences: Sequence[Sequence[int]], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-pad token sequences into one batch.
-
-    Returns ``(input_ids, attention_mask, position_ids)``, long tensors of shape
-    ``[batch, width]``. Position ids count from each row's first real token (0 on padding), as
-    in generation, so absolute-position models (GPT-2) read a left-padded row exactly as they
-    read it alone.
-    """
-    width = max(len(seq) for seq in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
-        attention[row, width - len(seq) :] = 1
-    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
-    return ids, attention, positions
+def _group_index(groups: Sequence[str] | None, n: int) -> tuple[list[str], torch.Tensor]:
+    """Distinct group names in order of appearance, and each example's group index ``[n]``."""
+    labels = list(groups) if groups is not None else ["all"] * n
+    if len(labels) != n:
+        raise ValueError(f"got {len(labels)} group labels for {n} examples")
+    names = list(dict.fromkeys(labels))
+    return names, torch.tensor([names.index(g) for g in labels], dtype=torch.long)
 
 
 def _left_pad(
@@ -225,8 +218,7 @@ def _left_pad(
 
 
 def _run_batch(
-    runner: nn.Module,
-    blocks: nn.ModuleList,
+    model: torch.nn.Module,
     acc: _Accumulator,
     ids: torch.Tensor,
     attention: torch.Tensor,
@@ -260,72 +252,47 @@ def _run_batch(
         acc.norm_sum[position] += float((norms * response_mask).sum())
         acc.prompt_norm_sum[position] += float((norms * prompt_mask).sum())
 
-    handles = _register_readers(blocks, acc.layers, reduce)
-    _run_readers(runner, handles, ids, attention, prompt_lens)
+    read_layers(model, acc.layers, reduce, ids, attention, prompt_lens)
     acc.norm_count += int(response_mask.sum())
     acc.prompt_norm_count += int(prompt_mask.sum())
 
 
-def _register_readers(
-    blocks: nn.ModuleList, layers: Sequence[int], read: Callable[[int, torch.Tensor], None]
-) -> list[RemovableHandle]:
-    """Hook ``read(position, hidden)`` onto each layer; stop the forward after the deepest one."""
-    deepest = max(layers)
-    handles: list[RemovableHandle] = []
-    for position, layer in enumerate(layers):
-        stop = layer == deepest
-        if layer == 0:
-
-            def pre_hook(
-                module: nn.Module,
-                args: tuple[Any, ...],
-                kwargs: dict[str, Any],
-                position: int = position,
-                stop: bool = stop,
-            ) -> None:
-                read(position, kwargs["hidden_states"] if "hidden_states" in kwargs else args[0])
-                if stop:
-                    raise _StopForward
-
-            handles.append(blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
-        else:
-
-            def hook(
-                module: nn.Module,
-                args: Any,
-                output: Any,
-                position: int = position,
-                stop: bool = stop,
-            ) -> None:
-                read(position, block_output_tensor(output))
-                if stop:
-                    raise _StopForward
-
-            handles.append(blocks[layer - 1].register_forward_hook(hook))
-    return handles
-
-
-def _run_readers(
-    runner: nn.Module,
-    handles: list[RemovableHandle],
+def read_layers(
+    model: torch.nn.Module,
+    layers: Sequence[int],
+    read: Callable[[int, torch.Tensor], None],
     ids: torch.Tensor,
     attention: torch.Tensor,
-    prompt_lens: torch.Tensor,
+    prompt_lengths: torch.Tensor,
 ) -> None:
-    """One teacher-forced forward pass through ``runner``; always removes ``handles``.
+    """One teacher-forced forward pass that calls ``read(i, hidden)`` at ``layers[i]``.
 
-    Position ids count from each row's first real token, as in generation, so absolute-position
-    models (GPT-2) read a left-padded row exactly as they read it alone.
+    ``ids`` and ``attention`` are ``[batch, seq]`` (left-padded prompt + response); position ids
+    count from each row's first real token, as in generation, so absolute-position models (GPT-2)
+    read a left-padded row exactly as they read it alone. Only the block-owning module runs, and
+    it stops after the deepest layer; the hooks are removed afterwards, also on error.
     """
-    positions = (attention.long().cumsum(dim=1) - 1).clamp(min=0)
-    try:
-        with torch.no_grad(), teacher_forcing(prompt_lens):
-            runner(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False)
-    except _StopForward:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
+
+    def reader(index: int) -> LayerHook:
+        def hook(hidden: torch.Tensor, call: ForwardCall) -> None:
+            read(index, hidden)
+
+        return hook
+
+    hooks = {layer: [reader(index)] for index, layer in enumerate(layers)}
+    handle: HookHandle
+    with (
+        install_hooks(model, hooks, stop_after=max(layers)) as handle,
+        torch.no_grad(),
+        teacher_forcing(prompt_lengths),
+    ):
+        run_until_stopped(
+            handle.owner,
+            input_ids=ids,
+            attention_mask=attention,
+            position_ids=position_ids(attention),
+            use_cache=False,
+        )
 
 
 def _finish(acc: _Accumulator) -> CaptureResult:
@@ -373,18 +340,15 @@ def capture_tokens(
 ) -> TokenActivations:
     """Every token's residual stream for one example (no padding), for monitoring."""
     encoded = encode_example(loaded, example)
-    blocks = find_blocks(loaded.model)
-    selected = resolve_layers(layers, len(blocks))
+    selected = resolve_layers(layers, n_layers(loaded.model))
     ids = torch.tensor([encoded.prompt_ids + encoded.response_ids], device=loaded.device)
     out = torch.zeros((len(selected), ids.shape[1], loaded.hidden_size), dtype=torch.float32)
 
     def store(position: int, hidden: torch.Tensor) -> None:
         out[position] = hidden[0].float().cpu()
 
-    handles = _register_readers(blocks, selected, store)
     prompt_lens = torch.tensor([len(encoded.prompt_ids)])
-    runner = _owner_of_blocks(loaded.model, blocks)
-    _run_readers(runner, handles, ids, torch.ones_like(ids), prompt_lens)
+    read_layers(loaded.model, selected, store, ids, torch.ones_like(ids), prompt_lens)
     return TokenActivations(
         encoded.prompt_ids + encoded.response_ids, out, selected, len(encoded.prompt_ids)
     )

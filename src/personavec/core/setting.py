@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
 import torch
@@ -265,10 +265,9 @@ class SteeringSetting:
     def _intervention(self, layer: int, vector: torch.Tensor, scale: float) -> Intervention:
         if self.op != "cap":
             return Intervention(layer, vector, scale, self.op, self.positions)
-        if "threshold" not in {f.name for f in fields(Intervention)}:
-            raise SteeringError("this personavec build has no cap operator; upgrade personavec")
-        extra: dict[str, Any] = {"threshold": self.threshold, "bound": self.bound}
-        return Intervention(layer, vector, 1.0, "cap", self.positions, **extra)  # type: ignore[arg-type]
+        return Intervention(
+            layer, vector, 1.0, "cap", self.positions, threshold=self.threshold, bound=self.bound
+        )
 
     def apply(self, model: nn.Module) -> SteeringHandle:
         """Start steering ``model``; the handle's ``remove()`` (or a ``with`` block) undoes it."""
@@ -355,7 +354,7 @@ def _resolve_threshold(
         return parsed
     if len(set(layers)) != 1:
         raise SteeringError("a percentile threshold needs exactly one layer; pass one --layer")
-    return float(vector.projection_percentile(layers[0], parsed.q))  # type: ignore[attr-defined]
+    return float(vector.projection_percentile(layers[0], parsed.q))
 
 
 def parse_steer_spec(

@@ -6,6 +6,9 @@ File format (safetensors, never pickle):
   block-output convention (row 0 = embeddings, row L = output of block L);
 * tensor ``typical_norm``: float32 ``[n_layers + 1]``, the mean L2 norm of the residual stream at
   each layer (so coefficients can be given relative to it); optional;
+* tensor ``projection_percentiles``: float32 ``[n_layers + 1, 101]``, percentiles 0..100 of the
+  scalar projections ``h · v̂`` of the extraction examples' readouts at each layer (so a cap
+  threshold can be given as a percentile); optional (absent in files from older versions);
 * header metadata key ``personavec``: JSON of :class:`VectorMetadata`.
 """
 
@@ -32,6 +35,7 @@ from personavec.store import atomic_write_bytes
 
 FORMAT_VERSION = 1
 METADATA_KEY = "personavec"
+PERCENTILES = 101  # columns of ``projection_percentiles``: percentiles 0, 1, …, 100
 _FINGERPRINT_KEYS = (
     "model_type",
     "architectures",
@@ -96,11 +100,16 @@ class PersonaVector:
             (mean positive readout − mean negative readout).
         meta: provenance and recommendations.
         typical_norm: float32 ``[n_layers + 1]`` mean residual-stream L2 norm per layer, or None.
+        projection_percentiles: float32 ``[n_layers + 1, 101]``; row ``L`` holds percentiles
+            0, 1, …, 100 of ``h · v̂_L`` (hidden-state units) over the kept extraction examples'
+            ``response_avg`` readouts at layer ``L``, both polarities, where ``v̂_L`` is the unit
+            vector of the default readout; None in files without it.
     """
 
     vectors: dict[str, torch.Tensor]
     meta: VectorMetadata
     typical_norm: torch.Tensor | None = None
+    projection_percentiles: torch.Tensor | None = None
     path: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -152,6 +161,17 @@ class PersonaVector:
                 )
             if not torch.isfinite(self.typical_norm).all():
                 raise VectorFileError("typical_norm contains NaN or inf; re-extract the vector")
+        if self.projection_percentiles is not None:
+            shape = tuple(self.projection_percentiles.shape)
+            if shape != (rows, PERCENTILES):
+                raise VectorFileError(
+                    f"projection_percentiles has shape {shape}, expected {(rows, PERCENTILES)}; "
+                    "re-extract the vector"
+                )
+            if not torch.isfinite(self.projection_percentiles).all():
+                raise VectorFileError(
+                    "projection_percentiles contains NaN or inf; re-extract the vector"
+                )
         if self.meta.default_readout not in self.vectors:
             raise VectorFileError(
                 f"default readout {self.meta.default_readout!r} is missing from the file"
@@ -203,6 +223,22 @@ class PersonaVector:
             raise VectorFileError(f"the vector at layer {layer} is zero; pick another layer")
         return float(self.typical_norm[layer]) / norm
 
+    def projection_percentile(self, layer: int, q: float) -> float:
+        """The ``q``-th percentile (0..100, linear between whole percentiles) of the extraction
+        examples' projections ``h · v̂`` at ``layer``, in hidden-state units."""
+        if self.projection_percentiles is None:
+            raise VectorFileError(
+                "this vector records no projection percentiles; re-extract with this version or "
+                "pass a raw threshold"
+            )
+        check_layer(layer, self.meta.n_layers)
+        if not 0.0 <= q <= 100.0:
+            raise VectorFileError(f"percentile {q!r} is out of range; pass a value in 0..100")
+        low = min(math.floor(q), PERCENTILES - 2)
+        a, b = (float(x) for x in self.projection_percentiles[layer, low : low + 2])
+        fraction = q - low
+        return a if fraction == 0 else b if fraction == 1 else a + fraction * (b - a)
+
     # ---- I/O ------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         """Serialise to safetensors bytes."""
@@ -212,6 +248,9 @@ class PersonaVector:
         }
         if self.typical_norm is not None:
             tensors["typical_norm"] = self.typical_norm.detach().to("cpu", torch.float32)
+        if self.projection_percentiles is not None:
+            percentiles = self.projection_percentiles.detach().to("cpu", torch.float32)
+            tensors["projection_percentiles"] = percentiles.contiguous()
         meta = self.meta.model_copy(update={"readouts": sorted(self.vectors)})
         return bytes(st_save(tensors, metadata={METADATA_KEY: meta.model_dump_json()}))
 
@@ -260,8 +299,12 @@ class PersonaVector:
             for key, value in tensors.items()
             if key.startswith("vector.")
         }
-        norm = tensors.get("typical_norm")
-        return cls(vectors=vectors, meta=meta, typical_norm=norm)
+        return cls(
+            vectors=vectors,
+            meta=meta,
+            typical_norm=tensors.get("typical_norm"),
+            projection_percentiles=tensors.get("projection_percentiles"),
+        )
 
     @classmethod
     def load(
@@ -281,3 +324,24 @@ class PersonaVector:
         if model is not None:
             vector.check_compatible(model, force=force)
         return vector
+
+
+def projection_percentiles(readouts: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """Percentiles 0..100 of each layer's scalar projections ``h · v̂``.
+
+    Args:
+        readouts: ``[examples, n_layers + 1, hidden]`` per-example readouts (any float dtype).
+        vectors: ``[n_layers + 1, hidden]`` unnormalised vectors; a zero row projects to 0.
+    Returns:
+        float32 ``[n_layers + 1, 101]``, non-decreasing along each row.
+    """
+    if readouts.ndim != 3 or readouts.shape[0] == 0 or readouts.shape[1:] != vectors.shape:
+        raise ValueError(
+            f"need readouts [examples>0, {', '.join(map(str, vectors.shape))}], "
+            f"got {tuple(readouts.shape)}"
+        )
+    from personavec.core.projection import project_layers
+
+    projections = project_layers(readouts, vectors)  # [examples, layers]
+    levels = torch.linspace(0.0, 1.0, PERCENTILES, dtype=torch.float64)
+    return torch.quantile(projections.double(), levels, dim=0).T.float().contiguous()

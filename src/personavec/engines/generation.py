@@ -36,14 +36,14 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from rich.progress import Progress
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from personavec.core.capture import left_pad
 from personavec.core.models import LoadedModel, Message, encode_prompt, format_chat
+from personavec.core.padding import left_pad
 from personavec.errors import PersonavecError
 
 FinishReason = Literal["stop", "length"]
@@ -171,10 +171,11 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-class _GumbelSampler(LogitsProcessor):
-    """Turns greedy search into per-row seeded sampling (Gumbel-max trick).
+class GumbelSampler(LogitsProcessor):
+    """A logits processor that turns greedy search into per-row seeded sampling (Gumbel-max).
 
-    Row ``b`` of the batch draws its noise from ``generators[b]`` only.
+    Row ``b`` of the batch draws its noise from a private generator seeded with ``seeds[b]``
+    only; logits are divided by ``temperature`` (> 0) and top-p filtered first.
     """
 
     def __init__(self, seeds: Sequence[int], temperature: float, top_p: float) -> None:
@@ -336,7 +337,10 @@ class HFEngine:
         results: dict[tuple[int, int], tuple[list[int], FinishReason]] = {}
         with _progress_reporter(len(units), progress, self.show_progress) as report:
             for batch in batches:
-                for unit, output in zip(batch, self._generate_batch(batch, config), strict=True):
+                outputs = self.generate_batch(
+                    [u.prompt_ids for u in batch], config, seeds=[u.seed for u in batch]
+                )
+                for unit, output in zip(batch, outputs, strict=True):
                     results[(unit.request_index, unit.sample_index)] = output
                 report(len(batch))
         generations = []
@@ -347,32 +351,48 @@ class HFEngine:
                 generations.append(Generation(i, s, prompts[i], text, list(ids), reason))
         return generations
 
-    def _generate_batch(
-        self, batch: Sequence[_Unit], config: SamplingConfig
+    def generate_batch(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        config: SamplingConfig,
+        *,
+        seeds: Sequence[int] | None = None,
+        streamer: Any = None,
     ) -> list[tuple[list[int], FinishReason]]:
+        """Answer prompts (token ids) in one left-padded batch, in order.
+
+        Args:
+            prompt_ids: chat-formatted prompts, one list of ids per row.
+            config: ``max_new_tokens``, ``temperature`` and ``top_p`` are used.
+            seeds: one private-stream seed per row (see :func:`sample_seed`); needed unless
+                ``config`` is greedy.
+            streamer: a transformers streamer, passed to ``generate``.
+        Returns:
+            Per row: the generated ids without the stop token, and the finish reason.
+        """
         device = self.loaded.device
         # Position ids are left to generate(), which derives them from the attention mask.
-        input_ids, attention_mask, _ = left_pad([u.prompt_ids for u in batch], self.pad_id)
+        input_ids, attention_mask, _ = left_pad(prompt_ids, self.pad_id)
         width = input_ids.shape[1]
         generation_config = neutral_generation_config(
             config.max_new_tokens, self.stop_ids, self.pad_id
         )
         processors = LogitsProcessorList()
         if not config.greedy:
-            processors.append(
-                _GumbelSampler([u.seed for u in batch], config.temperature, config.top_p)
-            )
+            if seeds is None or len(seeds) != len(prompt_ids):
+                raise ValueError("sampling needs one seed per prompt; pass seeds")
+            processors.append(GumbelSampler(seeds, config.temperature, config.top_p))
         with torch.no_grad():
             output = self.loaded.model.generate(  # type: ignore[operator]
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
                 generation_config=generation_config,
                 logits_processor=processors,
+                streamer=streamer,
             )
-        new_tokens = output[:, width:].tolist()
         stops = set(self.stop_ids)
         results: list[tuple[list[int], FinishReason]] = []
-        for row in new_tokens:
+        for row in output[:, width:].tolist():
             cut = next((k for k, t in enumerate(row) if t in stops), None)
             if cut is None:
                 results.append(([int(t) for t in row], "length"))

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-from personavec.core.capture import left_pad
 from personavec.core.models import LoadedModel, chat_messages, encode_prompt, encode_response
+from personavec.core.padding import left_pad
 from personavec.errors import PersonavecError
 from personavec.judges.base import Aspect, JudgeItem, content_hash
 from personavec.traits.schema import Polarity, TraitSpec

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from personavec.core.capture import left_pad
 from personavec.core.models import LoadedModel, chat_messages, encode_prompt
+from personavec.core.padding import left_pad
 from personavec.errors import PersonavecError
 
 LETTERS = string.ascii_uppercase

@@ -35,7 +35,12 @@ import torch
 from personavec.core.capture import CaptureResult, Example, capture
 from personavec.core.layers import LAYER_CONVENTION
 from personavec.core.models import LoadedModel, chat_messages, load_model
-from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
+from personavec.core.vector import (
+    PersonaVector,
+    VectorMetadata,
+    config_fingerprint,
+    projection_percentiles,
+)
 from personavec.engines.generation import Generation, GenerationRequest, HFEngine, SamplingConfig
 from personavec.errors import PersonavecError
 from personavec.judges.base import Judge, JudgeItem
@@ -301,7 +306,14 @@ def build_vector(
         recommended_layer=suggested,
         extra={"run_dir": str(run_dir), "layer_choice": "held-out separation, middle layers"},
     )
-    return PersonaVector(vectors, meta, typical_norm=captured.token_norm), separation, suggested
+    vector = PersonaVector(
+        vectors,
+        meta,
+        typical_norm=captured.token_norm,
+        # Every kept rollout (both polarities) projected on the default (response_avg) vector.
+        projection_percentiles=projection_percentiles(per_pair, vectors[meta.default_readout]),
+    )
+    return vector, separation, suggested
 
 
 def open_extraction(

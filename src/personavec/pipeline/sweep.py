@@ -14,6 +14,7 @@ the very end, atomically, in the unit the user swept (``calibration["relative"]`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -295,5 +296,4 @@ def write_calibration(vector: PersonaVector, path: Path, result: SweepResult) ->
             "calibration": calibration_record(result),
         }
     )
-    updated = PersonaVector(dict(vector.vectors), meta, typical_norm=vector.typical_norm)
-    return updated.save(path)
+    return dataclasses.replace(vector, meta=meta).save(path)  # keeps norms and percentiles
