@@ -86,16 +86,19 @@ def _score(
             loaded, config, run_dir, found=found, overwrite=overwrite, show_progress=show_progress
         )
         return done.timing
-    prepare_run(config, run_dir, overwrite=overwrite)
-    start = finished_through(run_dir / SCORES_JSONL) + 1
-    keep = selected_indices(found.n_rows, config.sample, config.seed)
-    _, bad = write_ray_input(
-        config.data, run_dir / "ray_input.parquet", own_column=config.own_column, start=start,
-        keep=keep,
-    )
-    shutil.rmtree(run_dir / "ray_output", ignore_errors=True)
-    started = start_ray(ray)
+    started = start_ray(ray)  # before writing anything: an unreachable cluster fails cleanly
     try:
+        prepare_run(config, run_dir, overwrite=overwrite)
+        start = finished_through(run_dir / SCORES_JSONL) + 1
+        keep = selected_indices(found.n_rows, config.sample, config.seed)
+        _, bad = write_ray_input(
+            config.data,
+            run_dir / "ray_input.parquet",
+            own_column=config.own_column,
+            start=start,
+            keep=keep,
+        )
+        shutil.rmtree(run_dir / "ray_output", ignore_errors=True)
         run_on_ray(
             run_dir,
             model=config.model,
@@ -165,7 +168,13 @@ def screen(
     targets = make_targets(load_vectors(model, config.vectors, force=config.force), config.layer)
     options = ray or RayOptions()
     timing = _score(
-        model, config, directory, found, engine=engine, ray=options, overwrite=overwrite,
+        model,
+        config,
+        directory,
+        found,
+        engine=engine,
+        ray=options,
+        overwrite=overwrite,
         show_progress=show_progress,
     )
     limits: dict[str, float] | None = None
@@ -174,8 +183,14 @@ def screen(
         if ref_config is not None and ref_found is not None:
             source_dir = directory / "reference"
             _score(
-                model, ref_config, source_dir, ref_found, engine="local", ray=options,
-                overwrite=overwrite, show_progress=show_progress,
+                model,
+                ref_config,
+                source_dir,
+                ref_found,
+                engine="local",
+                ray=options,
+                overwrite=overwrite,
+                show_progress=show_progress,
             )
         reference_values: dict[str, np.ndarray] = {
             score_column(t, config.mode): column_values(
@@ -189,7 +204,9 @@ def screen(
     if write_filtered_to is not None and limits is not None:
         filtered = write_filtered(config.data, directory / SCORES_JSONL, limits, write_filtered_to)
         summary["filtered"] = {
-            "path": str(filtered.path), "kept": filtered.kept, "dropped": filtered.dropped
+            "path": str(filtered.path),
+            "kept": filtered.kept,
+            "dropped": filtered.dropped,
         }
         atomic_write_json(directory / "summary.json", summary)
     notes = [f"Bad rows skipped: {found.n_bad}."] if found.n_bad else []

@@ -57,9 +57,7 @@ class BadRow:
     reason: str
 
 
-def _row_to_sample(
-    row: Any, index: int, where: str, own_column: str | None
-) -> Sample | BadRow:
+def _row_to_sample(row: Any, index: int, where: str, own_column: str | None) -> Sample | BadRow:
     try:
         parsed = parse_row(row, where)
     except PersonavecError as exc:

@@ -90,7 +90,8 @@ def histogram_png(
         axis.set_title(f"{target.name} (layer {target.layer})")
         axis.set_xlabel("ΔP" if mode == "full" else "ΔP (last-prompt approximation)")
         axis.set_ylabel("samples")
-        axis.legend(fontsize=8)
+        if values.size or (limits and column in limits):
+            axis.legend(fontsize=8)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)

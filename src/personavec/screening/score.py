@@ -163,7 +163,7 @@ def score_batch(
             row[target.column("prompt_last")] = prompt_last
             row[target.column("delta_prompt")] = response - prompt_last
             if settings.mode == "full":
-                has_own = bool(own[i].strip())
+                has_own = own[i] != ""  # an empty answer has no response average
                 own_value = float(avg[n + i]) if has_own else None
                 row[target.column("own")] = own_value
                 row[target.column("delta")] = response - own_value if has_own else None
