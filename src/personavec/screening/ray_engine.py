@@ -14,6 +14,7 @@ run directory and the model must then be readable by every node: a shared filesy
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,7 +85,7 @@ def start_ray(options: RayOptions) -> bool:
             num_cpus=options.num_cpus if options.address is None else None,
             include_dashboard=False,
             log_to_driver=False,
-            logging_level="ERROR",
+            logging_level=logging.ERROR,
             configure_logging=True,
         )
     except (ConnectionError, RuntimeError, ValueError) as exc:

@@ -163,10 +163,10 @@ def score_batch(
             row[target.column("prompt_last")] = prompt_last
             row[target.column("delta_prompt")] = response - prompt_last
             if settings.mode == "full":
-                has_own = own[i] != ""  # an empty answer has no response average
-                own_value = float(avg[n + i]) if has_own else None
+                # An empty own answer has no response average: both columns are null.
+                own_value = float(avg[n + i]) if own[i] != "" else None
                 row[target.column("own")] = own_value
-                row[target.column("delta")] = response - own_value if has_own else None
+                row[target.column("delta")] = None if own_value is None else response - own_value
     if settings.mode == "full":
         for row, text in zip(rows, own, strict=True):
             row["own_response"] = text
