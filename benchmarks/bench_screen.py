@@ -91,6 +91,12 @@ def main() -> None:
     parser.add_argument("--prompt-samples", type=int, default=256)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--memory-sizes", default="1000,10000")
+    parser.add_argument(
+        "--memory-model",
+        default="smollm2",
+        help="Model for the memory check (a tiny one is quick).",
+    )
+    parser.add_argument("--memory-vector", default=None, help="Vector for --memory-model.")
     parser.add_argument("--skip", default="", help="Comma list of parts to skip: ray,memory.")
     args = parser.parse_args()
     skip = set(args.skip.split(","))
@@ -140,7 +146,11 @@ def main() -> None:
         memory = {}
         for n in sizes:
             path = write_data(work / f"m{n}.jsonl", n)
-            memory[f"peak_rss_mb_{n}"] = memory_probe(path, args.vector, work / f"m{n}", "smollm2")
+            vector = args.memory_vector or args.vector
+            memory[f"peak_rss_mb_{n}"] = memory_probe(
+                path, vector, work / f"m{n}", args.memory_model
+            )
+        memory["model"] = args.memory_model
         out["memory"] = memory
     print(json.dumps(out, indent=2))
 

@@ -280,3 +280,27 @@ def test_unreachable_ray_address_is_one_line(
     assert "cannot reach a Ray cluster at 127.0.0.1:9" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_parquet_and_datasets_inputs_score_like_jsonl(
+    tiny: LoadedModel, tiny_dir: Path, vector_path: Path, tmp_path: Path
+) -> None:
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        {"id": f"r{i}", "prompt": QUESTIONS[i], "response": f"Answer number {i}."} for i in range(5)
+    ]
+    jsonl = write_jsonl(tmp_path / "d.jsonl", rows)
+    parquet = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), parquet)
+    saved = tmp_path / "ds"
+    datasets.Dataset.from_list(rows).save_to_disk(str(saved))
+    tables = []
+    for name, source in (("j", jsonl), ("p", parquet), ("d", saved)):
+        config = config_for(source, vector_path, tiny_dir, mode="prompt")
+        tables.append(read_table(screen(config, tmp_path / name, loaded=tiny,
+                                        show_progress=False).table))  # fmt: skip
+    assert [r["id"] for r in tables[0]] == [r["id"] for r in rows]
+    assert tables[1] == tables[0] and tables[2] == tables[0]
