@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,7 +84,7 @@ def start_ray(options: RayOptions) -> bool:
     try:
         ray.init(
             address=options.address,
-            num_cpus=options.num_cpus if options.address is None else None,
+            num_cpus=local_cpus(options) if options.address is None else None,
             include_dashboard=False,
             log_to_driver=False,
             logging_level=logging.ERROR,
@@ -92,6 +94,30 @@ def start_ray(options: RayOptions) -> bool:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RayEngineError(f"cannot start or join Ray at {options.address}: {first}") from None
     return True
+
+
+def local_cpus(options: RayOptions) -> int:
+    """CPUs a local Ray declares: at least the actors' reservation plus one for reading/writing.
+
+    Ray's CPUs are scheduling slots: if the actors held them all, the Parquet read and write tasks
+    could never run and the pipeline would wait forever.
+    """
+    wanted = options.num_cpus or os.cpu_count() or 1
+    return max(wanted, math.ceil(options.actors * options.cpus_per_actor) + 1)
+
+
+def check_capacity(options: RayOptions) -> None:
+    """Refuse a pool that would leave no CPU for Ray Data's read and write tasks."""
+    import ray
+
+    cpus = float(ray.cluster_resources().get("CPU", 0))
+    needed = options.actors * options.cpus_per_actor + 1
+    if cpus < needed:
+        raise RayEngineError(
+            f"the Ray cluster has {cpus:g} CPUs but {options.actors} actors × "
+            f"{options.cpus_per_actor:g} CPUs + 1 for reading need {needed:g}; use fewer "
+            "--actors or --cpus-per-actor"
+        )
 
 
 class ScreenWorker:
@@ -236,6 +262,7 @@ def run_on_ray(
     """Score ``run_dir/ray_input.parquet`` on Ray and append the rows (and ``bad``) in order."""
     import ray
 
+    check_capacity(options)
     device = "cuda" if options.gpus_per_actor > 0 else "cpu"
     worker_args = {
         "model": model,
