@@ -1,9 +1,10 @@
 """The screening engine as a Ray Data pipeline (``personavec screen --engine ray``).
 
 1. The selected rows are written, streaming, to ``ray_input.parquet`` in the run directory.
-2. ``read_parquet → map_batches(ScreenWorker, concurrency=actors)``: a pool of actors, each
-   holding the model and the vectors, scores batches with the same :func:`score_batch` as the
-   in-process engine (generation + capture), with ``num_gpus`` per actor when asked.
+2. ``read_parquet → map_batches(ScreenWorker, compute=ActorPoolStrategy(size=actors))``: a
+   pool of actors, each holding the model and the vectors, scores batches with the same
+   :func:`score_batch` as the in-process engine (generation + capture), with ``num_gpus`` per
+   actor when asked.
 3. The scored rows are written as Parquet (``ray_output/``), then appended in input order to
    ``scores.jsonl`` so the summary, report and filtering are shared with the in-process engine.
 
@@ -283,7 +284,7 @@ def run_on_ray(
         fn_constructor_kwargs=worker_args,
         batch_size=settings.batch_size,
         batch_format="numpy",
-        concurrency=options.actors,
+        compute=ray.data.ActorPoolStrategy(size=options.actors),
         num_cpus=options.cpus_per_actor,
         num_gpus=options.gpus_per_actor or None,
     )
