@@ -231,6 +231,9 @@ def _mount_subapps() -> None:
     register_monitor(app)
     register_monitor_sweep(app)
     register_eval(app)
+    from personavec.cli.screen import register as register_screen
+
+    register_screen(app)
 
 
 _mount_subapps()

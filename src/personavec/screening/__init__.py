@@ -1,0 +1,8 @@
+"""Data screening with persona vectors: the projection difference ΔP per sample and dataset.
+
+Public entry points: :func:`personavec.screening.api.screen` with
+:class:`personavec.screening.run.ScreenConfig`; the per-batch scorer
+:func:`personavec.screening.score.score_batch`; thresholds and filtering in
+:mod:`personavec.screening.filtering`; the Ray Data engine in
+:mod:`personavec.screening.ray_engine`.
+"""

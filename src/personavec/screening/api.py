@@ -1,0 +1,218 @@
+"""``screen()``: the library function behind ``personavec screen``.
+
+Validates everything first (data rows, reference data, vectors against the model, filter
+options), so bad input fails with one line before anything is written; then scores with the
+in-process or the Ray engine, finishes the table (Parquet), the summary, histogram and report,
+and optionally writes the kept samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from personavec.core.models import LoadedModel, load_model
+from personavec.errors import PersonavecError
+from personavec.screening.data import DataScan
+from personavec.screening.filtering import DropRule, FilterResult, thresholds, write_filtered
+from personavec.screening.ray_engine import RayOptions, run_on_ray, start_ray, write_ray_input
+from personavec.screening.report import summarize, write_histogram, write_report
+from personavec.screening.run import (
+    ScreenConfig,
+    check_data,
+    load_vectors,
+    prepare_run,
+    run_in_process,
+    selected_indices,
+)
+from personavec.screening.score import Target, Timing, make_targets, score_column
+from personavec.screening.table import SCORES_JSONL, column_values, finished_through, write_parquet
+from personavec.store import atomic_write_json
+
+Engine = Literal["local", "ray"]
+
+
+@dataclass
+class ScreenResult:
+    """Paths and headline numbers of a finished screen.
+
+    Attributes:
+        run_dir: the run directory.
+        table: ``scores.parquet``.
+        summary: what ``summary.json`` holds (ΔP mean and interval per vector, agreement, …).
+        thresholds: score column → ΔP threshold, when a drop rule was given.
+        filtered: the kept-samples file and counts, when written.
+        timing: generation / capture seconds spent by this call (in-process engine).
+    """
+
+    run_dir: Path
+    table: Path
+    summary: dict[str, Any]
+    thresholds: dict[str, float] | None
+    filtered: FilterResult | None
+    timing: Timing
+
+
+def _validate_options(
+    config: ScreenConfig, drop_above: str | None, write_to: str | None, engine: str
+) -> DropRule | None:
+    if engine not in ("local", "ray"):
+        raise PersonavecError(f"unknown --engine {engine!r}; use local or ray")
+    if write_to is not None and drop_above is None:
+        raise PersonavecError("--write-filtered needs --drop-above VALUE or pNN")
+    if drop_above is not None and config.sample is not None:
+        raise PersonavecError("filtering needs every row scored; drop --sample")
+    return DropRule.parse(drop_above) if drop_above is not None else None
+
+
+def _score(
+    loaded: LoadedModel,
+    config: ScreenConfig,
+    run_dir: Path,
+    found: DataScan,
+    *,
+    engine: Engine,
+    ray: RayOptions,
+    overwrite: bool,
+    show_progress: bool,
+) -> Timing:
+    if engine == "local":
+        done = run_in_process(
+            loaded, config, run_dir, found=found, overwrite=overwrite, show_progress=show_progress
+        )
+        return done.timing
+    started = start_ray(ray)  # before writing anything: an unreachable cluster fails cleanly
+    try:
+        prepare_run(config, run_dir, overwrite=overwrite)
+        start = finished_through(run_dir / SCORES_JSONL) + 1
+        keep = selected_indices(found.n_rows, config.sample, config.seed)
+        _, bad = write_ray_input(
+            config.data,
+            run_dir / "ray_input.parquet",
+            own_column=config.own_column,
+            start=start,
+            keep=keep,
+        )
+        shutil.rmtree(run_dir / "ray_output", ignore_errors=True)
+        run_on_ray(
+            run_dir,
+            model=config.model,
+            vector_paths=config.vectors,
+            layer=config.layer,
+            settings=config.settings,
+            force=config.force,
+            options=ray,
+            bad=bad,
+        )
+    finally:
+        if started:
+            import ray as ray_module
+
+            ray_module.shutdown()
+    return Timing()
+
+
+def _finish(
+    run_dir: Path, config: ScreenConfig, targets: list[Target], limits: dict[str, float] | None
+) -> tuple[Path, dict[str, Any]]:
+    columns = [
+        t.column(k)
+        for t in targets
+        for k in ("response", "own", "delta", "prompt_last", "delta_prompt")
+    ]
+    scores = run_dir / SCORES_JSONL
+    full = config.mode == "full"
+    table = write_parquet(scores, run_dir / "scores.parquet", columns, with_own=full)
+    summary = summarize(scores, targets, config.mode)
+    summary["data"] = config.data
+    summary["sample"] = config.sample
+    if limits is not None:
+        summary["thresholds"] = limits
+    atomic_write_json(run_dir / "summary.json", summary)
+    write_histogram(run_dir, targets, config.mode, limits)
+    return table, summary
+
+
+def screen(
+    config: ScreenConfig,
+    run_dir: str | Path,
+    *,
+    loaded: LoadedModel | None = None,
+    engine: Engine = "local",
+    ray: RayOptions | None = None,
+    reference: str | None = None,
+    drop_above: str | None = None,
+    write_filtered_to: str | None = None,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> ScreenResult:
+    """Screen ``config.data`` into ``run_dir`` (resumable); see the module docstring.
+
+    Args:
+        reference: data believed clean; percentile thresholds are taken of its ΔP.
+        drop_above: ``"1.5"`` (raw ΔP) or ``"p95"`` (percentile of the reference's ΔP, or of
+            this data's when no reference is given).
+        write_filtered_to: JSONL path for the kept samples (needs ``drop_above``).
+    """
+    directory = Path(run_dir)
+    rule = _validate_options(config, drop_above, write_filtered_to, engine)
+    found = check_data(config)
+    ref_config = dataclasses.replace(config, data=reference, sample=None) if reference else None
+    ref_found = check_data(ref_config) if ref_config is not None else None
+    model = loaded if loaded is not None else load_model(config.model)
+    targets = make_targets(load_vectors(model, config.vectors, force=config.force), config.layer)
+    options = ray or RayOptions()
+    timing = _score(
+        model,
+        config,
+        directory,
+        found,
+        engine=engine,
+        ray=options,
+        overwrite=overwrite,
+        show_progress=show_progress,
+    )
+    limits: dict[str, float] | None = None
+    if rule is not None:
+        source_dir = directory
+        if ref_config is not None and ref_found is not None:
+            source_dir = directory / "reference"
+            _score(
+                model,
+                ref_config,
+                source_dir,
+                ref_found,
+                engine="local",
+                ray=options,
+                overwrite=overwrite,
+                show_progress=show_progress,
+            )
+        reference_values: dict[str, np.ndarray] = {
+            score_column(t, config.mode): column_values(
+                source_dir / SCORES_JSONL, score_column(t, config.mode)
+            )
+            for t in targets
+        }
+        limits = thresholds(rule, reference_values)
+    table, summary = _finish(directory, config, targets, limits)
+    filtered = None
+    if write_filtered_to is not None and limits is not None:
+        filtered = write_filtered(config.data, directory / SCORES_JSONL, limits, write_filtered_to)
+        summary["filtered"] = {
+            "path": str(filtered.path),
+            "kept": filtered.kept,
+            "dropped": filtered.dropped,
+        }
+        atomic_write_json(directory / "summary.json", summary)
+    notes = [f"Bad rows skipped: {found.n_bad}."] if found.n_bad else []
+    if limits is not None:
+        notes += [f"Threshold {c}: {v:.4f} ({drop_above})." for c, v in limits.items()]
+    if filtered is not None:
+        notes.append(f"Kept {filtered.kept}, dropped {filtered.dropped} → {filtered.path}.")
+    write_report(directory, config.data, targets, config.mode, summary, notes=notes)
+    return ScreenResult(directory, table, summary, limits, filtered, timing)

@@ -1,0 +1,213 @@
+"""A screening run: configuration, run directory, and the streaming in-process engine.
+
+The run directory holds ``config.json`` (the run's identity), ``scores.jsonl`` (appended per
+batch), and when finished ``scores.parquet``, ``summary.json``, ``histogram.png`` and
+``report.md``. Rows are read, scored and appended one batch at a time, so memory is flat in the
+dataset's size; a killed run resumes after its last finished row, scoring no row twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from personavec.core.models import LoadedModel
+from personavec.core.vector import PersonaVector
+from personavec.engines.generation import HFEngine
+from personavec.errors import PersonavecError
+from personavec.progress import stage
+from personavec.screening.data import BadRow, DataScan, Sample, ScreenDataError, iter_samples, scan
+from personavec.screening.score import (
+    Mode,
+    ScoreSettings,
+    Target,
+    Timing,
+    make_targets,
+    score_batch,
+)
+from personavec.screening.table import SCORES_JSONL, finished_through
+from personavec.store import append_jsonl, atomic_write_json, check_run_identity
+
+OnBad = Literal["error", "skip"]
+_IDENTITY_KEYS = (
+    "data",
+    "data_key",
+    "vectors",
+    "model",
+    "layer",
+    "mode",
+    "own_column",
+    "max_new_tokens",
+    "batch_size",
+    "sample",
+    "seed",
+    "on_bad",
+)
+_STALE = (SCORES_JSONL, "scores.parquet", "summary.json", "report.md", "histogram.png")
+
+
+@dataclass
+class ScreenConfig:
+    """Everything that decides a screening run's numbers.
+
+    Attributes:
+        data: JSONL, Parquet or saved-``datasets`` path.
+        vectors: persona-vector files.
+        model: model spec (``smollm2``, a checkpoint directory, …).
+        layer: layer for every vector; default each vector's recommended layer.
+        mode: ``full`` (ΔP with the model's own response) or ``prompt`` (no generation).
+        own_column: a column holding the model's own responses (skips generation).
+        max_new_tokens: tokens generated per own response (greedy).
+        batch_size: samples per batch (appended to the table per batch).
+        sample: screen a seeded random subsample of this many rows (dataset-level estimate).
+        seed: subsample seed.
+        on_bad: ``error`` (reject the data when any row is bad) or ``skip`` (report and skip).
+        force: accept vectors from a related model (same hidden size).
+    """
+
+    data: str
+    vectors: list[str]
+    model: str = "smollm2"
+    layer: int | None = None
+    mode: Mode = "full"
+    own_column: str | None = None
+    max_new_tokens: int = 256
+    batch_size: int = 16
+    sample: int | None = None
+    seed: int = 0
+    on_bad: OnBad = "error"
+    force: bool = False
+    data_key: str = field(default="", init=False)
+
+    def __post_init__(self) -> None:
+        ScoreSettings(self.mode, self.max_new_tokens, self.batch_size)  # validates
+        if self.on_bad not in ("error", "skip"):
+            raise PersonavecError(f"unknown --on-bad {self.on_bad!r}; use error or skip")
+        if self.sample is not None and self.sample < 1:
+            raise PersonavecError("--sample must be at least 1")
+        self.data_key = data_key(self.data)
+
+    @property
+    def settings(self) -> ScoreSettings:
+        return ScoreSettings(self.mode, self.max_new_tokens, self.batch_size)
+
+
+def data_key(path: str | Path) -> str:
+    """A cheap identity of the data (path, size, modification time), not of its content."""
+    source = Path(path)
+    stat = source.stat() if source.exists() else None
+    raw = f"{source.resolve()}|{stat.st_size if stat else 0}|{stat.st_mtime_ns if stat else 0}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def vector_key(paths: Sequence[str]) -> list[str]:
+    """Content hashes of vector files (a run's identity includes what the vectors hold)."""
+    return [hashlib.sha256(Path(p).read_bytes()).hexdigest()[:16] for p in paths]
+
+
+def check_data(config: ScreenConfig) -> DataScan:
+    """Validate every row (streaming); with ``on_bad="error"`` reject data with bad rows."""
+    found = scan(config.data, own_column=config.own_column)
+    if found.n_bad and config.on_bad == "error":
+        first = found.bad[0]
+        more = ", ".join(b.where.rsplit(":", 1)[-1] for b in found.bad[1:6])
+        others = f" (also at {more}{', …' if found.n_bad > 6 else ''})" if more else ""
+        raise ScreenDataError(
+            f"{first.where}: {first.reason}; {found.n_bad} bad row(s){others}; "
+            "fix them or pass --on-bad skip"
+        )
+    return found
+
+
+def selected_indices(n_rows: int, sample: int | None, seed: int) -> set[int] | None:
+    """The seeded subsample of row indices (``None`` = every row)."""
+    if sample is None or sample >= n_rows:
+        return None
+    return set(random.Random(seed).sample(range(n_rows), sample))
+
+
+def load_vectors(loaded: LoadedModel, paths: Sequence[str], *, force: bool) -> list[PersonaVector]:
+    """Load vector files and check each fits the model (one-line error otherwise)."""
+    return [PersonaVector.load(p, model=loaded.model, force=force) for p in paths]
+
+
+def _batches(
+    items: Iterator[Sample | BadRow], size: int, keep: set[int] | None
+) -> Iterator[tuple[list[Sample], list[BadRow]]]:
+    """Groups of up to ``size`` samples, with the bad rows met on the way (input order)."""
+    samples: list[Sample] = []
+    bad: list[BadRow] = []
+    for item in items:
+        if keep is not None and item.index not in keep:
+            continue
+        if isinstance(item, BadRow):
+            bad.append(item)
+            continue
+        samples.append(item)
+        if len(samples) >= size:
+            yield samples, bad
+            samples, bad = [], []
+    if samples or bad:
+        yield samples, bad
+
+
+@dataclass
+class ScoredRun:
+    """What :func:`run_in_process` did: rows scored now, rows reused, bad rows, timing."""
+
+    run_dir: Path
+    targets: list[Target]
+    scored_now: int
+    reused: int
+    skipped: int
+    timing: Timing
+
+
+def prepare_run(config: ScreenConfig, run_dir: Path, *, overwrite: bool = False) -> None:
+    """Check a reused run directory matches ``config``, then record the configuration."""
+    identity = {**asdict(config), "vectors": vector_key(config.vectors)}
+    check_run_identity(run_dir, identity, _IDENTITY_KEYS, overwrite=overwrite, stale=_STALE)
+    atomic_write_json(run_dir / "config.json", {**identity, "vector_paths": config.vectors})
+
+
+def run_in_process(
+    loaded: LoadedModel,
+    config: ScreenConfig,
+    run_dir: str | Path,
+    *,
+    found: DataScan,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> ScoredRun:
+    """Score every selected row into ``run_dir/scores.jsonl`` (resuming a partial run)."""
+    directory = Path(run_dir)
+    vectors = load_vectors(loaded, config.vectors, force=config.force)
+    targets = make_targets(vectors, config.layer)
+    prepare_run(config, directory, overwrite=overwrite)
+    table = directory / SCORES_JSONL
+    start = finished_through(table) + 1
+    keep = selected_indices(found.n_rows, config.sample, config.seed)
+    total = len(keep) if keep is not None else found.n_rows
+    reused = sum(1 for i in keep if i < start) if keep is not None else start
+    engine = HFEngine(loaded) if config.mode == "full" else None
+    timing = Timing()
+    scored = skipped = 0
+    items = iter_samples(config.data, own_column=config.own_column, start=start)
+    with stage("screening", total, enabled=show_progress) as advance:
+        advance(reused)
+        for samples, bad in _batches(items, config.batch_size, keep):
+            rows: list[dict[str, Any]] = []
+            if samples:
+                rows, spent = score_batch(loaded, samples, targets, config.settings, engine)
+                timing.add(spent)
+            rows += [{"index": b.index, "id": str(b.index), "skipped": b.reason} for b in bad]
+            rows.sort(key=lambda r: int(r["index"]))
+            append_jsonl(table, rows)
+            scored += len(samples)
+            skipped += len(bad)
+            advance(reused + scored + skipped)
+    return ScoredRun(directory, targets, scored, reused, skipped, timing)
