@@ -18,6 +18,7 @@ import numpy as np
 
 from personavec.core.models import LoadedModel, load_model
 from personavec.errors import PersonavecError
+from personavec.pipeline.stage import prepare_run_dir, run_lock
 from personavec.screening.data import DataScan
 from personavec.screening.filtering import DropRule, FilterResult, thresholds, write_filtered
 from personavec.screening.ray_engine import RayOptions, run_on_ray, start_ray, write_ray_input
@@ -159,7 +160,36 @@ def screen(
             this data's when no reference is given).
         write_filtered_to: JSONL path for the kept samples (needs ``drop_above``).
     """
-    directory = Path(run_dir)
+    directory = prepare_run_dir(run_dir)
+    with run_lock(directory):
+        return _screen_locked(
+            config,
+            directory,
+            loaded=loaded,
+            engine=engine,
+            ray=ray,
+            reference=reference,
+            drop_above=drop_above,
+            write_filtered_to=write_filtered_to,
+            overwrite=overwrite,
+            show_progress=show_progress,
+        )
+
+
+def _screen_locked(
+    config: ScreenConfig,
+    directory: Path,
+    *,
+    loaded: LoadedModel | None,
+    engine: Engine,
+    ray: RayOptions | None,
+    reference: str | None,
+    drop_above: str | None,
+    write_filtered_to: str | None,
+    overwrite: bool,
+    show_progress: bool,
+) -> ScreenResult:
+    """:func:`screen` once the run directory is locked."""
     rule = _validate_options(config, drop_above, write_filtered_to, engine)
     found = check_data(config)
     ref_config = dataclasses.replace(config, data=reference, sample=None) if reference else None
@@ -177,28 +207,20 @@ def screen(
         overwrite=overwrite,
         show_progress=show_progress,
     )
-    limits: dict[str, float] | None = None
+    limits = None
     if rule is not None:
-        source_dir = directory
-        if ref_config is not None and ref_found is not None:
-            source_dir = directory / "reference"
-            _score(
-                model,
-                ref_config,
-                source_dir,
-                ref_found,
-                engine="local",
-                ray=options,
-                overwrite=overwrite,
-                show_progress=show_progress,
-            )
-        reference_values: dict[str, np.ndarray] = {
-            score_column(t, config.mode): column_values(
-                source_dir / SCORES_JSONL, score_column(t, config.mode)
-            )
-            for t in targets
-        }
-        limits = thresholds(rule, reference_values)
+        limits = _limits(
+            model,
+            config,
+            directory,
+            targets,
+            rule,
+            ref_config,
+            ref_found,
+            options,
+            overwrite=overwrite,
+            show_progress=show_progress,
+        )
     table, summary = _finish(directory, config, targets, limits)
     filtered = None
     if write_filtered_to is not None and limits is not None:
@@ -216,3 +238,40 @@ def screen(
         notes.append(f"Kept {filtered.kept}, dropped {filtered.dropped} → {filtered.path}.")
     write_report(directory, config.data, targets, config.mode, summary, notes=notes)
     return ScreenResult(directory, table, summary, limits, filtered, timing)
+
+
+def _limits(
+    model: LoadedModel,
+    config: ScreenConfig,
+    directory: Path,
+    targets: Any,
+    rule: Any,
+    ref_config: ScreenConfig | None,
+    ref_found: Any,
+    options: RayOptions,
+    *,
+    overwrite: bool,
+    show_progress: bool,
+) -> dict[str, float]:
+    """ΔP thresholds per score column: of the reference data (scored into ``reference/``), or
+    of this data when no reference is given."""
+    source_dir = directory
+    if ref_config is not None and ref_found is not None:
+        source_dir = directory / "reference"
+        _score(
+            model,
+            ref_config,
+            source_dir,
+            ref_found,
+            engine="local",
+            ray=options,
+            overwrite=overwrite,
+            show_progress=show_progress,
+        )
+    reference_values: dict[str, np.ndarray] = {
+        score_column(t, config.mode): column_values(
+            source_dir / SCORES_JSONL, score_column(t, config.mode)
+        )
+        for t in targets
+    }
+    return thresholds(rule, reference_values)

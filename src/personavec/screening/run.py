@@ -19,6 +19,7 @@ from personavec.core.models import LoadedModel
 from personavec.core.vector import PersonaVector
 from personavec.engines.generation import HFEngine
 from personavec.errors import PersonavecError
+from personavec.pipeline.stage import check_run_identity, write_run_config
 from personavec.progress import stage
 from personavec.screening.data import BadRow, DataScan, Sample, ScreenDataError, iter_samples, scan
 from personavec.screening.score import (
@@ -30,7 +31,7 @@ from personavec.screening.score import (
     score_batch,
 )
 from personavec.screening.table import SCORES_JSONL, finished_through
-from personavec.store import append_jsonl, atomic_write_json, check_run_identity
+from personavec.store import append_jsonl
 
 OnBad = Literal["error", "skip"]
 _IDENTITY_KEYS = (
@@ -171,7 +172,7 @@ def prepare_run(config: ScreenConfig, run_dir: Path, *, overwrite: bool = False)
     """Check a reused run directory matches ``config``, then record the configuration."""
     identity = {**asdict(config), "vectors": vector_key(config.vectors)}
     check_run_identity(run_dir, identity, _IDENTITY_KEYS, overwrite=overwrite, stale=_STALE)
-    atomic_write_json(run_dir / "config.json", {**identity, "vector_paths": config.vectors})
+    write_run_config(run_dir, {**identity, "vector_paths": config.vectors})
 
 
 def run_in_process(
