@@ -13,11 +13,13 @@ from personavec.errors import PersonavecError
 from personavec.metrics.capability import (
     MCQuestion,
     accuracy,
+    default_mc_set,
     evaluate_multiple_choice,
     format_question,
     letter_token_ids,
     load_mc_file,
 )
+from personavec.metrics.perplexity import default_heldout_text
 from tiny_models import tiny_model
 
 EASY = Path(__file__).parent / "data" / "easy_mc.jsonl"
@@ -87,3 +89,31 @@ def test_smollm2_answers_with_letters_and_steering_changes_scores(smollm2) -> No
     assert not torch.allclose(plain.letter_logprobs, steered.letter_logprobs)
     again = evaluate_multiple_choice(smollm2, questions)
     assert torch.equal(again.letter_logprobs, plain.letter_logprobs)  # steering fully removed
+
+
+def test_shipped_set_has_120_balanced_distinct_questions() -> None:
+    questions = default_mc_set()
+    assert len(questions) == 120
+    assert all(len(q.choices) == 4 and len(set(q.choices)) == 4 for q in questions)
+    keys = [q.answer for q in questions]
+    assert [keys.count(i) for i in range(4)] == [30, 30, 30, 30]
+    assert len({q.question.lower() for q in questions}) == 120
+
+
+def test_shipped_heldout_text_is_plain_prose_of_about_1500_words() -> None:
+    text = default_heldout_text()
+    words = text.split()
+    assert 1300 <= len(words) <= 1800
+    assert len(set(w.lower() for w in words)) > 500  # varied, not a repeated paragraph
+    assert text.isascii() and "\n\n" in text
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="letter-first scoring leaves SmolLM2-135M at chance (measured 0.258: it answers 'A' "
+    "to 113 of 120); see docs/capability.md",
+)
+def test_smollm2_is_above_chance_on_the_shipped_set(smollm2) -> None:
+    result = evaluate_multiple_choice(smollm2, default_mc_set())
+    assert result.accuracy > 0.35

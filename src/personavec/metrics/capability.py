@@ -5,6 +5,9 @@ Input: a JSONL file (``{"question", "choices": [...], "answer": "B" | 1}``) or a
 format with lettered choices; the prediction is the letter whose token is most likely as the
 first token of the answer (a single forward pass per question, no generation). Accuracy is the
 share of predictions equal to the key.
+
+:func:`default_mc_set` is a small set shipped with personavec (120 easy questions written for it),
+so a capability check works offline; any MMLU-format file can replace it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -110,6 +114,14 @@ def load_mc_file(path: str | Path) -> list[MCQuestion]:
     if not questions:
         raise PersonavecError(f"{source} holds no questions; add JSONL rows or CSV lines")
     return questions
+
+
+def default_mc_set() -> list[MCQuestion]:
+    """The shipped check: 120 easy four-choice questions (everyday knowledge, arithmetic, science,
+    geography, language, common sense, history), 30 keyed to each letter; see docs/capability.md
+    for SmolLM2-135M-Instruct's accuracy on it."""
+    with resources.as_file(resources.files("personavec.metrics") / "data" / "basic_mc.jsonl") as p:
+        return load_mc_file(p)
 
 
 def format_question(question: MCQuestion) -> str:
