@@ -44,6 +44,7 @@ from personavec.errors import PersonavecError
 from personavec.judges.base import Judge, JudgeItem
 from personavec.judges.cache import CachedJudge, JudgmentCache
 from personavec.judges.factory import make_judge
+from personavec.metrics.capability import Scoring
 from personavec.metrics.stats import mean_ci
 from personavec.progress import stage
 from personavec.store import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
@@ -457,6 +458,7 @@ def evaluate_steering(
     temperature: float = 1.0,
     other_traits: Sequence[str] = (),
     mc_file: str | Path | None = None,
+    mc_scoring: Scoring = "letter",
     run_dir: str | Path,
     force: bool = False,
     show_progress: bool = True,
@@ -464,7 +466,9 @@ def evaluate_steering(
     """Steer with ``coef`` at ``layers`` on held-out questions; compare with the baseline.
 
     ``coef`` is raw (``h += coef·v``) or, with ``relative=True``, a fraction of each layer's
-    typical residual norm. All inputs are validated before anything is generated or written.
+    typical residual norm. ``mc_scoring`` is how ``mc_file`` is scored (``"letter"`` or
+    ``"text"``; see :mod:`personavec.metrics.capability`). All inputs are validated before
+    anything is generated or written.
     """
     from personavec.metrics.capability import evaluate_multiple_choice, load_mc_file
 
@@ -499,11 +503,12 @@ def evaluate_steering(
     )
     capability = None
     if mc_questions is not None:
-        plain = evaluate_multiple_choice(loaded, mc_questions)
+        plain = evaluate_multiple_choice(loaded, mc_questions, scoring=mc_scoring)
         with _steering(loaded, vector, cell):
-            moved = evaluate_multiple_choice(loaded, mc_questions)
+            moved = evaluate_multiple_choice(loaded, mc_questions, scoring=mc_scoring)
         capability = {
             "file": str(mc_file),
+            "scoring": mc_scoring,
             "questions": len(mc_questions),
             "baseline_accuracy": plain.accuracy,
             "steered_accuracy": moved.accuracy,
@@ -605,7 +610,7 @@ def eval_report(result: EvalResult, settings: EvalSettings) -> str:
             "",
             f"{cap['questions']} questions from `{cap['file']}`: accuracy "
             f"{cap['baseline_accuracy']:.3f} unsteered, {cap['steered_accuracy']:.3f} steered "
-            f"({cap['change']:+.3f}).",
+            f"({cap['change']:+.3f}; {cap.get('scoring', 'letter')} scoring).",
             "",
         ]
     lines += ["## Examples", ""]
