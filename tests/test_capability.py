@@ -13,11 +13,13 @@ from personavec.errors import PersonavecError
 from personavec.metrics.capability import (
     MCQuestion,
     accuracy,
+    default_mc_set,
     evaluate_multiple_choice,
     format_question,
     letter_token_ids,
     load_mc_file,
 )
+from personavec.metrics.perplexity import default_heldout_text
 from tiny_models import tiny_model
 
 EASY = Path(__file__).parent / "data" / "easy_mc.jsonl"
@@ -87,3 +89,74 @@ def test_smollm2_answers_with_letters_and_steering_changes_scores(smollm2) -> No
     assert not torch.allclose(plain.letter_logprobs, steered.letter_logprobs)
     again = evaluate_multiple_choice(smollm2, questions)
     assert torch.equal(again.letter_logprobs, plain.letter_logprobs)  # steering fully removed
+
+
+def test_shipped_set_has_120_balanced_distinct_questions() -> None:
+    questions = default_mc_set()
+    assert len(questions) == 120
+    assert all(len(q.choices) == 4 and len(set(q.choices)) == 4 for q in questions)
+    keys = [q.answer for q in questions]
+    assert [keys.count(i) for i in range(4)] == [30, 30, 30, 30]
+    assert len({q.question.lower() for q in questions}) == 120
+
+
+def test_shipped_heldout_text_is_plain_prose_of_about_1500_words() -> None:
+    text = default_heldout_text()
+    words = text.split()
+    assert 1300 <= len(words) <= 1800
+    assert len(set(w.lower() for w in words)) > 500  # varied, not a repeated paragraph
+    assert text.isascii() and "\n\n" in text
+
+
+TWO = [
+    MCQuestion("What colour is the sky on a clear day?", ("Blue", "Green", "Bright orange"), 0),
+    MCQuestion("How many legs does a spider have?", ("Six", "Eight"), 1),
+]
+
+
+def test_text_scores_equal_a_hand_computation_with_a_plain_forward_pass() -> None:
+    lm = tiny_model("qwen2")
+    result = evaluate_multiple_choice(lm, TWO, scoring="text", batch_size=4)
+    assert result.scoring == "text" and result.scores.shape == (2, 3)
+    assert result.scores[1, 2] == float("-inf")  # question 2 has two choices
+    for qi, question in enumerate(TWO):
+        prompt = lm.tokenizer.apply_chat_template(
+            [{"role": "user", "content": question.question}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        prompt_ids = lm.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        for ci, choice in enumerate(question.choices):
+            reply_ids = lm.tokenizer(choice, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([prompt_ids + reply_ids])
+            with torch.no_grad():
+                logprobs = torch.log_softmax(lm.model(ids).logits[0], dim=-1)
+            n = len(prompt_ids)
+            expected = sum(float(logprobs[n - 1 + j, t]) for j, t in enumerate(reply_ids))
+            expected /= len(reply_ids)
+            assert float(result.scores[qi, ci]) == pytest.approx(expected, abs=1e-4)
+    assert result.predictions == [int(result.scores[i].argmax()) for i in range(2)]
+
+
+def test_text_scoring_batched_equals_one_by_one_and_follows_steering() -> None:
+    lm = tiny_model("llama")
+    questions = load_mc_file(EASY)
+    alone = evaluate_multiple_choice(lm, questions, scoring="text", batch_size=1)
+    batched = evaluate_multiple_choice(lm, questions, scoring="text", batch_size=7)
+    torch.testing.assert_close(batched.scores, alone.scores, rtol=1e-4, atol=1e-4)
+    assert batched.predictions == alone.predictions
+    torch.manual_seed(0)
+    with steer(lm.model, Intervention(2, torch.randn(64) * 10, 1.0, positions="response")):
+        steered = evaluate_multiple_choice(lm, questions, scoring="text", batch_size=7)
+    changed = (steered.scores - alone.scores).abs() > 1e-3
+    assert changed[alone.scores.isfinite()].all()  # every choice's tokens were steered
+    with pytest.raises(PersonavecError, match="unknown scoring"):
+        evaluate_multiple_choice(lm, questions, scoring="word")  # type: ignore[arg-type]
+
+
+# Letter scoring on the shipped set leaves SmolLM2-135M at chance: measured 0.258 (31/120; it
+# answers "A" to 113 of 120). Text scoring is the one that shows capability (docs/capability.md).
+@pytest.mark.slow
+def test_smollm2_text_scoring_is_above_chance_on_the_shipped_set(smollm2) -> None:
+    result = evaluate_multiple_choice(smollm2, default_mc_set(), scoring="text")
+    assert result.accuracy > 0.35

@@ -80,6 +80,9 @@ def evaluate_command(
     mc_file: Annotated[
         Path | None, typer.Option(help="Multiple-choice JSONL/CSV for a capability check.")
     ] = None,
+    mc_scoring: Annotated[
+        str, typer.Option(help="MC scoring: letter (MMLU) or text (choice text as the reply).")
+    ] = "letter",
     out: Annotated[Path | None, typer.Option(help="Run directory.")] = None,
     model: ModelOption = "smollm2",
     force: Annotated[bool, typer.Option(help="Use a vector from a related model.")] = False,
@@ -91,7 +94,8 @@ def evaluate_command(
     from personavec.core.models import load_model
     from personavec.core.setting import SteeringSetting, parse_layers, unit_of
     from personavec.core.vector import PersonaVector
-    from personavec.metrics.capability import load_mc_file
+    from personavec.errors import PersonavecError
+    from personavec.metrics.capability import SCORINGS, load_mc_file
     from personavec.pipeline.evaluate import evaluate_steering
     from personavec.traits.library import load_trait
 
@@ -105,7 +109,9 @@ def evaluate_command(
         positions=positions,
     )
     if mc_file is not None:
-        load_mc_file(mc_file)
+        load_mc_file(mc_file)  # bad file → one line, before loading the model
+    if mc_scoring not in SCORINGS:
+        raise PersonavecError(f"unknown --mc-scoring {mc_scoring!r}; use letter or text")
     others = [t.strip() for t in (other_traits or "").split(",") if t.strip()]
     for name in others:
         load_trait(name)
@@ -123,6 +129,7 @@ def evaluate_command(
         temperature=temperature,
         other_traits=others,
         mc_file=mc_file,
+        mc_scoring=mc_scoring,  # type: ignore[arg-type]  # checked above
         run_dir=_run_dir("evaluate", trait, vector, out),
         force=force,
         show_progress=not quiet,

@@ -1,10 +1,19 @@
 """Multiple-choice capability checks in MMLU format, with or without steering.
 
 Input: a JSONL file (``{"question", "choices": [...], "answer": "B" | 1}``) or an MMLU-style CSV
-(``question,A,B,C,D,answer`` per row, no header). Each question is asked in the model's chat
-format with lettered choices; the prediction is the letter whose token is most likely as the
-first token of the answer (a single forward pass per question, no generation). Accuracy is the
-share of predictions equal to the key.
+(``question,A,B,C,D,answer`` per row, no header). Two scorings (no generation in either):
+
+- ``"letter"`` (default): the question is asked in the model's chat format with lettered choices;
+  the prediction is the letter whose token is most likely as the first token of the answer (one
+  forward pass per question). The usual MMLU scoring.
+- ``"text"``: the question alone is asked; each choice's text is scored as the reply by its mean
+  token log-probability (:mod:`personavec.metrics.mc_text`). For small models that answer one
+  letter whatever the content, such as SmolLM2-135M (docs/capability.md).
+
+Accuracy is the share of predictions equal to the key.
+
+:func:`default_mc_set` is a small set shipped with personavec (120 easy questions written for it),
+so a capability check works offline; any MMLU-format file can replace it.
 """
 
 from __future__ import annotations
@@ -14,15 +23,20 @@ import json
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from personavec.core.models import LoadedModel, chat_messages, encode_prompt
 from personavec.core.padding import left_pad
 from personavec.errors import PersonavecError
+from personavec.metrics.mc_text import choice_text_logprobs
 
 LETTERS = string.ascii_uppercase
+Scoring = Literal["letter", "text"]
+SCORINGS: tuple[str, ...] = ("letter", "text")
 
 
 @dataclass(frozen=True)
@@ -39,15 +53,23 @@ class MCResult:
     """Scores of one pass over a question set.
 
     Attributes:
-        letter_logprobs: float32 ``[n, max_choices]`` log-probabilities of each choice letter as
-            the first answer token (``-inf`` past a question's last choice).
-        predictions: predicted choice index per question.
+        scores: float32 ``[n, max_choices]``, ``-inf`` past a question's last choice. ``"letter"``:
+            log-probability of each choice letter as the first answer token; ``"text"``: mean
+            token log-probability (nats) of each choice's text as the reply.
+        predictions: predicted choice index per question (argmax of ``scores``).
         accuracy: share of correct predictions in [0, 1].
+        scoring: ``"letter"`` or ``"text"``.
     """
 
-    letter_logprobs: torch.Tensor
+    scores: torch.Tensor
     predictions: list[int]
     accuracy: float
+    scoring: Scoring = "letter"
+
+    @property
+    def letter_logprobs(self) -> torch.Tensor:
+        """``scores`` under its name from letter scoring."""
+        return self.scores
 
 
 def _answer_index(raw: object, n_choices: int, where: str) -> int:
@@ -112,6 +134,15 @@ def load_mc_file(path: str | Path) -> list[MCQuestion]:
     return questions
 
 
+def default_mc_set() -> list[MCQuestion]:
+    """The shipped check: 120 easy four-choice questions (everyday knowledge, arithmetic, science,
+    geography, language, common sense, history), 30 keyed to each letter. Score it with either
+    scoring of :func:`evaluate_multiple_choice`; small models such as SmolLM2-135M-Instruct are
+    at chance with ``"letter"`` and above it with ``"text"`` (docs/capability.md)."""
+    with resources.as_file(resources.files("personavec.metrics") / "data" / "basic_mc.jsonl") as p:
+        return load_mc_file(p)
+
+
 def format_question(question: MCQuestion) -> str:
     """The user message: the question, lettered choices, and an instruction to answer a letter."""
     lines = [question.question, ""]
@@ -141,9 +172,23 @@ def accuracy(letter_logprobs: torch.Tensor, answers: Sequence[int]) -> tuple[lis
 
 
 def evaluate_multiple_choice(
-    loaded: LoadedModel, questions: Sequence[MCQuestion], *, batch_size: int = 16
+    loaded: LoadedModel,
+    questions: Sequence[MCQuestion],
+    *,
+    batch_size: int = 16,
+    scoring: Scoring = "letter",
 ) -> MCResult:
-    """Score every question (under whatever steering is active on ``loaded.model``)."""
+    """Score every question (under whatever steering is active on ``loaded.model``).
+
+    ``scoring`` is ``"letter"`` (``batch_size`` questions per forward pass) or ``"text"``
+    (``batch_size`` question-choice pairs per forward pass); see the module docstring.
+    """
+    if scoring not in SCORINGS:
+        raise PersonavecError(f"unknown scoring {scoring!r}; use letter or text")
+    if scoring == "text":
+        scores = choice_text_logprobs(loaded, questions, batch_size=batch_size)
+        predictions, share = accuracy(scores, [q.answer for q in questions])
+        return MCResult(scores, predictions, share, "text")
     width = max(len(q.choices) for q in questions)
     letters = letter_token_ids(loaded, width)
     prompts = [

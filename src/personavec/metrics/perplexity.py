@@ -12,6 +12,10 @@ Steering applies when called inside an active :func:`personavec.core.steering.st
 ``steering=`` here). A scoring pass is a single forward call without a KV cache, so for steering
 purposes the whole window counts as prompt: ``all`` and ``prompt`` steer every token,
 ``response`` only the last one.
+
+:func:`default_heldout_text` is a held-out English text shipped with personavec (~1,500 words
+written for it: a how-to, a short story, an encyclopedia-style section, a dialogue, an essay and
+a letter), so a perplexity check works offline.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -51,6 +56,11 @@ def read_text(text_or_file: str | Path) -> str:
         except (OSError, UnicodeDecodeError) as exc:
             raise PersonavecError(f"cannot read {text_or_file} as UTF-8 text: {exc}") from None
     return text_or_file
+
+
+def default_heldout_text() -> str:
+    """The shipped held-out text (~1,500 words of plain English prose, UTF-8, no markup)."""
+    return (resources.files("personavec.metrics") / "data" / "heldout.txt").read_text("utf-8")
 
 
 def perplexity(

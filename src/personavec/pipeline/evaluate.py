@@ -37,6 +37,7 @@ from personavec.engines.generation import GenerationRequest, HFEngine
 from personavec.errors import PersonavecError
 from personavec.judges.base import Aspect, Judge, JudgeItem
 from personavec.judges.factory import make_judge
+from personavec.metrics.capability import Scoring
 from personavec.pipeline.evaluate_report import write_evaluation
 from personavec.pipeline.evaluate_types import (
     CellResult,
@@ -287,6 +288,7 @@ def evaluate_steering(
     temperature: float = 1.0,
     other_traits: Sequence[str] = (),
     mc_file: str | Path | None = None,
+    mc_scoring: Scoring = "letter",
     run_dir: str | Path,
     force: bool = False,
     show_progress: bool = True,
@@ -296,7 +298,9 @@ def evaluate_steering(
     """Steer with ``setting`` on held-out questions; compare with the unsteered baseline.
 
     The setting is validated when built (:meth:`SteeringSetting.from_vector`); the model fit,
-    judges and files are checked here before anything is generated or written.
+    judges and files are checked here before anything is generated or written. ``mc_scoring``
+    is how ``mc_file`` is scored (``"letter"`` or ``"text"``; see
+    :mod:`personavec.metrics.capability`).
     """
     from personavec.metrics.capability import load_mc_file
 
@@ -329,7 +333,7 @@ def evaluate_steering(
     )
     capability = None
     if mc_questions is not None:
-        capability = _capability(loaded, setting, mc_questions, str(mc_file))
+        capability = _capability(loaded, setting, mc_questions, str(mc_file), mc_scoring)
     result = EvalResult(
         out, spec.name, steered, baseline, capability, judges.describe(), out / "report.md"
     )
@@ -338,16 +342,21 @@ def evaluate_steering(
 
 
 def _capability(
-    loaded: LoadedModel, setting: SteeringSetting, mc_questions: Any, mc_file: str
+    loaded: LoadedModel,
+    setting: SteeringSetting,
+    mc_questions: Any,
+    mc_file: str,
+    scoring: Scoring,
 ) -> dict[str, Any]:
     """Multiple-choice accuracy without and with ``setting``."""
     from personavec.metrics.capability import evaluate_multiple_choice
 
-    plain = evaluate_multiple_choice(loaded, mc_questions)
+    plain = evaluate_multiple_choice(loaded, mc_questions, scoring=scoring)
     with setting.apply(loaded.model):
-        moved = evaluate_multiple_choice(loaded, mc_questions)
+        moved = evaluate_multiple_choice(loaded, mc_questions, scoring=scoring)
     return {
         "file": mc_file,
+        "scoring": scoring,
         "questions": len(mc_questions),
         "baseline_accuracy": plain.accuracy,
         "steered_accuracy": moved.accuracy,

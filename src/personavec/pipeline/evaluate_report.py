@@ -107,7 +107,7 @@ def eval_report(result: EvalResult, settings: EvalSettings) -> str:
             "",
             f"{cap['questions']} questions from `{cap['file']}`: accuracy "
             f"{cap['baseline_accuracy']:.3f} unsteered, {cap['steered_accuracy']:.3f} steered "
-            f"({cap['change']:+.3f}).",
+            f"({cap['change']:+.3f}; {cap.get('scoring', 'letter')} scoring).",
             "",
         ]
     lines += ["## Examples", ""]
