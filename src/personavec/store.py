@@ -9,9 +9,9 @@ import contextlib
 import json
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from personavec.errors import PersonavecError
 
@@ -33,17 +33,18 @@ def _create_temp(target: Path) -> tuple[int, str]:
     raise PersonavecError(f"cannot create a temporary file beside {target}; clean that directory")
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically; create parent directories; return the path.
-
-    A new file gets the mode ``0666 & ~umask``, like any file the user's programs create.
-    """
+@contextlib.contextmanager
+def atomic_output(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """A file handle (text ``"w"`` or binary ``"wb"``) whose content appears at ``path`` only
+    when the block finishes; parent directories are created. A new file gets the mode
+    ``0666 & ~umask``, like any file the user's programs create."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _create_temp(target)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        encoding = None if "b" in mode else "utf-8"
+        with os.fdopen(fd, mode, encoding=encoding) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
@@ -51,7 +52,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return target
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_output`); return the path."""
+    with atomic_output(path, "wb") as handle:
+        handle.write(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -18,7 +18,8 @@ import numpy as np
 
 from personavec.errors import PersonavecError
 from personavec.screening.data import iter_rows, source_kind
-from personavec.screening.table import atomic_output, iter_scores
+from personavec.screening.table import iter_scores
+from personavec.store import atomic_output
 
 
 @dataclass(frozen=True)

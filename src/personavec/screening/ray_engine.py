@@ -29,8 +29,7 @@ import numpy as np
 from personavec.errors import PersonavecError
 from personavec.screening.data import BadRow, Sample, iter_samples
 from personavec.screening.score import ScoreSettings, make_targets, score_batch
-from personavec.screening.table import atomic_output
-from personavec.store import append_jsonl
+from personavec.store import append_jsonl, atomic_output
 
 
 class RayEngineError(PersonavecError):

@@ -10,15 +10,14 @@ Everything here streams: memory does not grow with the table.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
+
+from personavec.store import atomic_output
 
 SCORES_JSONL = "scores.jsonl"
 SCORES_PARQUET = "scores.parquet"
@@ -53,25 +52,6 @@ def column_values(path: str | Path, column: str) -> np.ndarray:
         if row.get("skipped") is None
     ]
     return np.asarray(values, dtype=np.float64)
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """A file handle whose content appears at ``path`` only if the block finishes."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        encoding = None if "b" in mode else "utf-8"
-        with os.fdopen(fd, mode, encoding=encoding) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _schema(score_columns: Sequence[str], with_own: bool) -> Any:
