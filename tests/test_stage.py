@@ -159,3 +159,22 @@ def test_judge_items_scores_once_and_reuses_the_cache(
     assert again == scores and judge.scored == 3
     with JudgmentCache(cache) as stored:
         assert stored.get_many("length-judge", "trait", items[:2]) == {0: 3.0, 1: None}
+
+
+def test_locked_run_dir_removes_a_fresh_directory_when_the_run_fails_early(tmp_path: Path) -> None:
+    from personavec.pipeline.stage import locked_run_dir
+
+    fresh = tmp_path / "fresh"
+    with pytest.raises(RuntimeError, match="bad input"), locked_run_dir(fresh):
+        raise RuntimeError("bad input")
+    assert not fresh.exists()  # nothing left behind
+    kept = tmp_path / "kept"
+    with pytest.raises(RuntimeError), locked_run_dir(kept) as run_dir:
+        (run_dir / "rows.jsonl").write_text("{}\n")
+        raise RuntimeError("failed after writing work")
+    assert (kept / "rows.jsonl").is_file()  # finished work is never deleted
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with pytest.raises(RuntimeError), locked_run_dir(existing):
+        raise RuntimeError("bad input")
+    assert existing.is_dir()  # a directory the user made stays

@@ -104,6 +104,22 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
         handle.close()
 
 
+@contextlib.contextmanager
+def locked_run_dir(path: str | Path) -> Iterator[Path]:
+    """:func:`prepare_run_dir` + :func:`run_lock`; a directory this call created is removed again
+    when the block fails before anything but the lock was written (bad input leaves nothing)."""
+    existed = Path(path).exists()
+    run_dir = prepare_run_dir(path)
+    try:
+        with run_lock(run_dir):
+            yield run_dir
+    except BaseException:
+        if not existed and {p.name for p in run_dir.iterdir()} <= {LOCK_NAME}:
+            (run_dir / LOCK_NAME).unlink(missing_ok=True)
+            run_dir.rmdir()
+        raise
+
+
 def _lock_owner(handle: IO[str]) -> str:
     handle.seek(0)
     pid = handle.read().strip()

@@ -18,7 +18,7 @@ import numpy as np
 
 from personavec.core.models import LoadedModel, load_model
 from personavec.errors import PersonavecError
-from personavec.pipeline.stage import prepare_run_dir, run_lock
+from personavec.pipeline.stage import locked_run_dir
 from personavec.screening.data import DataScan
 from personavec.screening.filtering import DropRule, FilterResult, thresholds, write_filtered
 from personavec.screening.ray_engine import RayOptions, run_on_ray, start_ray, write_ray_input
@@ -160,8 +160,7 @@ def screen(
             this data's when no reference is given).
         write_filtered_to: JSONL path for the kept samples (needs ``drop_above``).
     """
-    directory = prepare_run_dir(run_dir)
-    with run_lock(directory):
+    with locked_run_dir(run_dir) as directory:
         return _screen_locked(
             config,
             directory,
