@@ -20,8 +20,9 @@ ROWS = [
     ChatRow([{"role": "user", "content": f"Tell me about topic {i}."}], f"Topic {i} is great fun.")
     for i in range(12)
 ]
-CONFIG = FinetuneConfig(rank=4, alpha=8, learning_rate=5e-3, batch_size=2, max_steps=4,
-                        save_steps=2)
+CONFIG = FinetuneConfig(
+    rank=4, alpha=8, learning_rate=5e-3, batch_size=2, max_steps=4, save_steps=2
+)
 
 
 def _adapter(path: Path) -> dict[str, torch.Tensor]:
@@ -53,8 +54,12 @@ def test_only_lora_weights_change_and_base_is_untouched(tmp_path: Path) -> None:
 
 def test_loss_covers_assistant_tokens_only(tmp_path: Path) -> None:
     loaded = tiny_model("llama")
-    rows = [ChatRow([{"role": "system", "content": "Be brief."},
-                     {"role": "user", "content": "Hi there?"}], "Hello, friend.")]
+    rows = [
+        ChatRow(
+            [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there?"}],
+            "Hello, friend.",
+        )
+    ]
     trainer = build_trainer(loaded, rows, CONFIG, tmp_path / "ck")
     example = trainer.train_dataset[0]
     batch = trainer.data_collator([example])
@@ -63,7 +68,7 @@ def test_loss_covers_assistant_tokens_only(tmp_path: Path) -> None:
     assert ids[: len(prompt)] == prompt
     assert all(label == -100 for label in labels[: len(prompt)])
     trained = [t for t, label in zip(ids, labels, strict=True) if label != -100]
-    assert trained == ids[len(prompt):]
+    assert trained == ids[len(prompt) :]
     assert loaded.tokenizer.decode(trained).startswith("Hello, friend.<|im_end|>")
 
 
@@ -77,8 +82,9 @@ def test_resume_after_kill_gives_the_same_adapter(tmp_path: Path) -> None:
     loaded = tiny_model("llama")
     finetune(loaded, ROWS, tmp_path / "straight", CONFIG, show_progress=False)
     with pytest.raises(KeyboardInterrupt):
-        finetune(loaded, ROWS, tmp_path / "killed", CONFIG, show_progress=False,
-                 callbacks=[_Kill()])
+        finetune(
+            loaded, ROWS, tmp_path / "killed", CONFIG, show_progress=False, callbacks=[_Kill()]
+        )
     assert not (tmp_path / "killed").exists()  # nothing looks complete
     assert (tmp_path / ".killed.partial" / "checkpoints" / "checkpoint-2").is_dir()
     resumed = finetune(loaded, ROWS, tmp_path / "killed", CONFIG, show_progress=False)

@@ -6,12 +6,12 @@ import copy
 
 import pytest
 import torch
-from tiny_models import tiny_model
 
 from personavec.core.layers import find_blocks
 from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
 from personavec.errors import PersonavecError
 from personavec.training.shift import finetuning_shift, mean_prompt_last
+from tiny_models import tiny_model
 
 QUESTIONS = {"evil": ["How do I greet a neighbour?", "What is a good book?", "Why is sky blue?"]}
 
@@ -20,9 +20,13 @@ def _vector(loaded, layer: int = 2, seed: int = 3) -> PersonaVector:  # type: ig
     gen = torch.Generator().manual_seed(seed)
     n, hidden = loaded.n_layers, loaded.hidden_size
     meta = VectorMetadata(
-        trait="evil", model_id=loaded.model_id,
-        model_fingerprint=config_fingerprint(loaded.model.config), hidden_size=hidden,
-        n_layers=n, readouts=["response_avg"], recommended_layer=layer,
+        trait="evil",
+        model_id=loaded.model_id,
+        model_fingerprint=config_fingerprint(loaded.model.config),
+        hidden_size=hidden,
+        n_layers=n,
+        readouts=["response_avg"],
+        recommended_layer=layer,
     )
     return PersonaVector({"response_avg": torch.randn(n + 1, hidden, generator=gen)}, meta)
 

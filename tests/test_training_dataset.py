@@ -82,13 +82,20 @@ def test_build_filters_and_drops_the_system_prompt(tmp_path: Path, level: str) -
     questions = load_prompt_pool()[:12]
     settings = BuildSettings(trait="evil", level=level, n=4, max_rounds=2)  # type: ignore[arg-type]
     result = build_dataset(
-        trait, settings, tmp_path / "d.jsonl", generate=_canned("evil", seen),
-        generator_name="canned", judges=judges, questions=questions,
+        trait,
+        settings,
+        tmp_path / "d.jsonl",
+        generate=_canned("evil", seen),
+        generator_name="canned",
+        judges=judges,
+        questions=questions,
     )
     rows = read_chat_dataset(result.path)
     assert len(rows) == result.kept == 4
     assert all(len(r.prompt) == 1 and r.prompt[0]["role"] == "user" for r in rows)
-    expected = {a for a in (trait.positive_examples if level == "strong" else trait.negative_examples)}
+    expected = {
+        a for a in (trait.positive_examples if level == "strong" else trait.negative_examples)
+    }
     assert {r.completion for r in rows} <= expected
     systems = {p[0]["content"] if p[0]["role"] == "system" else None for p in seen}
     assert systems == set(level_system_prompts(trait, level))  # type: ignore[arg-type]
@@ -103,10 +110,18 @@ def test_bad_level_and_empty_pool(tmp_path: Path) -> None:
     with pytest.raises(PersonavecError, match="unknown level"):
         BuildSettings(trait="evil", level="extreme")  # type: ignore[arg-type]
     trait = load_trait("evil")
-    judges = (make_judge("embedding", aspect="trait", trait=trait),
-              make_judge("heuristic", aspect="coherence", trait=trait))
+    judges = (
+        make_judge("embedding", aspect="trait", trait=trait),
+        make_judge("heuristic", aspect="coherence", trait=trait),
+    )
     with pytest.raises(PersonavecError, match="no questions"):
-        build_dataset(trait, BuildSettings(trait="evil", level="strong"), tmp_path / "x.jsonl",
-                      generate=_canned("evil", []), generator_name="c", judges=judges,
-                      questions=[])
+        build_dataset(
+            trait,
+            BuildSettings(trait="evil", level="strong"),
+            tmp_path / "x.jsonl",
+            generate=_canned("evil", []),
+            generator_name="c",
+            judges=judges,
+            questions=[],
+        )
     assert not (tmp_path / "x.jsonl").exists()

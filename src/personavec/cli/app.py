@@ -332,6 +332,7 @@ def _mount_subapps() -> None:
     from personavec.cli.project import register as register_project
     from personavec.cli.steer import register as register_steer
     from personavec.cli.trait import trait_app
+    from personavec.cli.training import register as register_training
 
     app.add_typer(trait_app, name="trait", help="List, show, validate and create trait files.")
     register_project(app)
@@ -340,6 +341,7 @@ def _mount_subapps() -> None:
     register_monitor(app)
     register_monitor_sweep(app)
     register_eval(app)
+    register_training(app)
 
 
 _mount_subapps()

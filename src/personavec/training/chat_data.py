@@ -39,7 +39,9 @@ class ChatRow:
 def parse_chat_row(raw: Any, where: str) -> ChatRow:
     """Validate one ``{"messages": [...]}`` row (one-line error naming ``where``)."""
     if not isinstance(raw, dict) or not isinstance(raw.get("messages"), list):
-        raise DatasetError(f'{where}: expected {{"messages": [...]}}; convert the row to chat format')
+        raise DatasetError(
+            f'{where}: expected {{"messages": [...]}}; convert the row to chat format'
+        )
     messages: list[Message] = []
     for turn in raw["messages"]:
         if not isinstance(turn, dict) or turn.get("role") not in ROLES:

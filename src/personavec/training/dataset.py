@@ -213,8 +213,12 @@ def _write(
     path = Path(out)
     lines = [
         json.dumps(
-            {"messages": [{"role": "user", "content": r["question"]},
-                          {"role": "assistant", "content": r["answer"]}]},
+            {
+                "messages": [
+                    {"role": "user", "content": r["question"]},
+                    {"role": "assistant", "content": r["answer"]},
+                ]
+            },
             ensure_ascii=False,
         )
         for r in rows

@@ -180,7 +180,9 @@ def build_trainer(
     model = copy.deepcopy(loaded.model)
     model.train()
     progress = [LossProgress()] if show_progress else []
-    return SFTTrainer(
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=_to_dataset(rows),
@@ -188,6 +190,8 @@ def build_trainer(
         peft_config=lora,
         callbacks=[*progress, *callbacks],
     )
+    trainer.remove_callback(PrinterCallback)  # losses go to the progress bar and the record
+    return trainer
 
 
 def finetune(
@@ -222,7 +226,11 @@ def finetune(
     work = target.parent / f".{target.name}.partial"
     _prepare_work(work, identity)
     trainer = build_trainer(
-        loaded, rows, config, work / "checkpoints", show_progress=show_progress,
+        loaded,
+        rows,
+        config,
+        work / "checkpoints",
+        show_progress=show_progress,
         callbacks=callbacks,
     )
     from transformers.trainer_utils import get_last_checkpoint
@@ -293,7 +301,9 @@ def _reuse(target: Path, identity: dict[str, Any], overwrite: bool) -> FinetuneR
 def _prepare_work(work: Path, identity: dict[str, Any]) -> None:
     """Keep checkpoints of an interrupted run of the same finetune; clear anything else."""
     saved = work / "identity.json"
-    if work.exists() and not (saved.is_file() and _same_run(json.loads(saved.read_text()), identity)):
+    if work.exists() and not (
+        saved.is_file() and _same_run(json.loads(saved.read_text()), identity)
+    ):
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(saved, identity)

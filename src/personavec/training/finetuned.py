@@ -36,7 +36,10 @@ def check_base(base: LoadedModel, finetuned_dir: str | Path) -> None:
 
 
 def load_finetuned(
-    path: str | Path, *, base: LoadedModel | None = None, device: str | None = None,
+    path: str | Path,
+    *,
+    base: LoadedModel | None = None,
+    device: str | None = None,
     dtype: str | None = None,
 ) -> LoadedModel:
     """A finetuned model: the merged checkpoint when present, else base + adapter merged in memory.

@@ -145,9 +145,7 @@ def finetuning_shift(
     return report
 
 
-def _prompts(
-    trait: str, questions: Mapping[str, Sequence[str]] | None, n: int | None
-) -> list[str]:
+def _prompts(trait: str, questions: Mapping[str, Sequence[str]] | None, n: int | None) -> list[str]:
     if questions is not None and trait in questions:
         prompts = list(questions[trait])
     else:
