@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, cast
 
 import typer
 from rich.table import Table
@@ -54,14 +55,15 @@ def dataset_build(
     from personavec.core.models import load_model
     from personavec.progress import stage
     from personavec.training import dataset as ds
+    from personavec.training.dataset import Level
     from personavec.training.prompt_pool import load_prompt_pool, read_questions
     from personavec.traits.library import load_trait
 
     spec = load_trait(trait)
     settings = ds.BuildSettings(
         trait=spec.name,
-        level=level,
-        n=n,  # type: ignore[arg-type]
+        level=cast("Level", level),
+        n=n,
         max_new_tokens=max_new_tokens,
         seed=seed,
         max_rounds=max_rounds,
@@ -107,7 +109,7 @@ def finetune_command(
         bool, typer.Option(help="Paper settings: rsLoRA r32 α64, lr 1e-5, batch 16.")
     ] = False,
     rank: Annotated[int | None, typer.Option(help="LoRA rank (CPU default 16).")] = None,
-    alpha: Annotated[float | None, typer.Option(help="LoRA alpha (default 2×rank).")] = None,
+    alpha: Annotated[int | None, typer.Option(help="LoRA alpha (default 2×rank).")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate (CPU default 2e-4).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Per-step batch (default 8).")] = None,
     grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation steps.")] = None,
@@ -127,7 +129,7 @@ def finetune_command(
     from personavec.training.finetune import FinetuneConfig, finetune
 
     rows = read_chat_dataset(data)
-    chosen = {
+    chosen: dict[str, Any] = {
         k: v
         for k, v in {
             "rank": rank,
@@ -141,8 +143,8 @@ def finetune_command(
         if v is not None
     }
     if rank is not None and alpha is None:
-        chosen["alpha"] = 2.0 * rank
-    extra = {"seed": seed, "save_steps": save_steps, **chosen}
+        chosen["alpha"] = 2 * rank
+    extra: dict[str, Any] = {"seed": seed, "save_steps": save_steps, **chosen}
     config = FinetuneConfig.paper(**extra) if paper else FinetuneConfig(**extra)
     loaded = load_model(model, device=device, dtype=dtype)
     result = finetune(
@@ -254,7 +256,9 @@ def shift_study_command(
         coherence_judge=coherence_judge,
         seed=seed,
     )
-    extra = {k: v for k, v in {"learning_rate": lr, "epochs": epochs}.items() if v is not None}
+    extra: dict[str, Any] = {
+        k: v for k, v in {"learning_rate": lr, "epochs": epochs}.items() if v is not None
+    }
     config = (
         FinetuneConfig.paper(seed=seed, **extra) if paper else FinetuneConfig(seed=seed, **extra)
     )
@@ -268,7 +272,7 @@ def shift_study_command(
         out,
         overwrite=overwrite,
         show_progress=not quiet,
-        log=lambda m: err_console.print(m, highlight=False),
+        log=lambda m: err_console.print(f"{time.strftime('%H:%M:%S')} {m}", highlight=False),
     )
     summary = json.loads((out / "summary.json").read_text())["correlations"]
     table = Table(title="shift study")

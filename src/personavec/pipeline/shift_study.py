@@ -25,6 +25,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -46,6 +47,7 @@ from personavec.training.chat_data import read_chat_dataset
 from personavec.training.dataset import (
     LEVELS,
     BuildSettings,
+    Level,
     build_dataset,
     local_generator,
     meta_path_for,
@@ -187,8 +189,8 @@ def _one_finetune(ctx: StudyContext, trait: str, level: str) -> ModelRecord:
         spec = load_trait(trait)
         build = BuildSettings(
             trait=trait,
-            level=level,
-            n=ctx.settings.n,  # type: ignore[arg-type]
+            level=cast("Level", level),
+            n=ctx.settings.n,
             max_new_tokens=ctx.settings.build_max_new_tokens,
             seed=ctx.settings.seed,
             judge=ctx.settings.judge,

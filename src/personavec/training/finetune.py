@@ -57,7 +57,7 @@ class FinetuneConfig:
     """
 
     rank: int = 16
-    alpha: float = 32.0
+    alpha: int = 32
     rslora: bool = True
     dropout: float = 0.0
     target_modules: str | tuple[str, ...] = "all-linear"
@@ -76,7 +76,7 @@ class FinetuneConfig:
     @classmethod
     def paper(cls, **overrides: Any) -> FinetuneConfig:
         """Chen et al.'s settings: rsLoRA r 32, α 64, lr 1e-5, effective batch 16, 1 epoch."""
-        base = cls(rank=32, alpha=64.0, learning_rate=1e-5, batch_size=2, grad_accum=8)
+        base = cls(rank=32, alpha=64, learning_rate=1e-5, batch_size=2, grad_accum=8)
         return replace(base, **overrides)
 
     def __post_init__(self) -> None:
