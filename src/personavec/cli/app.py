@@ -220,7 +220,9 @@ def _mount_subapps() -> None:
     from personavec.cli.monitor import register as register_monitor
     from personavec.cli.monitor_sweep import register as register_monitor_sweep
     from personavec.cli.project import register as register_project
+    from personavec.cli.screen import register as register_screen
     from personavec.cli.steer import register as register_steer
+    from personavec.cli.training import register as register_training
     from personavec.cli.trait import trait_app
 
     app.add_typer(trait_app, name="trait", help="List, show, validate and create trait files.")
@@ -231,9 +233,8 @@ def _mount_subapps() -> None:
     register_monitor(app)
     register_monitor_sweep(app)
     register_eval(app)
-    from personavec.cli.screen import register as register_screen
-
     register_screen(app)
+    register_training(app)
 
 
 _mount_subapps()

@@ -1,0 +1,139 @@
+"""Finetuning benchmark on SmolLM2 (CPU), printing one JSON object.
+
+* ``training``: LoRA training tokens/s through :func:`personavec.training.finetune.build_trainer`
+  (peft + TRL ``SFTTrainer``, optimiser step included) against a plain loop over the *same
+  batches*: the bare transformers model, base weights frozen, forward with labels and
+  ``loss.backward()`` into the input embeddings (the backward pass any adapter needs, with no
+  peft, TRL or Trainer code). ``ratio`` = trainer / plain (target ≥ 0.9). Steps are timed one
+  by one after a warm-up step; medians of interleaved windows.
+* ``end_to_end`` (with ``--e2e``): wall time of ``personavec dataset build`` (``--n`` answers)
+  plus ``personavec finetune`` (1 epoch) as subprocesses (target: under 15 minutes together).
+
+Run: ``python benchmarks/bench_finetune.py [--threads 2] [--steps 6] [--e2e --n 300]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from personavec.core.models import load_model
+from personavec.training.chat_data import ChatRow
+from personavec.training.finetune import FinetuneConfig, build_trainer
+from personavec.training.prompt_pool import load_prompt_pool
+from personavec.traits.library import load_trait
+
+
+class _StepTimer(TrainerCallback):
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.times.append(time.perf_counter() - self._start)
+
+
+def _rows(n: int) -> list[ChatRow]:
+    answers = load_trait("evil").positive_examples
+    return [
+        ChatRow([{"role": "user", "content": q}], answers[i % len(answers)])
+        for i, q in enumerate(load_prompt_pool()[:n])
+    ]
+
+
+def bench_training(steps: int, batch: int) -> dict[str, Any]:
+    loaded = load_model("smollm2", device="cpu")
+    config = FinetuneConfig(batch_size=batch, max_steps=steps + 1, save_steps=10_000)
+    timer = _StepTimer()
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = build_trainer(loaded, _rows(batch * (steps + 1)), config, tmp, callbacks=[timer])
+        batches = list(trainer.get_train_dataloader())[: steps + 1]
+        trainer.train()
+    tokens = [int(b["attention_mask"].sum()) for b in batches]
+    trainer_rate = sum(tokens[1:]) / sum(timer.times[1:])
+    plain = loaded.model
+    for p in plain.parameters():
+        p.requires_grad_(False)
+    plain.train()
+    plain_times = []
+    for b in batches:
+        start = time.perf_counter()
+        embeds = plain.get_input_embeddings()(b["input_ids"]).detach().requires_grad_(True)
+        out = plain(inputs_embeds=embeds, attention_mask=b["attention_mask"], labels=b["labels"])
+        out.loss.backward()
+        plain_times.append(time.perf_counter() - start)
+    plain_rate = sum(tokens[1:]) / sum(plain_times[1:])
+    return {
+        "steps_timed": steps,
+        "batch": batch,
+        "tokens_per_step": statistics.mean(tokens[1:]),
+        "trainer_tokens_per_s": trainer_rate,
+        "plain_tokens_per_s": plain_rate,
+        "ratio": trainer_rate / plain_rate,
+        "target": 0.9,
+    }
+
+
+def bench_end_to_end(n: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"n": n}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "evil-strong.jsonl"
+        commands = {
+            "dataset_build_s": [
+                "dataset",
+                "build",
+                "--trait",
+                "evil",
+                "--level",
+                "strong",
+                "--n",
+                str(n),
+                "--out",
+                str(data),
+                "--quiet",
+            ],
+            "finetune_s": ["finetune", str(data), "--out", str(Path(tmp) / "ft"), "--quiet"],
+        }
+        for key, args in commands.items():
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "personavec", *args], check=True)
+            out[key] = time.perf_counter() - start
+        out["rows_kept"] = sum(1 for _ in data.open())
+    out["total_s"] = out["dataset_build_s"] + out["finetune_s"]
+    out["target_s"] = 15 * 60
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--e2e", action="store_true")
+    parser.add_argument("--n", type=int, default=300)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    result: dict[str, Any] = {
+        "threads": args.threads,
+        "training": bench_training(args.steps, args.batch),
+    }
+    if args.e2e:
+        result["end_to_end"] = bench_end_to_end(args.n)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

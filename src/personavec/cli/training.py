@@ -1,0 +1,305 @@
+"""``personavec dataset build``, ``finetune``, ``shift`` and ``shift-study``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any, cast
+
+import typer
+from rich.table import Table
+
+from personavec.cli.common import (
+    DeviceOption,
+    DtypeOption,
+    ModelOption,
+    console,
+    err_console,
+    friendly_errors,
+)
+
+dataset_app = typer.Typer(no_args_is_help=True, help="Build trait-inducing finetuning datasets.")
+JudgeOpt = Annotated[
+    str, typer.Option(help="Trait judge: contrast (offline), embedding, openai:M.")
+]
+CoherenceOpt = Annotated[str, typer.Option(help="Coherence judge: heuristic or openai:MODEL.")]
+QuietOpt = Annotated[bool, typer.Option(help="No progress bars.")]
+
+
+@dataset_app.command("build")
+@friendly_errors
+def dataset_build(
+    trait: Annotated[str, typer.Option("--trait", "-t", help="Trait name or trait JSON file.")],
+    out: Annotated[Path, typer.Option(help="Output JSONL (a NAME.meta.json sidecar is added).")],
+    level: Annotated[str, typer.Option(help="normal, mild or strong.")] = "strong",
+    n: Annotated[int, typer.Option("--n", help="Rows to keep.")] = 300,
+    questions: Annotated[
+        Path | None, typer.Option(help="Question file (default: the shipped everyday pool).")
+    ] = None,
+    generator: Annotated[
+        str, typer.Option(help="'local' (the --model) or openai:MODEL (any compatible endpoint).")
+    ] = "local",
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible URL.")] = None,
+    judge: JudgeOpt = "contrast",
+    coherence_judge: CoherenceOpt = "heuristic",
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 96,
+    max_rounds: Annotated[int, typer.Option(help="Generation rounds before giving up.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    model: ModelOption = "smollm2",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Generate, judge and filter answers at a trait level; write chat-format JSONL."""
+    from personavec.core.models import load_model
+    from personavec.progress import stage
+    from personavec.training import dataset as ds
+    from personavec.training.dataset import Level
+    from personavec.training.prompt_pool import load_prompt_pool, read_questions
+    from personavec.traits.library import load_trait
+
+    spec = load_trait(trait)
+    settings = ds.BuildSettings(
+        trait=spec.name,
+        level=cast("Level", level),
+        n=n,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        max_rounds=max_rounds,
+        judge=judge,
+        coherence_judge=coherence_judge,
+    )
+    pool = read_questions(questions) if questions else load_prompt_pool()
+    needs_model = generator == "local" or judge == "contrast"
+    loaded = load_model(model, device=device, dtype=dtype) if needs_model else None
+    judges = ds.make_build_judges(spec, judge, coherence_judge, loaded)
+    if generator == "local":
+        assert loaded is not None
+        generate, name = ds.local_generator(loaded), f"local:{loaded.model_id}"
+    else:
+        generate, name = ds.openai_generator(generator, base_url=base_url), generator
+    with stage(f"building {spec.name}/{level}", n, enabled=not quiet) as advance:
+        result = ds.build_dataset(
+            spec,
+            settings,
+            out,
+            generate=generate,
+            generator_name=name,
+            judges=judges,
+            questions=pool,
+            progress=lambda kept, total: advance(kept),
+        )
+    console.print(
+        f"kept {result.kept} of {result.generated} answers "
+        f"(mean trait score {result.meta['mean_trait_score']:.1f}); wrote {result.path} "
+        f"and {result.meta_path}",
+        highlight=False,
+    )
+    if result.kept < n:
+        err_console.print(f"warning: only {result.kept} of {n} rows passed the filter")
+
+
+@friendly_errors
+def finetune_command(
+    data: Annotated[Path, typer.Argument(help="Chat-format JSONL ({'messages': [...]} rows).")],
+    out: Annotated[Path, typer.Option(help="Output directory (written atomically).")],
+    model: ModelOption = "smollm2",
+    paper: Annotated[
+        bool, typer.Option(help="Paper settings: rsLoRA r32 α64, lr 1e-5, batch 16.")
+    ] = False,
+    rank: Annotated[int | None, typer.Option(help="LoRA rank (CPU default 16).")] = None,
+    alpha: Annotated[int | None, typer.Option(help="LoRA alpha (default 2×rank).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (CPU default 2e-4).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Per-step batch (default 8).")] = None,
+    grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation steps.")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Epochs (default 1).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after N optimiser steps.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    save_steps: Annotated[int, typer.Option(help="Checkpoint every N steps (resume).")] = 10,
+    merge: Annotated[bool, typer.Option(help="Also save a merged plain checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a different finished finetune.")] = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """LoRA-finetune a model on a chat dataset (peft + TRL SFTTrainer; resumable)."""
+    from personavec.core.models import load_model
+    from personavec.training.chat_data import read_chat_dataset
+    from personavec.training.finetune import FinetuneConfig, finetune
+
+    rows = read_chat_dataset(data)
+    chosen: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "rank": rank,
+            "alpha": alpha,
+            "learning_rate": lr,
+            "batch_size": batch_size,
+            "grad_accum": grad_accum,
+            "epochs": epochs,
+            "max_steps": max_steps,
+        }.items()
+        if v is not None
+    }
+    if rank is not None and alpha is None:
+        chosen["alpha"] = 2 * rank
+    extra: dict[str, Any] = {"seed": seed, "save_steps": save_steps, **chosen}
+    config = FinetuneConfig.paper(**extra) if paper else FinetuneConfig(**extra)
+    loaded = load_model(model, device=device, dtype=dtype)
+    result = finetune(
+        loaded,
+        rows,
+        out,
+        config,
+        dataset_path=data,
+        merge=merge,
+        overwrite=overwrite,
+        show_progress=not quiet,
+    )
+    metrics = result.record["metrics"]
+    state = "reused" if result.reused else "trained"
+    console.print(
+        f"{state}: {metrics['steps']} steps, train loss {metrics['train_loss']:.4f}; "
+        f"{'merged checkpoint + ' if result.merged else ''}adapter in {result.path}",
+        highlight=False,
+    )
+
+
+@friendly_errors
+def shift_command(
+    finetuned: Annotated[Path, typer.Option(help="A finished `personavec finetune` directory.")],
+    vector: Annotated[list[Path], typer.Option(help="Persona-vector file (repeatable).")],
+    base: Annotated[str, typer.Option(help="Base model the finetune started from.")] = "smollm2",
+    layer: Annotated[int | None, typer.Option(help="Layer (default: each vector's own).")] = None,
+    questions: Annotated[int | None, typer.Option(help="First N evaluation questions.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="JSON output (default FINETUNED/shift.json).")
+    ] = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+) -> None:
+    """Finetuning shift: mean last-prompt-token activation, finetuned − base, along each vector."""
+    from personavec.core.models import load_model
+    from personavec.core.vector import PersonaVector
+    from personavec.store import atomic_write_json
+    from personavec.training.finetuned import check_base, load_finetuned, read_record
+    from personavec.training.shift import finetuning_shift
+
+    read_record(finetuned)
+    vectors = [PersonaVector.load(v) for v in vector]
+    loaded = load_model(base, device=device, dtype=dtype)
+    for v in vectors:
+        v.check_compatible(loaded.model)
+    check_base(loaded, finetuned)
+    tuned = load_finetuned(finetuned, base=loaded, device=device, dtype=dtype)
+    report = finetuning_shift(
+        loaded, tuned, vectors, layers=[layer] * len(vectors), n_questions=questions
+    )
+    table = Table(title=f"finetuning shift of {finetuned}")
+    for column in ("trait", "layer", "shift", "base proj", "finetuned proj", "prompts"):
+        table.add_column(column, justify="left" if column == "trait" else "right")
+    for s in report.shifts:
+        table.add_row(
+            s.trait,
+            str(s.layer),
+            f"{s.shift:+.4f}",
+            f"{s.base_projection:.3f}",
+            f"{s.finetuned_projection:.3f}",
+            str(s.n_prompts),
+        )
+    console.print(table)
+    path = atomic_write_json(out or Path(finetuned) / "shift.json", report.as_dict())
+    console.print(f"per-layer shifts: {path}", highlight=False)
+
+
+@friendly_errors
+def shift_study_command(
+    traits: Annotated[str, typer.Option(help="Comma-separated traits, e.g. evil,sycophantic.")],
+    vector: Annotated[list[Path], typer.Option(help="One persona-vector file per trait.")],
+    out: Annotated[Path, typer.Option(help="Run directory (resumable).")],
+    levels: Annotated[str, typer.Option(help="Dataset levels.")] = "normal,mild,strong",
+    n: Annotated[int, typer.Option("--n", help="Rows per dataset.")] = 150,
+    questions: Annotated[int, typer.Option(help="Evaluation questions per trait.")] = 10,
+    samples: Annotated[int, typer.Option(help="Samples per question.")] = 2,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per evaluation answer.")] = 48,
+    build_max_new_tokens: Annotated[int, typer.Option(help="Tokens per dataset answer.")] = 64,
+    judge: JudgeOpt = "contrast",
+    judge_pairs: Annotated[int | None, typer.Option(help="Contrast-judge pairs (speed).")] = None,
+    coherence_judge: CoherenceOpt = "heuristic",
+    paper: Annotated[bool, typer.Option(help="Paper finetune settings.")] = False,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Epochs.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    model: ModelOption = "smollm2",
+    overwrite: Annotated[bool, typer.Option(help="Start the run afresh.")] = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """For each trait × level: build data, finetune, evaluate, measure the shift; correlate."""
+    from personavec.core.models import load_model
+    from personavec.core.vector import PersonaVector
+    from personavec.pipeline.shift_study import StudySettings, shift_study
+    from personavec.training.finetune import FinetuneConfig
+
+    settings = StudySettings(
+        traits=tuple(t.strip() for t in traits.split(",") if t.strip()),
+        levels=tuple(x.strip() for x in levels.split(",") if x.strip()),
+        n=n,
+        questions=questions,
+        samples=samples,
+        max_new_tokens=max_new_tokens,
+        build_max_new_tokens=build_max_new_tokens,
+        judge=judge,
+        judge_pairs=judge_pairs,
+        coherence_judge=coherence_judge,
+        seed=seed,
+    )
+    extra: dict[str, Any] = {
+        k: v for k, v in {"learning_rate": lr, "epochs": epochs}.items() if v is not None
+    }
+    config = (
+        FinetuneConfig.paper(seed=seed, **extra) if paper else FinetuneConfig(seed=seed, **extra)
+    )
+    vectors = [PersonaVector.load(v) for v in vector]
+    loaded = load_model(model, device=device, dtype=dtype)
+    records = shift_study(
+        loaded,
+        vectors,
+        settings,
+        config,
+        out,
+        overwrite=overwrite,
+        show_progress=not quiet,
+        log=lambda m: err_console.print(f"{time.strftime('%H:%M:%S')} {m}", highlight=False),
+    )
+    summary = json.loads((out / "summary.json").read_text())["correlations"]
+    table = Table(title="shift study")
+    table.add_column("model")
+    for t in settings.traits:
+        table.add_column(f"{t} score", justify="right")
+        table.add_column(f"{t} shift", justify="right")
+    for r in records:
+        table.add_row(
+            r.name,
+            *[x for t in settings.traits for x in (f"{r.trait[t]:.1f}", f"{r.shift[t]:+.3f}")],
+        )
+    console.print(table)
+    for t, value in summary["per_trait"].items():
+        console.print(f"r({t}) = {'n/a' if value is None else f'{value:.2f}'}", highlight=False)
+    console.print(f"report: {out / 'report.md'}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``dataset``, ``finetune``, ``shift`` and ``shift-study`` to ``app``."""
+    registered = {info.name for info in app.registered_commands}
+    if "dataset" not in {g.name for g in app.registered_groups}:
+        app.add_typer(dataset_app, name="dataset")
+    for name, command in (
+        ("finetune", finetune_command),
+        ("shift", shift_command),
+        ("shift-study", shift_study_command),
+    ):
+        if name not in registered:
+            app.command(name)(command)

@@ -1,0 +1,1 @@
+"""Finetuning: trait-inducing datasets, LoRA finetunes and the finetuning shift along vectors."""
