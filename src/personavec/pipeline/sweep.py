@@ -171,19 +171,40 @@ def sweep(
     )
     baseline_cell = run.cell(layer_list[0], 0.0, position_list[0])
     results = run.run([baseline_cell, *steered], show_progress)
-    baseline, cells = results[0], results[1:]
-    curves = _curves(baseline, cells, layer_list, position_list, grid)
+    curves = _curves(results[0], results[1:], layer_list, position_list, grid)
     best, reference = pick_layer(curves, coherence_floor)
     calibration = _calibrate(
         run, best, results, target_trait, target_change, coherence_floor, refine_steps
     )
+    result = _result(
+        run, spec.name, results, curves, (best, reference), calibration, relative, coherence_floor
+    )
+    result.vector_written = Path(target) if write and target is not None else None
+    write_sweep_report(result)
+    if result.vector_written is not None:  # last, atomically: nothing half-written before it
+        result.vector_written = write_calibration(vector, result.vector_written, result)
+    return result
+
+
+def _result(
+    run: _SweepRun,
+    trait: str,
+    results: list[CellResult],
+    curves: list[DoseCurve],
+    choice: tuple[DoseCurve, float],
+    calibration: Calibration | None,
+    relative: bool,
+    coherence_floor: float,
+) -> SweepResult:
+    """The sweep's result from its measured cells (``results[0]`` is the baseline)."""
+    best, reference = choice
     tokens, seconds = sum(r.new_tokens for r in results), sum(r.generation_s for r in results)
-    result = SweepResult(
+    return SweepResult(
         run_dir=run.out,
-        trait=spec.name,
+        trait=trait,
         curves=curves,
-        cells=cells,
-        baseline=baseline,
+        cells=results[1:],
+        baseline=results[0],
         reference_coef=reference,
         layer=best.layer,
         positions=best.positions,
@@ -192,15 +213,10 @@ def sweep(
         coherence_floor=coherence_floor,
         judge=run.judges.describe(),
         settings=asdict(run.settings),
-        vector_written=Path(target) if write and target is not None else None,
         tokens_per_s=tokens / seconds if seconds > 0 else float("nan"),
         new_tokens=tokens,
         generation_s=seconds,
     )
-    write_sweep_report(result)
-    if result.vector_written is not None:  # last, atomically: nothing half-written before it
-        result.vector_written = write_calibration(vector, result.vector_written, result)
-    return result
 
 
 def _grid_axes(
