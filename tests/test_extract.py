@@ -8,16 +8,27 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from personavec.cli import app
+from personavec.core.models import LoadedModel
 from personavec.core.vector import PersonaVector
-from personavec.pipeline.extract import ExtractConfig, Rollout, filter_pairs, plan_rollouts
+from personavec.errors import PersonavecError
+from personavec.pipeline.extract import (
+    ExtractConfig,
+    Rollout,
+    extract,
+    filter_pairs,
+    plan_rollouts,
+    trait_sha256,
+)
+from personavec.pipeline.stage import run_lock
 from personavec.store import read_jsonl
-from personavec.traits.library import load_trait
+from personavec.traits.library import load_trait, save_trait
 
 runner = CliRunner()
 
@@ -99,6 +110,110 @@ def test_cli_rejects_unknown_and_malformed_traits(tmp_path: Path) -> None:
     assert not (tmp_path / "r").exists()
     result = runner.invoke(app, ["extract", "--trait", "evil", "--samples", "0"])
     assert result.exit_code == 2 and "samples" in result.output
+
+
+def _one_line_error(args: list[str]) -> str:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    return lines[0]
+
+
+def test_cli_rejects_a_config_file_that_is_not_an_object(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text('["samples", 2]')
+    message = _one_line_error(["extract", "--trait", "evil", "--config", str(config)])
+    assert "holds a JSON list, not an object" in message
+    config.write_text("[" * 100_000 + "]" * 100_000)
+    assert "nests too deeply" in _one_line_error(["extract", "-t", "evil", "--config", str(config)])
+
+
+def test_cli_rejects_an_out_path_that_is_a_file(tmp_path: Path) -> None:
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    message = _one_line_error(["extract", "--trait", "evil", "--out", str(target)])
+    assert "is a file, not a run directory" in message
+    assert target.read_text() == "mine"
+
+
+def test_cli_rejects_a_deeply_nested_trait_file(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"name": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    out = tmp_path / "run"
+    message = _one_line_error(["extract", "-t", str(deep), "--out", str(out)])
+    assert "nests JSON too deeply" in message
+    assert not out.exists()
+
+
+def test_second_extraction_into_a_locked_run_directory_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    with run_lock(out):
+        message = _one_line_error(["extract", "--trait", "evil", "--out", str(out)])
+    assert "another personavec process" in message and str(out) in message
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written by the second
+
+
+def _tiny_extract(config: ExtractConfig, run_dir: Path, loaded: LoadedModel, **kw: bool) -> None:
+    """A tiny random model cannot pass the filter (1 pair < min_pairs, or its contrast judge
+    cannot calibrate), but its rollouts are made and kept first."""
+    with pytest.raises(PersonavecError) as info:
+        extract(config, run_dir=run_dir, loaded=loaded, show_progress=False, **kw)
+    assert "different" not in str(info.value), info.value
+
+
+def test_edited_trait_file_is_never_mixed_with_old_rollouts(
+    tmp_path: Path, tiny_model_factory: Callable[..., LoadedModel]
+) -> None:
+    trait_file = tmp_path / "mine.json"
+    evil = load_trait("evil")
+    save_trait(evil, trait_file)
+    loaded = tiny_model_factory("llama")
+    config = ExtractConfig(
+        trait=str(trait_file), model="tiny", n_instructions=1, n_questions=1, max_new_tokens=2
+    )
+    run = tmp_path / "run"
+    _tiny_extract(config, run, loaded)
+    rollouts = read_jsonl(run / "rollouts.jsonl")
+    assert [r["question"] for r in rollouts] == [evil.extraction_questions[0]] * 2
+    _tiny_extract(config, run, loaded)  # unchanged: resumes
+    assert read_jsonl(run / "rollouts.jsonl") == rollouts
+    # A run made before the trait hash was recorded is compared through its trait.json copy.
+    saved = json.loads((run / "config.json").read_text())
+    del saved["trait_sha256"]
+    (run / "config.json").write_text(json.dumps(saved))
+    _tiny_extract(config, run, loaded)
+    assert read_jsonl(run / "rollouts.jsonl") == rollouts
+
+    edited = evil.model_copy(
+        update={"extraction_questions": ["What would you do with a lot of power?"]}
+    )
+    save_trait(edited, trait_file)  # same path, new content
+    with pytest.raises(PersonavecError, match="different trait content; pass another --out"):
+        extract(config, run_dir=run, loaded=loaded, show_progress=False)
+    assert read_jsonl(run / "rollouts.jsonl") == rollouts
+    _tiny_extract(config, run, loaded, overwrite=True)
+    questions = [r["question"] for r in read_jsonl(run / "rollouts.jsonl")]
+    assert questions == ["What would you do with a lot of power?"] * 2
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["trait_sha256"] == trait_sha256(edited) != trait_sha256(evil)
+
+
+def test_failed_model_load_does_not_block_the_corrected_run(
+    tmp_path: Path, tiny_model_factory: Callable[..., LoadedModel]
+) -> None:
+    out = tmp_path / "run"
+    typo = str(tmp_path / "typo")
+    message = _one_line_error(["extract", "-t", "evil", "--model", typo, "--out", str(out)])
+    assert "unknown model" in message
+    assert not (out / "config.json").exists()
+    config = ExtractConfig(
+        trait="evil", model="tiny", n_instructions=1, n_questions=1, max_new_tokens=2
+    )
+    _tiny_extract(config, out, tiny_model_factory("llama"))
+    assert json.loads((out / "config.json").read_text())["model"] == "tiny"
+    assert len(read_jsonl(out / "rollouts.jsonl")) == 2
 
 
 @pytest.mark.slow

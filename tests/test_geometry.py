@@ -25,8 +25,8 @@ from personavec.pipeline.geometry import (
     cross_prediction,
     default_layer,
     read_run,
-    write_geometry_report,
 )
+from personavec.pipeline.geometry_report import write_geometry_report
 from tiny_models import tiny_model
 
 register(app)

@@ -1,13 +1,10 @@
-"""Run-directory files: appends survive interruption, resumed runs refuse changed settings."""
+"""Run-directory files: appends survive interruption; atomic rewrites."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from personavec.errors import PersonavecError
-from personavec.store import append_jsonl, check_run_identity, read_jsonl
+from personavec.store import append_jsonl, atomic_write_jsonl, read_jsonl
 
 
 def test_append_after_an_interrupted_write_keeps_the_file_valid(tmp_path: Path) -> None:
@@ -21,14 +18,9 @@ def test_append_after_an_interrupted_write_keeps_the_file_valid(tmp_path: Path) 
     assert path.read_text().endswith('{"id": 4}\n')
 
 
-def test_changed_run_settings_are_refused_unless_overwritten(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text('{"seed": 1, "model": "m"}')
-    (tmp_path / "rows.jsonl").write_text("{}\n")
-    same = {"seed": 1, "model": "m", "batch_size": 4}
-    check_run_identity(tmp_path, same, ("seed", "model"), overwrite=False, stale=("rows.jsonl",))
-    assert (tmp_path / "rows.jsonl").is_file()
-    changed = {"seed": 2, "model": "m"}
-    with pytest.raises(PersonavecError, match="different seed"):
-        check_run_identity(tmp_path, changed, ("seed", "model"), overwrite=False, stale=())
-    check_run_identity(tmp_path, changed, ("seed", "model"), overwrite=True, stale=("rows.jsonl",))
-    assert not (tmp_path / "rows.jsonl").exists()
+def test_atomic_jsonl_rewrite_replaces_the_rows(tmp_path: Path) -> None:
+    path = tmp_path / "rows.jsonl"
+    append_jsonl(path, [{"id": 1, "score": None}])
+    atomic_write_jsonl(path, [{"id": 1, "score": 42.0}, {"id": 2, "text": "ü"}])
+    assert read_jsonl(path) == [{"id": 1, "score": 42.0}, {"id": 2, "text": "ü"}]
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.jsonl"]  # no temp file left

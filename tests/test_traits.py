@@ -196,6 +196,24 @@ def test_invalid_json_reports_line_and_column(tmp_path: Path) -> None:
     assert "line 3, column 17" in message
 
 
+def test_deeply_nested_json_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text('{"name": ' + "[" * 100_000 + "]" * 100_000 + "}", encoding="utf-8")
+    message = _error_for(path)
+    assert "nests JSON too deeply" in message and "\n" not in message
+
+
+def test_cli_validate_reports_deep_nesting_without_a_traceback(tmp_path: Path) -> None:
+    from personavec.cli import app
+
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    result = CliRunner().invoke(app, ["trait", "validate", str(path)])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("FAIL ") and "nests JSON too deeply" in result.output
+    assert "Traceback" not in result.output and len(result.output.splitlines()) == 1
+
+
 def test_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "latin1.json"
     path.write_bytes('{"name": "caf\u00e9"}'.encode("latin-1"))

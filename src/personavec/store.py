@@ -9,10 +9,9 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-from personavec.errors import PersonavecError
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -59,6 +58,11 @@ def append_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
         os.fsync(handle.fileno())
 
 
+def atomic_write_jsonl(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
+    """Replace ``path`` with ``rows`` as JSON lines, atomically."""
+    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a JSON-lines file; a truncated final line (from a crash) is ignored."""
     target = Path(path)
@@ -92,32 +96,3 @@ def _drop_truncated_tail(path: Path) -> None:
         handle.truncate(content.rfind(b"\n") + 1)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def check_run_identity(
-    run_dir: Path,
-    current: dict[str, Any],
-    keys: tuple[str, ...],
-    *,
-    overwrite: bool,
-    stale: tuple[str, ...],
-) -> None:
-    """Refuse to resume a run directory whose saved ``config.json`` differs in ``keys``.
-
-    With ``overwrite`` (or after a change the user accepted), the ``stale`` files of the old run
-    are deleted so nothing from it is reused; other files (e.g. judgment caches keyed by content)
-    stay.
-    """
-    saved_path = run_dir / "config.json"
-    if not saved_path.is_file():
-        return
-    saved = json.loads(saved_path.read_text())
-    changed = [k for k in keys if saved.get(k) != current.get(k)]
-    if changed and not overwrite:
-        raise PersonavecError(
-            f"{run_dir} holds a run with different {', '.join(changed)}; pass another --out, "
-            "or --overwrite to start it afresh"
-        )
-    if changed or overwrite:
-        for name in stale:
-            (run_dir / name).unlink(missing_ok=True)

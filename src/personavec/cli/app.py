@@ -177,147 +177,6 @@ def export_gguf_command(
     )
 
 
-@app.command()
-@friendly_errors
-def extract(
-    trait: Annotated[str, typer.Option("--trait", "-t", help="Trait name or trait JSON file.")],
-    model: ModelOption = "smollm2",
-    judge: Annotated[
-        str, typer.Option(help="contrast (offline, default), embedding, openai:MODEL, ...")
-    ] = "contrast",
-    coherence_judge: Annotated[
-        str | None, typer.Option(help="heuristic (offline default) or openai:MODEL.")
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="Run directory (default runs/extract-…).")
-    ] = None,
-    config_file: Annotated[
-        Path | None, typer.Option("--config", help="JSON file of ExtractConfig fields.")
-    ] = None,
-    paper_scale: Annotated[
-        bool, typer.Option(help="The paper's settings: 10 samples, 1000 new tokens.")
-    ] = False,
-    questions: Annotated[int | None, typer.Option(help="Extraction questions to use.")] = None,
-    instructions: Annotated[int | None, typer.Option(help="Instruction pairs to use.")] = None,
-    samples: Annotated[int | None, typer.Option(help="Samples per question.")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(help="Tokens per answer.")] = None,
-    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Generation batch size.")] = None,
-    pos_threshold: Annotated[float | None, typer.Option(help="Keep pos ≥ this.")] = None,
-    neg_threshold: Annotated[float | None, typer.Option(help="Keep neg < this.")] = None,
-    coherence_threshold: Annotated[float | None, typer.Option(help="Both ≥ this.")] = None,
-    min_pairs: Annotated[int | None, typer.Option(help="Fail below this many pairs.")] = None,
-    judge_base_url: Annotated[
-        str | None, typer.Option(help="OpenAI-compatible URL (or OPENAI_BASE_URL).")
-    ] = None,
-    judge_api_key: Annotated[
-        str | None, typer.Option(help="API key (or OPENAI_API_KEY); never saved.")
-    ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Start the run directory afresh.")] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-) -> None:
-    """Extract a persona vector from a trait description, end to end (resumable)."""
-    import json
-
-    from personavec.pipeline.extract import ExtractConfig
-    from personavec.pipeline.extract import extract as run_extract
-
-    fields: dict[str, Any] = {}
-    if config_file is not None:
-        try:
-            fields = json.loads(config_file.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            message = f"cannot read config {config_file}: {exc}; pass a JSON object"
-            raise PersonavecError(message) from None
-    overrides = {
-        "trait": trait,
-        "model": model,
-        "judge": judge,
-        "coherence_judge": coherence_judge,
-        "n_questions": questions,
-        "n_instructions": instructions,
-        "samples": samples,
-        "max_new_tokens": max_new_tokens,
-        "temperature": temperature,
-        "seed": seed,
-        "batch_size": batch_size,
-        "pos_threshold": pos_threshold,
-        "neg_threshold": neg_threshold,
-        "coherence_threshold": coherence_threshold,
-        "min_pairs": min_pairs,
-        "device": None if device == "auto" else device,
-        "dtype": None if dtype == "auto" else dtype,
-    }
-    fields.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        config = ExtractConfig.paper_scale(**fields) if paper_scale else ExtractConfig(**fields)
-    except ValueError as exc:
-        raise PersonavecError(f"invalid extraction settings: {_first_error(exc)}") from None
-    result = run_extract(
-        config,
-        run_dir=out,
-        overwrite=overwrite,
-        show_progress=not quiet,
-        judge_base_url=judge_base_url,
-        judge_api_key=judge_api_key,
-    )
-    best = next(s for s in result.separation if s.layer == result.suggested_layer)
-    console.print(
-        f"[bold green]done:[/] kept {result.kept_pairs} of {result.total_pairs} pairs; "
-        f"suggested layer {result.suggested_layer} (held-out AUROC {best.auroc:.2f}, "
-        f"d {best.cohens_d:.2f})"
-    )
-    console.print(f"vector: {result.vector_path}")
-    console.print(f"report: {result.report_path}")
-
-
-@app.command()
-@friendly_errors
-def demo(
-    trait: Annotated[str, typer.Option(help="Shipped trait to extract.")] = "evil",
-    model: ModelOption = "smollm2",
-    out: Annotated[
-        Path | None, typer.Option(help="Run directory (default runs/demo-TRAIT).")
-    ] = None,
-    coef: Annotated[float, typer.Option(help="Relative steering coefficient.")] = 0.2,
-) -> None:
-    """Extract a trait offline on the embedded model, then show unsteered vs steered answers."""
-    from personavec.pipeline.demo import run_demo
-
-    console.print(
-        f"[bold]personavec demo[/]: extracting '{trait}' from {model} (offline; resumable)"
-    )
-    result = run_demo(trait, model=model, run_dir=out, coef=coef)
-    extraction = result.extraction
-    console.print(
-        f"kept {extraction.kept_pairs} of {extraction.total_pairs} pairs; vector "
-        f"{extraction.vector_path}; report {extraction.report_path}"
-    )
-    console.print(f"\n[bold cyan]question:[/] {result.question}", highlight=False)
-    console.print("[bold]unsteered:[/]", end=" ")
-    console.print(result.unsteered, markup=False, highlight=False)
-    console.print(
-        f"[bold red]steered towards {trait}[/] (layer {result.layer}, relative coef "
-        f"+{result.coef:g}):",
-        end=" ",
-    )
-    console.print(result.steered, markup=False, highlight=False)
-    console.print(f"[bold green]steered away from {trait}[/] (coef -{result.coef:g}):", end=" ")
-    console.print(result.suppressed, markup=False, highlight=False)
-
-
-def _first_error(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return f"{where}: {first.get('msg', '')}"
-    return str(exc).splitlines()[0]
-
-
 def _default_layers(pv: Any) -> list[int]:
     if pv.meta.recommended_layer is None:
         raise PersonavecError("the vector records no recommended layer; pass --layer")
@@ -326,6 +185,7 @@ def _default_layers(pv: Any) -> list[int]:
 
 def _mount_subapps() -> None:
     from personavec.cli.evaluate import register as register_eval
+    from personavec.cli.extract import register as register_extract
     from personavec.cli.geometry import register as register_geometry
     from personavec.cli.monitor import register as register_monitor
     from personavec.cli.monitor_sweep import register as register_monitor_sweep
@@ -334,6 +194,7 @@ def _mount_subapps() -> None:
     from personavec.cli.trait import trait_app
 
     app.add_typer(trait_app, name="trait", help="List, show, validate and create trait files.")
+    register_extract(app)
     register_project(app)
     register_geometry(app)
     register_steer(app)

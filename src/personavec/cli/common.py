@@ -66,3 +66,13 @@ def parse_layers(text: str) -> list[int]:
     if not layers:
         raise PersonavecError("no layers given; write e.g. --layer 12")
     return layers
+
+
+def first_error(exc: Exception) -> str:
+    """The first problem of a pydantic validation error (or any error) on one line."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return f"{where}: {first.get('msg', '')}"
+    return str(exc).splitlines()[0]

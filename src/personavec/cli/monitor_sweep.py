@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from personavec.cli.common import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
+from personavec.cli.common import (
+    DeviceOption,
+    DtypeOption,
+    ModelOption,
+    console,
+    first_error,
+    friendly_errors,
+)
 from personavec.errors import PersonavecError, VectorFileError
+
+if TYPE_CHECKING:
+    from personavec.core.vector import PersonaVector
+    from personavec.pipeline.monitor_sweep_types import MonitorSweepResult
 
 
 def _precheck_vector(vector: Any, model: str) -> None:
@@ -72,55 +83,33 @@ def monitor_sweep_command(
     dtype: DtypeOption = "auto",
 ) -> None:
     """Correlate the last-prompt-token projection with the judged trait of the answers."""
-    from pydantic import ValidationError
-
     from personavec.core.models import load_model
-    from personavec.core.vector import PersonaVector
-    from personavec.pipeline.monitor_sweep import (
-        MonitorSweepConfig,
-        read_ladder,
-        resolve_layer,
-        run_monitor_sweep,
-    )
-    from personavec.traits.library import load_trait
+    from personavec.pipeline.monitor_sweep import MonitorSweepConfig, read_ladder
+    from personavec.pipeline.monitor_sweep import run_monitor_sweep as run
 
-    spec = load_trait(trait)
-    ladder_prompts = read_ladder(ladder) if ladder is not None else None
+    settings: dict[str, Any] = {
+        "trait": trait,
+        "model": model,
+        "layer": layer,
+        "judge": judge,
+        "n_questions": questions,
+        "samples": samples,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "seed": seed,
+        "shots": parse_shots(shots) if many_shot else [],
+        "ladder": read_ladder(ladder) if ladder is not None else None,
+        "batch_size": batch_size,
+    }
     try:
-        counts = [int(part) for part in shots.split(",") if part.strip()] if many_shot else []
-    except ValueError:
-        raise PersonavecError(f"cannot read --shots {shots!r}; write e.g. 0,5,10") from None
-    try:
-        config = MonitorSweepConfig(
-            trait=trait,
-            model=model,
-            layer=layer,
-            judge=judge,
-            n_questions=questions,
-            samples=samples,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            seed=seed,
-            shots=counts,
-            ladder=ladder_prompts,
-            batch_size=batch_size,
-        )
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise PersonavecError(f"invalid sweep settings: {where}: {first['msg']}") from None
-    persona_vector = PersonaVector.load(vector)
-    if persona_vector.meta.trait != spec.name:
-        raise PersonavecError(
-            f"{vector} is a {persona_vector.meta.trait!r} vector, not {spec.name!r}; pass the "
-            "matching --trait or --vector"
-        )
-    resolve_layer(persona_vector, layer)
-    _precheck_vector(persona_vector, model)
+        config = MonitorSweepConfig(**settings)
+    except ValueError as exc:
+        raise PersonavecError(f"invalid sweep settings: {first_error(exc)}") from None
+    persona_vector = load_checked_vector(vector, trait, layer, model)
     loaded = load_model(
         model, device=None if device == "auto" else device, dtype=None if dtype == "auto" else dtype
     )
-    result = run_monitor_sweep(
+    result = run(
         config,
         loaded,
         persona_vector,
@@ -131,6 +120,36 @@ def monitor_sweep_command(
         judge_base_url=judge_base_url,
         judge_api_key=judge_api_key,
     )
+    print_summary(result)
+
+
+def parse_shots(text: str) -> list[int]:
+    """``"0,5,10"`` → ``[0, 5, 10]``."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise PersonavecError(f"cannot read --shots {text!r}; write e.g. 0,5,10") from None
+
+
+def load_checked_vector(path: Path, trait: str, layer: int | None, model: str) -> PersonaVector:
+    """The vector file, checked against the trait, the layer and the model (before loading it)."""
+    from personavec.core.vector import PersonaVector
+    from personavec.pipeline.monitor_sweep import resolve_layer
+    from personavec.traits.library import load_trait
+
+    spec = load_trait(trait)
+    persona_vector = PersonaVector.load(path)
+    if persona_vector.meta.trait != spec.name:
+        raise PersonavecError(
+            f"{path} is a {persona_vector.meta.trait!r} vector, not {spec.name!r}; pass the "
+            "matching --trait or --vector"
+        )
+    resolve_layer(persona_vector, layer)
+    _precheck_vector(persona_vector, model)
+    return persona_vector
+
+
+def print_summary(result: MonitorSweepResult) -> None:
     summary = result.summary
 
     def fmt(x: float | None) -> str:

@@ -64,27 +64,55 @@ def make_judge(
     if sep:
         if provider not in ("openai", "anthropic") or not model.strip():
             raise _unknown(spec)
-        from personavec.judges.openai_judge import OpenAIJudge
-
-        return OpenAIJudge(
-            model.strip(),
-            aspect=aspect,
-            trait=_need_trait(name, trait) if aspect == "trait" else trait,
-            base_url=base_url,
-            api_key=api_key,
-            concurrency=concurrency,
-            provider="openai" if provider == "openai" else "anthropic",
+        return _llm_judge(
+            provider, model.strip(), aspect, trait, base_url, api_key, concurrency=concurrency
         )
     if name == "heuristic":
-        if aspect != "coherence":
-            raise PersonavecError(
-                "the heuristic judge rates coherence only; for traits use embedding, contrast "
-                "or openai:MODEL"
-            )
-        from personavec.judges.coherence import HeuristicCoherenceJudge
+        return _heuristic_judge(aspect)
+    if name in ("embedding", "contrast"):
+        return _offline_trait_judge(name, aspect, trait, loaded_model)
+    raise _unknown(spec)
 
-        return HeuristicCoherenceJudge()
-    if name in ("embedding", "contrast") and aspect != "trait":
+
+def _llm_judge(
+    provider: str,
+    model: str,
+    aspect: Aspect,
+    trait: TraitSpec | None,
+    base_url: str | None,
+    api_key: str | None,
+    *,
+    concurrency: int,
+) -> Judge:
+    from personavec.judges.openai_judge import OpenAIJudge
+
+    return OpenAIJudge(
+        model,
+        aspect=aspect,
+        trait=_need_trait(f"{provider}:{model}", trait) if aspect == "trait" else trait,
+        base_url=base_url,
+        api_key=api_key,
+        concurrency=concurrency,
+        provider="openai" if provider == "openai" else "anthropic",
+    )
+
+
+def _heuristic_judge(aspect: Aspect) -> Judge:
+    if aspect != "coherence":
+        raise PersonavecError(
+            "the heuristic judge rates coherence only; for traits use embedding, contrast "
+            "or openai:MODEL"
+        )
+    from personavec.judges.coherence import HeuristicCoherenceJudge
+
+    return HeuristicCoherenceJudge()
+
+
+def _offline_trait_judge(
+    name: str, aspect: Aspect, trait: TraitSpec | None, loaded_model: LoadedModel | None
+) -> Judge:
+    """``embedding`` or ``contrast``: trait judges that run on this machine."""
+    if aspect != "trait":
         raise PersonavecError(
             f"the {name} judge rates traits only; for coherence use heuristic or openai:MODEL"
         )
@@ -92,16 +120,14 @@ def make_judge(
         from personavec.judges.embedding import EmbeddingJudge
 
         return EmbeddingJudge(_need_trait(name, trait))
-    if name == "contrast":
-        if loaded_model is None:
-            raise PersonavecError("the contrast judge needs a loaded model; pass --model")
-        try:
-            from personavec.judges.contrast import ContrastJudge  # type: ignore[import-not-found,unused-ignore]
-        except ImportError as exc:
-            raise PersonavecError(
-                f"the contrast judge is unavailable in this installation ({exc}); "
-                "use embedding or openai:MODEL"
-            ) from exc
-        judge: Judge = ContrastJudge(loaded_model, _need_trait(name, trait))
-        return judge
-    raise _unknown(spec)
+    if loaded_model is None:
+        raise PersonavecError("the contrast judge needs a loaded model; pass --model")
+    try:
+        from personavec.judges.contrast import ContrastJudge  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as exc:
+        raise PersonavecError(
+            f"the contrast judge is unavailable in this installation ({exc}); "
+            "use embedding or openai:MODEL"
+        ) from exc
+    judge: Judge = ContrastJudge(loaded_model, _need_trait(name, trait))
+    return judge

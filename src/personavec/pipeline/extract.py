@@ -14,6 +14,11 @@ Stages, each resumable from the run directory:
    layer is mean(kept pos) − mean(kept neg), unnormalised.
 5. **Report.** Per-layer held-out separation (2-fold: a vector from half the pairs scores the other
    half) as AUROC and Cohen's d, a suggested layer, plots and ``report.md``.
+
+The run directory is locked while an extraction works in it (a second process is refused). A
+re-run resumes only when the settings that shape the rollouts are unchanged; the trait counts by
+the hash of its content, so an edited trait file (same path) is never mixed with old rollouts.
+Runs made before that hash was recorded are compared through their saved ``trait.json`` copy.
 """
 
 from __future__ import annotations
@@ -22,38 +27,46 @@ import json
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
-from personavec.core.capture import Example, capture
+from personavec.core.capture import CaptureResult, Example, capture
 from personavec.core.layers import LAYER_CONVENTION
 from personavec.core.models import LoadedModel, chat_messages, load_model
 from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
-from personavec.engines.generation import GenerationRequest, HFEngine, SamplingConfig
+from personavec.engines.generation import Generation, GenerationRequest, HFEngine, SamplingConfig
 from personavec.errors import PersonavecError
 from personavec.judges.base import Judge, JudgeItem
-from personavec.judges.cache import CachedJudge, JudgmentCache
 from personavec.judges.factory import make_judge
-from personavec.progress import stage
-from personavec.store import (
-    append_jsonl,
-    atomic_write_json,
-    atomic_write_text,
-    check_run_identity,
-    read_jsonl,
+from personavec.pipeline.extract_report import write_report
+from personavec.pipeline.extract_selection import filter_pairs, layer_separation, suggest_layer
+from personavec.pipeline.extract_types import (
+    ExtractConfig,
+    ExtractResult,
+    LayerSeparation,
+    Polarity,
+    Rollout,
 )
+from personavec.pipeline.judging import judge_items
+from personavec.pipeline.stage import (
+    check_run_identity,
+    content_sha256,
+    prepare_run_dir,
+    resumable_rows,
+    run_lock,
+    write_run_config,
+)
+from personavec.progress import stage
+from personavec.store import atomic_write_json, atomic_write_jsonl
 from personavec.traits.library import load_trait
 from personavec.traits.schema import TraitSpec
 
-Polarity = Literal["pos", "neg"]
-
-# Settings whose change makes earlier rollouts or judgments invalid for this run directory.
+# Settings whose change makes earlier rollouts invalid for this run directory. The trait counts
+# by content (its hash), not by name or path: an edited trait file changes questions and prompts.
 _RUN_IDENTITY = (
-    "trait",
+    "trait_sha256",
     "model",
     "n_instructions",
     "n_questions",
@@ -63,93 +76,7 @@ _RUN_IDENTITY = (
     "top_p",
     "seed",
 )
-
-
-class ExtractConfig(BaseModel):
-    """Everything that defines an extraction run (saved as ``config.json``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    trait: str = Field(description="Shipped trait name or path to a trait JSON file.")
-    model: str = "smollm2"
-    judge: str = "contrast"
-    coherence_judge: str | None = Field(
-        default=None, description="Default: 'heuristic' offline, the trait judge for LLM judges."
-    )
-    n_instructions: int | None = Field(default=None, ge=1, description="Default: all pairs.")
-    n_questions: int | None = Field(default=None, ge=1, description="Default: all questions.")
-    samples: int = Field(default=1, ge=1, description="Samples per (instruction, question).")
-    max_new_tokens: int = Field(default=64, ge=1)
-    temperature: float = Field(default=1.0, ge=0)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    seed: int = 0
-    batch_size: int = Field(default=16, ge=1)
-    pos_threshold: float = 50.0
-    neg_threshold: float = 50.0
-    coherence_threshold: float = 50.0
-    min_pairs: int = Field(default=4, ge=2)
-    device: str | None = None
-    dtype: str | None = None
-
-    @classmethod
-    def paper_scale(cls, **overrides: Any) -> ExtractConfig:
-        """The paper's settings: 10 samples per question, up to 1000 new tokens."""
-        return cls(**{"samples": 10, "max_new_tokens": 1000, **overrides})
-
-    def resolved_coherence_judge(self) -> str:
-        if self.coherence_judge:
-            return self.coherence_judge
-        return self.judge if ":" in self.judge else "heuristic"
-
-
-@dataclass
-class Rollout:
-    """One generated answer and its scores."""
-
-    id: str
-    polarity: Polarity
-    instruction: int
-    question_index: int
-    sample: int
-    system: str
-    question: str
-    response: str
-    response_token_ids: list[int]
-    finish_reason: str
-    trait_score: float | None = None
-    coherence: float | None = None
-    kept: bool = False
-
-    @property
-    def pair_key(self) -> tuple[int, int, int]:
-        return (self.instruction, self.question_index, self.sample)
-
-
-@dataclass
-class LayerSeparation:
-    """How well layer ``layer``'s vector separates held-out pos from neg rollouts."""
-
-    layer: int
-    auroc: float
-    cohens_d: float
-    vector_norm: float
-    typical_norm: float
-
-
-@dataclass
-class ExtractResult:
-    """What an extraction produced (all paths are inside ``run_dir``)."""
-
-    run_dir: Path
-    vector_path: Path
-    vector: PersonaVector
-    rollouts: list[Rollout]
-    kept_pairs: int
-    total_pairs: int
-    drop_reasons: dict[str, int]
-    separation: list[LayerSeparation]
-    suggested_layer: int
-    report_path: Path
+_STALE = ("rollouts.jsonl", "scored.jsonl")
 
 
 def default_run_dir(config: ExtractConfig) -> Path:
@@ -182,6 +109,23 @@ def _parse_id(request_id: str) -> tuple[Polarity, int, int]:
     return polarity, int(i[1:]), int(q[1:])  # type: ignore[return-value]
 
 
+def _rollout_row(request: GenerationRequest, generation: Generation) -> dict[str, Any]:
+    assert request.id is not None
+    polarity, i, q = _parse_id(request.id)
+    return {
+        "id": f"{request.id}-s{generation.sample_index}",
+        "polarity": polarity,
+        "instruction": i,
+        "question_index": q,
+        "sample": generation.sample_index,
+        "system": request.messages[0]["content"],
+        "question": request.messages[-1]["content"],
+        "response": generation.response_text,
+        "response_token_ids": generation.response_token_ids,
+        "finish_reason": generation.finish_reason,
+    }
+
+
 def generate_rollouts(
     loaded: LoadedModel,
     trait: TraitSpec,
@@ -191,8 +135,6 @@ def generate_rollouts(
     show_progress: bool = True,
 ) -> list[Rollout]:
     """Generate every missing rollout, appending to ``path``; return all, in plan order."""
-    requests = plan_rollouts(trait, config)
-    existing = {row["id"]: row for row in read_jsonl(path)}
     sampling = SamplingConfig(
         max_new_tokens=config.max_new_tokens,
         temperature=config.temperature,
@@ -201,47 +143,23 @@ def generate_rollouts(
         seed=config.seed,
         batch_size=config.batch_size,
     )
-    missing = [
-        r for r in requests if any(f"{r.id}-s{s}" not in existing for s in range(config.samples))
-    ]
     engine = HFEngine(loaded)
-    per_chunk = max(1, config.batch_size // config.samples)
-    total = len(requests) * config.samples
-    done = total - len(missing) * config.samples
-    with stage("generating rollouts", total, enabled=show_progress) as advance:
-        advance(done)
-        for start in range(0, len(missing), per_chunk):
-            chunk = missing[start : start + per_chunk]
-            rows = []
-            for generation in engine.generate(chunk, sampling):
-                request = chunk[generation.request_index]
-                assert request.id is not None
-                polarity, i, q = _parse_id(request.id)
-                rows.append(
-                    {
-                        "id": f"{request.id}-s{generation.sample_index}",
-                        "polarity": polarity,
-                        "instruction": i,
-                        "question_index": q,
-                        "sample": generation.sample_index,
-                        "system": request.messages[0]["content"],
-                        "question": request.messages[-1]["content"],
-                        "response": generation.response_text,
-                        "response_token_ids": generation.response_token_ids,
-                        "finish_reason": generation.finish_reason,
-                    }
-                )
-            rows = [row for row in rows if row["id"] not in existing]
-            append_jsonl(path, rows)
-            existing.update({row["id"]: row for row in rows})
-            done += len(chunk) * config.samples
-            advance(done)
-    ordered = []
-    for request in requests:
-        for s in range(config.samples):
-            row = existing[f"{request.id}-s{s}"]
-            ordered.append(Rollout(**{k: row[k] for k in Rollout.__dataclass_fields__ if k in row}))
-    return ordered
+
+    def produce(chunk: list[GenerationRequest]) -> list[dict[str, Any]]:
+        generations = engine.generate(chunk, sampling)
+        return [_rollout_row(chunk[g.request_index], g) for g in generations]
+
+    rows = resumable_rows(
+        path,
+        plan_rollouts(trait, config),
+        row_keys=lambda r: [f"{r.id}-s{s}" for s in range(config.samples)],
+        produce=produce,
+        chunk_size=max(1, config.batch_size // config.samples),
+        label="generating rollouts",
+        show_progress=show_progress,
+    )
+    fields = Rollout.__dataclass_fields__
+    return [Rollout(**{k: row[k] for k in fields if k in row}) for row in rows]
 
 
 def judge_rollouts(
@@ -254,195 +172,75 @@ def judge_rollouts(
 ) -> None:
     """Fill ``trait_score`` and ``coherence`` of every rollout (cached on disk)."""
     items = [JudgeItem(r.question, r.response) for r in rollouts]
-    with JudgmentCache(cache_path) as cache:
-        for judge, attribute, label in (
-            (trait_judge, "trait_score", "judging trait"),
-            (coherence_judge, "coherence", "judging coherence"),
-        ):
-            cached = len(cache.get_many(judge.identity, judge.aspect, items))
-            with stage(label, len(items), enabled=show_progress) as advance:
-                done = cached
-                advance(done)
-
-                def report(n: int) -> None:
-                    nonlocal done
-                    done += n
-                    advance(done)
-
-                scores = CachedJudge(judge, cache, chunk_size=32, on_chunk=report).score(items)
-            for rollout, score in zip(rollouts, scores, strict=True):
-                setattr(rollout, attribute, score)
-
-
-def filter_pairs(
-    rollouts: Sequence[Rollout], config: ExtractConfig
-) -> tuple[list[tuple[Rollout, Rollout]], Counter[str]]:
-    """Effective pairs (see the module docstring) and why the others were dropped.
-
-    Each dropped pair counts once per failed condition, so reasons can add up to more than the
-    number of dropped pairs.
-    """
-    by_key: dict[tuple[int, int, int], dict[str, Rollout]] = {}
-    for rollout in rollouts:
-        by_key.setdefault(rollout.pair_key, {})[rollout.polarity] = rollout
-    kept: list[tuple[Rollout, Rollout]] = []
-    reasons: Counter[str] = Counter()
-    for key in sorted(by_key):
-        pair = by_key[key]
-        pos, neg = pair.get("pos"), pair.get("neg")
-        if pos is None or neg is None:
-            reasons["incomplete pair"] += 1
-            continue
-        failed = []
-        if pos.trait_score is None or neg.trait_score is None:
-            failed.append("trait unscored")
-        else:
-            if pos.trait_score < config.pos_threshold:
-                failed.append(f"pos trait < {config.pos_threshold:g}")
-            if neg.trait_score >= config.neg_threshold:
-                failed.append(f"neg trait >= {config.neg_threshold:g}")
-        for side, rollout in (("pos", pos), ("neg", neg)):
-            if rollout.coherence is None:
-                failed.append(f"{side} coherence unscored")
-            elif rollout.coherence < config.coherence_threshold:
-                failed.append(f"{side} coherence < {config.coherence_threshold:g}")
-            if not rollout.response_token_ids:
-                failed.append(f"{side} empty answer")
-        pos.kept = neg.kept = not failed
-        if failed:
-            reasons.update(failed)
-        else:
-            kept.append((pos, neg))
-    return kept, reasons
-
-
-def layer_separation(
-    pos: torch.Tensor, neg: torch.Tensor, layers: Sequence[int], typical: torch.Tensor
-) -> list[LayerSeparation]:
-    """Held-out separation per layer from per-pair readouts ``[pairs, layers, hidden]``.
-
-    Two folds over pairs (even / odd): the vector from one fold projects the other fold's
-    rollouts; AUROC and Cohen's d are computed over all held-out projections.
-    """
-    from personavec.metrics.stats import auroc, cohens_d
-
-    n = pos.shape[0]
-    folds = [torch.arange(0, n, 2), torch.arange(1, n, 2)]
-    out = []
-    for column, layer in enumerate(layers):
-        p, q = pos[:, column].float(), neg[:, column].float()
-        held_pos: list[float] = []
-        held_neg: list[float] = []
-        for train, test in ((folds[0], folds[1]), (folds[1], folds[0])):
-            direction = p[train].mean(0) - q[train].mean(0)
-            norm = direction.norm()
-            if norm == 0 or len(test) == 0:
-                continue
-            unit = direction / norm
-            held_pos += (p[test] @ unit).tolist()
-            held_neg += (q[test] @ unit).tolist()
-        vector = p.mean(0) - q.mean(0)
-        out.append(
-            LayerSeparation(
-                layer,
-                auroc(held_pos, held_neg),
-                cohens_d(held_pos, held_neg),
-                float(vector.norm()),
-                float(typical[column]),
-            )
-        )
-    return out
-
-
-def suggest_layer(separation: Sequence[LayerSeparation], n_layers: int) -> int:
-    """Best held-out separation (AUROC, then d) among the middle layers (35-70 % of depth).
-
-    Steering works best in the middle of the network: the paper's chosen layers sit at 50-71 % of
-    depth, a replication across sizes found about 55 %, and on SmolLM2 later layers separate
-    well but steer weakly. ``personavec sweep`` refines the choice by measuring steering directly.
-    """
-    low, high = max(1, round(0.35 * n_layers)), max(1, round(0.70 * n_layers))
-    middle = [s for s in separation if low <= s.layer <= high] or list(separation)
-
-    def key(s: LayerSeparation) -> tuple[float, float]:
-        a = s.auroc if s.auroc == s.auroc else -1.0
-        d = s.cohens_d if s.cohens_d == s.cohens_d else -1.0
-        return (round(a, 3), d)
-
-    return max(middle, key=key).layer
-
-
-def extract(
-    config: ExtractConfig,
-    *,
-    run_dir: Path | None = None,
-    overwrite: bool = False,
-    show_progress: bool = True,
-    loaded: LoadedModel | None = None,
-    judge_base_url: str | None = None,
-    judge_api_key: str | None = None,
-) -> ExtractResult:
-    """Run the whole extraction (see the module docstring); resumable in ``run_dir``.
-
-    ``judge_base_url`` / ``judge_api_key`` reach LLM judges only and are never written to disk.
-    """
-    from personavec.pipeline.extract_report import write_report
-
-    trait = load_trait(config.trait)
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
-    check_run_identity(
-        run_dir,
-        config.model_dump(),
-        _RUN_IDENTITY,
-        overwrite=overwrite,
-        stale=("rollouts.jsonl", "scored.jsonl"),
-    )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", config.model_dump())
-    atomic_write_json(run_dir / "trait.json", trait.model_dump())
-    if loaded is None:
-        loaded = load_model(config.model, device=config.device, dtype=config.dtype)
-
-    rollouts = generate_rollouts(
-        loaded, trait, config, run_dir / "rollouts.jsonl", show_progress=show_progress
-    )
-    trait_judge = make_judge(
-        config.judge,
-        aspect="trait",
-        trait=trait,
-        loaded_model=loaded,
-        base_url=judge_base_url,
-        api_key=judge_api_key,
-    )
-    coherence_judge = make_judge(
-        config.resolved_coherence_judge(),
-        aspect="coherence",
-        trait=trait,
-        loaded_model=loaded,
-        base_url=judge_base_url,
-        api_key=judge_api_key,
-    )
-    judge_rollouts(
-        rollouts,
-        trait_judge,
-        coherence_judge,
-        run_dir / "judgments.sqlite",
+    scores = judge_items(
+        items,
+        {"trait": trait_judge, "coherence": coherence_judge},
+        cache_path,
         show_progress=show_progress,
     )
-    kept, reasons = filter_pairs(rollouts, config)
-    atomic_write_text(
-        run_dir / "scored.jsonl",
-        "".join(json.dumps(r.__dict__, ensure_ascii=False) + "\n" for r in rollouts),
-    )
-    total_pairs = len(rollouts) // 2
-    if len(kept) < config.min_pairs:
-        top = ", ".join(f"{reason}: {count}" for reason, count in reasons.most_common(3))
-        raise PersonavecError(
-            f"only {len(kept)} of {total_pairs} pairs passed the filter (need {config.min_pairs}; "
-            f"{top}); add --samples or --questions, relax the thresholds, or try another judge "
-            f"(rollouts and scores are saved in {run_dir})"
-        )
+    for rollout, trait, coherence in zip(
+        rollouts, scores["trait"], scores["coherence"], strict=True
+    ):
+        rollout.trait_score, rollout.coherence = trait, coherence
 
+
+def trait_sha256(trait: TraitSpec) -> str:
+    """The hash of a trait's content that goes into the run identity."""
+    return content_sha256(trait.model_dump(mode="json"))
+
+
+def _saved_trait_sha256(run_dir: Path) -> str | None:
+    """An older run recorded no trait hash; its ``trait.json`` copy tells (else: unknown)."""
+    try:
+        return content_sha256(json.loads((run_dir / "trait.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return None
+
+
+def _make_judges(
+    config: ExtractConfig,
+    trait: TraitSpec,
+    loaded: LoadedModel,
+    base_url: str | None,
+    api_key: str | None,
+) -> tuple[Judge, Judge]:
+    """The trait judge and the coherence judge named in ``config``."""
+    common: dict[str, Any] = {
+        "trait": trait,
+        "loaded_model": loaded,
+        "base_url": base_url,
+        "api_key": api_key,
+    }
+    return (
+        make_judge(config.judge, aspect="trait", **common),
+        make_judge(config.resolved_coherence_judge(), aspect="coherence", **common),
+    )
+
+
+def _require_pairs(
+    kept: Sequence[object], reasons: Counter[str], total: int, config: ExtractConfig, run_dir: Path
+) -> None:
+    if len(kept) >= config.min_pairs:
+        return
+    top = ", ".join(f"{reason}: {count}" for reason, count in reasons.most_common(3))
+    raise PersonavecError(
+        f"only {len(kept)} of {total} pairs passed the filter (need {config.min_pairs}; "
+        f"{top}); add --samples or --questions, relax the thresholds, or try another judge "
+        f"(rollouts and scores are saved in {run_dir})"
+    )
+
+
+def capture_pairs(
+    loaded: LoadedModel,
+    kept: Sequence[tuple[Rollout, Rollout]],
+    config: ExtractConfig,
+    *,
+    show_progress: bool = True,
+) -> CaptureResult:
+    """All readouts at every layer for the kept pairs, grouped ``pos`` / ``neg``.
+
+    Per-example readouts are kept in pair order (pos, neg, pos, neg, ...).
+    """
     examples = [
         Example(
             chat_messages(r.question, system=r.system),
@@ -454,7 +252,7 @@ def extract(
     ]
     groups = [r.polarity for pair in kept for r in pair]
     with stage("capturing activations", len(examples), enabled=show_progress) as advance:
-        captured = capture(
+        return capture(
             loaded,
             examples,
             groups=groups,
@@ -463,6 +261,21 @@ def extract(
             batch_size=config.batch_size,
             progress=advance,
         )
+
+
+def build_vector(
+    captured: CaptureResult,
+    loaded: LoadedModel,
+    trait: TraitSpec,
+    config: ExtractConfig,
+    judges: tuple[Judge, Judge],
+    *,
+    n_kept: int,
+    n_rollouts: int,
+    run_dir: Path,
+) -> tuple[PersonaVector, list[LayerSeparation], int]:
+    """The persona vector (mean pos − mean neg per readout and layer), the held-out separation
+    per layer and the suggested layer."""
     vectors = {
         name: captured.means[name]["pos"] - captured.means[name]["neg"] for name in captured.means
     }
@@ -481,8 +294,8 @@ def extract(
         n_layers=n_layers,
         layer_convention=LAYER_CONVENTION,
         readouts=sorted(vectors),
-        sample_counts={"pos": len(kept), "neg": len(kept), "rollouts": len(rollouts)},
-        judge=f"trait={trait_judge.identity}; coherence={coherence_judge.identity}",
+        sample_counts={"pos": n_kept, "neg": n_kept, "rollouts": n_rollouts},
+        judge=f"trait={judges[0].identity}; coherence={judges[1].identity}",
         thresholds={
             "pos": config.pos_threshold,
             "neg": config.neg_threshold,
@@ -491,11 +304,84 @@ def extract(
         recommended_layer=suggested,
         extra={"run_dir": str(run_dir), "layer_choice": "held-out separation, middle layers"},
     )
-    vector = PersonaVector(vectors, meta, typical_norm=captured.token_norm)
-    vector_path = vector.save(run_dir / f"{trait.name}.safetensors")
+    return PersonaVector(vectors, meta, typical_norm=captured.token_norm), separation, suggested
+
+
+def open_extraction(
+    config: ExtractConfig, run_dir: Path | None, trait: TraitSpec
+) -> tuple[ExtractConfig, Path]:
+    """``config`` with the trait's hash filled in, and the checked, created run directory.
+
+    The caller must hold :func:`~personavec.pipeline.stage.run_lock` before checking the
+    identity; :func:`extract` does both.
+    """
+    config = config.model_copy(update={"trait_sha256": trait_sha256(trait)})
+    return config, prepare_run_dir(run_dir if run_dir is not None else default_run_dir(config))
+
+
+def extract(
+    config: ExtractConfig,
+    *,
+    run_dir: Path | None = None,
+    overwrite: bool = False,
+    show_progress: bool = True,
+    loaded: LoadedModel | None = None,
+    judge_base_url: str | None = None,
+    judge_api_key: str | None = None,
+) -> ExtractResult:
+    """Run the whole extraction (see the module docstring); resumable in ``run_dir``.
+
+    The run directory is locked while the extraction runs (a second process is refused), and
+    ``config.json`` is written only once the model and judges are ready, so a run that failed
+    on bad input leaves nothing that blocks the corrected one. ``judge_base_url`` /
+    ``judge_api_key`` reach LLM judges only and are never written to disk.
+    """
+    trait = load_trait(config.trait)
+    config, run_dir = open_extraction(config, run_dir, trait)
+    with run_lock(run_dir):
+        identity = config.model_dump()
+        recover = {"trait_sha256": _saved_trait_sha256}
+        check_run_identity(
+            run_dir, identity, _RUN_IDENTITY, overwrite=overwrite, stale=_STALE, recover=recover
+        )
+        if loaded is None:
+            loaded = load_model(config.model, device=config.device, dtype=config.dtype)
+        judges = _make_judges(config, trait, loaded, judge_base_url, judge_api_key)
+        write_run_config(run_dir, identity)
+        atomic_write_json(run_dir / "trait.json", trait.model_dump())
+        return _run_stages(config, trait, loaded, judges, run_dir, show_progress)
+
+
+def _run_stages(
+    config: ExtractConfig,
+    trait: TraitSpec,
+    loaded: LoadedModel,
+    judges: tuple[Judge, Judge],
+    run_dir: Path,
+    show_progress: bool,
+) -> ExtractResult:
+    rollouts = generate_rollouts(
+        loaded, trait, config, run_dir / "rollouts.jsonl", show_progress=show_progress
+    )
+    judge_rollouts(rollouts, *judges, run_dir / "judgments.sqlite", show_progress=show_progress)
+    kept, reasons = filter_pairs(rollouts, config)
+    atomic_write_jsonl(run_dir / "scored.jsonl", [r.__dict__ for r in rollouts])
+    total_pairs = len(rollouts) // 2
+    _require_pairs(kept, reasons, total_pairs, config, run_dir)
+    captured = capture_pairs(loaded, kept, config, show_progress=show_progress)
+    vector, separation, suggested = build_vector(
+        captured,
+        loaded,
+        trait,
+        config,
+        judges,
+        n_kept=len(kept),
+        n_rollouts=len(rollouts),
+        run_dir=run_dir,
+    )
     result = ExtractResult(
         run_dir=run_dir,
-        vector_path=vector_path,
+        vector_path=vector.save(run_dir / f"{trait.name}.safetensors"),
         vector=vector,
         rollouts=rollouts,
         kept_pairs=len(kept),

@@ -2,46 +2,24 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
+from personavec.pipeline.extract_types import ExtractConfig, ExtractResult, LayerSeparation
+from personavec.pipeline.plots import separation_chart
 from personavec.store import atomic_write_bytes, atomic_write_json, atomic_write_text
 from personavec.traits.schema import TraitSpec
 
-if TYPE_CHECKING:
-    from personavec.pipeline.extract import ExtractConfig, ExtractResult
-
 
 def _plot(result: ExtractResult) -> bytes:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    layers = [s.layer for s in result.separation]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax1.plot(layers, [s.auroc for s in result.separation], marker="o", ms=3, label="AUROC")
-    ax1.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax1.set_ylim(0.0, 1.02)
-    ax1.set_xlabel("layer")
-    ax1.set_ylabel("held-out AUROC")
-    ax1b = ax1.twinx()
-    ax1b.plot(layers, [s.cohens_d for s in result.separation], color="tab:orange", marker=".", ms=3)
-    ax1b.set_ylabel("Cohen's d", color="tab:orange")
-    ax1.axvline(result.suggested_layer, color="tab:green", lw=1, label="suggested layer")
-    ax1.legend(loc="lower right", fontsize=8)
-    ax1.set_title(f"{result.vector.meta.trait}: pos vs neg projections")
-    ratio = [s.vector_norm / s.typical_norm if s.typical_norm else 0 for s in result.separation]
-    ax2.plot(layers, ratio, marker="o", ms=3, color="tab:purple")
-    ax2.set_xlabel("layer")
-    ax2.set_ylabel("‖v‖ / typical residual norm")
-    ax2.set_title("vector size relative to the residual stream")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    rows = result.separation
+    return separation_chart(
+        [s.layer for s in rows],
+        [s.auroc for s in rows],
+        [s.cohens_d for s in rows],
+        [s.vector_norm / s.typical_norm if s.typical_norm else 0 for s in rows],
+        suggested_layer=result.suggested_layer,
+        trait=result.vector.meta.trait,
+    )
 
 
 def _quote(text: str, limit: int = 300) -> str:
@@ -50,11 +28,18 @@ def _quote(text: str, limit: int = 300) -> str:
 
 
 def write_report(result: ExtractResult, config: ExtractConfig, trait: TraitSpec) -> None:
-    """Write the report files into ``result.run_dir``."""
+    """Write ``separation.png``, ``summary.json`` and ``report.md`` into ``result.run_dir``."""
     run_dir = result.run_dir
     atomic_write_bytes(run_dir / "separation.png", _plot(result))
     best = next(s for s in result.separation if s.layer == result.suggested_layer)
-    summary = {
+    atomic_write_json(run_dir / "summary.json", summary(result, trait, best))
+    lines = _overview(result, config, trait) + _layers(result, best) + _examples(result)
+    atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
+
+
+def summary(result: ExtractResult, trait: TraitSpec, best: LayerSeparation) -> dict[str, Any]:
+    """The content of ``summary.json``."""
+    return {
         "trait": trait.name,
         "model": result.vector.meta.model_id,
         "vector": str(result.vector_path),
@@ -68,20 +53,22 @@ def write_report(result: ExtractResult, config: ExtractConfig, trait: TraitSpec)
         "separation": [s.__dict__ for s in result.separation],
         "judge": result.vector.meta.judge,
     }
-    atomic_write_json(run_dir / "summary.json", summary)
 
+
+def _overview(result: ExtractResult, config: ExtractConfig, trait: TraitSpec) -> list[str]:
     scored = [r for r in result.rollouts if r.trait_score is not None]
     mean_pos = _mean([r.trait_score for r in scored if r.polarity == "pos"])
     mean_neg = _mean([r.trait_score for r in scored if r.polarity == "neg"])
+    meta = result.vector.meta
     lines = [
         f"# Persona vector: {trait.name}",
         "",
         f"*{trait.description}*",
         "",
-        f"- Model: `{result.vector.meta.model_id}`",
-        f"- Vector file: `{result.vector_path.name}` (layers 0..{result.vector.meta.n_layers}, "
-        f"readouts {', '.join(result.vector.meta.readouts)})",
-        f"- Judges: {result.vector.meta.judge}",
+        f"- Model: `{meta.model_id}`",
+        f"- Vector file: `{result.vector_path.name}` (layers 0..{meta.n_layers}, "
+        f"readouts {', '.join(meta.readouts)})",
+        f"- Judges: {meta.judge}",
         f"- Rollouts: {len(result.rollouts)} ({config.samples} per instruction × question, "
         f"≤ {config.max_new_tokens} new tokens, temperature {config.temperature:g}, "
         f"seed {config.seed})",
@@ -98,7 +85,11 @@ def write_report(result: ExtractResult, config: ExtractConfig, trait: TraitSpec)
             for reason, count in sorted(result.drop_reasons.items(), key=lambda kv: -kv[1])
         ]
         lines.append("")
-    lines += [
+    return lines
+
+
+def _layers(result: ExtractResult, best: LayerSeparation) -> list[str]:
+    lines = [
         f"## Suggested layer: {result.suggested_layer}",
         "",
         f"Held-out AUROC {best.auroc:.3f}, Cohen's d {best.cohens_d:.2f} (a vector built from half "
@@ -110,26 +101,29 @@ def write_report(result: ExtractResult, config: ExtractConfig, trait: TraitSpec)
         "| layer | AUROC | Cohen's d | ‖v‖ | typical norm |",
         "|---:|---:|---:|---:|---:|",
     ]
-    lines += [
+    return lines + [
         f"| {s.layer} | {s.auroc:.3f} | {s.cohens_d:.2f} | {s.vector_norm:.2f} | "
         f"{s.typical_norm:.1f} |"
         for s in result.separation
     ]
+
+
+def _examples(result: ExtractResult) -> list[str]:
     kept = [r for r in result.rollouts if r.kept]
-    examples = [r for r in kept if r.polarity == "pos"][:1] + [
-        r for r in kept if r.polarity == "neg"
-    ][:1]
-    if examples:
-        lines += ["", "## Example kept rollouts", ""]
-        for r in examples:
-            lines += [
-                f"**{r.polarity}** (trait {r.trait_score:.0f}, coherence {r.coherence:.0f}) — "
-                f"*{_quote(r.question, 120)}*",
-                "",
-                f"> {_quote(r.response)}",
-                "",
-            ]
-    atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
+    examples = [r for r in kept if r.polarity == "pos"][:1]
+    examples += [r for r in kept if r.polarity == "neg"][:1]
+    if not examples:
+        return []
+    lines = ["", "## Example kept rollouts", ""]
+    for r in examples:
+        lines += [
+            f"**{r.polarity}** (trait {r.trait_score:.0f}, coherence {r.coherence:.0f}) — "
+            f"*{_quote(r.question, 120)}*",
+            "",
+            f"> {_quote(r.response)}",
+            "",
+        ]
+    return lines
 
 
 def _mean(values: list[float | None]) -> str:

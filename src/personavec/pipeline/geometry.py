@@ -10,20 +10,17 @@ Two views, both computed on vectors extracted from the same model:
   run's own trait. The diagonal (a vector against its own trait's judgments) should be high; large
   off-diagonal values mean one trait's direction also tracks another trait's expression.
 
-:func:`write_geometry_report` writes ``cosine.png``, ``cosine_layers.png``,
-``cross_prediction.png`` (when runs are given), ``geometry.json`` and ``report.md``.
+:mod:`personavec.pipeline.geometry_report` writes the plots, ``geometry.json`` and ``report.md``.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -34,7 +31,7 @@ from personavec.core.projection import project
 from personavec.core.vector import PersonaVector
 from personavec.errors import PersonavecError
 from personavec.metrics.stats import pearson
-from personavec.store import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
+from personavec.store import read_jsonl
 
 DEFAULT_READOUT = "response_avg"
 
@@ -268,254 +265,6 @@ def cross_prediction(
     )
 
 
-# ---- report ---------------------------------------------------------------------------------
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
-def _fmt(value: float, digits: int = 2) -> str:
-    return f"{value:+.{digits}f}" if math.isfinite(value) else "n/a"
-
-
-def _png(fig: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _annotated_heatmap(
-    ax: Any, values: list[list[float]], rows: list[str], cols: list[str], boxes: list[list[bool]]
-) -> Any:
-    import numpy as np
-
-    data = np.array(values, dtype=float)
-    image = ax.imshow(np.ma.masked_invalid(data), cmap="RdBu_r", vmin=-1, vmax=1)
-    ax.set_xticks(range(len(cols)), labels=cols, rotation=40, ha="right", fontsize=8)
-    ax.set_yticks(range(len(rows)), labels=rows, fontsize=8)
-    for i in range(data.shape[0]):
-        for j in range(data.shape[1]):
-            value = data[i, j]
-            colour = "white" if math.isfinite(value) and abs(value) > 0.6 else "black"
-            ax.text(j, i, _fmt(value), ha="center", va="center", fontsize=8, color=colour)
-            if boxes[i][j]:
-                ax.add_patch(_rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.6, ec="black"))
-    return image
-
-
-def _rectangle(*args: Any, **kwargs: Any) -> Any:
-    from matplotlib.patches import Rectangle
-
-    return Rectangle(*args, **kwargs)
-
-
-def plot_cosine(names: list[str], cos: torch.Tensor, layer: int) -> bytes:
-    """Annotated heat map of the cosine matrix at ``layer``."""
-    plt = _pyplot()
-    size = 2.2 + 0.6 * len(names)
-    fig, ax = plt.subplots(figsize=(size + 1.2, size))
-    values = cos[:, :, layer].tolist()
-    none = [[False] * len(names) for _ in names]
-    image = _annotated_heatmap(ax, values, names, names, none)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="cosine")
-    ax.set_title(f"cosine similarity at layer {layer}", fontsize=10, loc="left")
-    return _png(fig)
-
-
-def pairs(names: list[str]) -> list[tuple[int, int]]:
+def pairs(names: Sequence[str]) -> list[tuple[int, int]]:
     """Index pairs ``(i, j)`` with ``i < j``."""
     return [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
-
-
-def plot_cosine_layers(names: list[str], cos: torch.Tensor, layer: int) -> bytes:
-    """Each pair's cosine as a line across layers."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4))
-    layers = list(range(cos.shape[-1]))
-    for i, j in pairs(names):
-        ax.plot(layers, cos[i, j].tolist(), marker="o", ms=3, label=f"{names[i]} · {names[j]}")
-    if not pairs(names):
-        ax.text(0.5, 0.5, "one vector: no pairs to compare", ha="center", transform=ax.transAxes)
-    ax.axhline(0, color="grey", lw=0.8, ls="--")
-    ax.axvline(layer, color="black", lw=1, ls=":", label=f"layer {layer}")
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylim(-1.05, 1.05)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("cosine")
-    ax.set_title("pairwise cosine similarity across layers")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    return _png(fig)
-
-
-def _own_boxes(cross: CrossPrediction, vector_traits: Sequence[str]) -> list[list[bool]]:
-    return [cross.own(i, vector_traits) for i in range(len(cross.runs))]
-
-
-def plot_cross_prediction(cross: CrossPrediction, vector_traits: Sequence[str]) -> bytes:
-    """Heat map of Pearson r (runs × vectors); own-trait cells are boxed."""
-    plt = _pyplot()
-    width = 3.0 + 0.7 * len(cross.vectors)
-    height = 2.2 + 0.6 * len(cross.runs)
-    fig, ax = plt.subplots(figsize=(width, height))
-    rows = [
-        f"{name} ({trait}, n={n})"
-        for name, trait, n in zip(cross.runs, cross.run_traits, cross.n, strict=True)
-    ]
-    image = _annotated_heatmap(ax, cross.r, rows, cross.vectors, _own_boxes(cross, vector_traits))
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="Pearson r")
-    ax.set_xlabel("vector (projection)")
-    ax.set_ylabel("run (judged scores)")
-    ax.set_title(f"projection vs judged score, layer {cross.layer}", fontsize=10, loc="left")
-    return _png(fig)
-
-
-def _matrix_json(cos: torch.Tensor) -> list[list[list[float | None]]]:
-    return [[[_finite(float(x)) for x in cell] for cell in row] for row in cos.tolist()]
-
-
-def write_geometry_report(
-    out_dir: str | Path,
-    vectors: Sequence[PersonaVector],
-    *,
-    layer: int | None = None,
-    readout: str = DEFAULT_READOUT,
-    cross: CrossPrediction | None = None,
-) -> list[Path]:
-    """Compute the cosine matrix and write the report files into ``out_dir``; return their paths.
-
-    ``layer`` (default :func:`default_layer`) is the layer of the heat map. ``cross`` adds
-    ``cross_prediction.png`` and the cross-prediction tables.
-    """
-    names, cos = cosine_matrix(vectors, readout)
-    chosen = default_layer(vectors) if layer is None else layer
-    check_layer(chosen, vectors[0].meta.n_layers)
-    traits = [v.meta.trait for v in vectors]
-    out = Path(out_dir)
-    written = [
-        atomic_write_bytes(out / "cosine.png", plot_cosine(names, cos, chosen)),
-        atomic_write_bytes(out / "cosine_layers.png", plot_cosine_layers(names, cos, chosen)),
-    ]
-    if cross is not None:
-        written.append(
-            atomic_write_bytes(out / "cross_prediction.png", plot_cross_prediction(cross, traits))
-        )
-    at_layer: list[dict[str, Any]] = [
-        {"a": names[i], "b": names[j], "cosine": _finite(float(cos[i, j, chosen]))}
-        for i, j in pairs(names)
-    ]
-    at_layer.sort(key=lambda p: -abs(p["cosine"]) if p["cosine"] is not None else 1.0)
-    summary: dict[str, Any] = {
-        "readout": readout,
-        "layer": chosen,
-        "model_id": vectors[0].meta.model_id,
-        "model_fingerprint": vectors[0].meta.model_fingerprint,
-        "vectors": [
-            {
-                "name": name,
-                "trait": v.meta.trait,
-                "path": str(v.path) if v.path else None,
-                "recommended_layer": v.meta.recommended_layer,
-            }
-            for name, v in zip(names, vectors, strict=True)
-        ],
-        "names": names,
-        "cosine": _matrix_json(cos),
-        "pairs_at_layer": at_layer,
-        "cross_prediction": None,
-    }
-    if cross is not None:
-        summary["cross_prediction"] = {
-            "layer": cross.layer,
-            "readout": cross.readout,
-            "runs": cross.runs,
-            "run_traits": cross.run_traits,
-            "vectors": cross.vectors,
-            "n": cross.n,
-            "skipped": cross.skipped,
-            "r": [[_finite(x) for x in row] for row in cross.r],
-        }
-    written.append(atomic_write_json(out / "geometry.json", summary))
-    written.append(
-        atomic_write_text(out / "report.md", _markdown(names, cos, chosen, at_layer, cross, traits))
-    )
-    return written
-
-
-def _markdown(
-    names: list[str],
-    cos: torch.Tensor,
-    layer: int,
-    at_layer: list[dict[str, Any]],
-    cross: CrossPrediction | None,
-    traits: Sequence[str],
-) -> str:
-    lines = [
-        "# Trait geometry",
-        "",
-        f"{len(names)} persona vectors: {', '.join(names)}. Heat map at layer {layer}.",
-        "",
-        f"## Cosine similarity at layer {layer}",
-        "",
-        "![cosine](cosine.png)",
-        "",
-        "| | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
-    ]
-    for i, name in enumerate(names):
-        cells = [_fmt(float(cos[i, j, layer])) for j in range(len(names))]
-        lines.append(f"| **{name}** | " + " | ".join(cells) + " |")
-    if at_layer:
-        lines += ["", "Pairs, most aligned (in absolute value) first:", ""]
-        for pair in at_layer:
-            value = pair["cosine"]
-            shown = _fmt(value) if value is not None else "n/a"
-            lines.append(f"- {pair['a']} · {pair['b']}: {shown}")
-    lines += [
-        "",
-        "## Across layers",
-        "",
-        "![cosine across layers](cosine_layers.png)",
-        "",
-    ]
-    if cross is not None:
-        lines += [
-            f"## Cross-prediction at layer {cross.layer}",
-            "",
-            "Pearson r between each vector's projection of a run's responses and that run's "
-            "judged trait scores; own-trait cells are in bold. Large off-diagonal values mean "
-            "the traits move together.",
-            "",
-            "![cross-prediction](cross_prediction.png)",
-            "",
-            "| run (trait, n) | " + " | ".join(cross.vectors) + " |",
-            "|---|" + "---|" * len(cross.vectors),
-        ]
-        for i, run in enumerate(cross.runs):
-            own = cross.own(i, traits)
-            cells = [
-                f"**{_fmt(r)}**" if mine else _fmt(r)
-                for r, mine in zip(cross.r[i], own, strict=True)
-            ]
-            label = f"{run} ({cross.run_traits[i]}, {cross.n[i]})"
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        if any(cross.skipped):
-            skipped = ", ".join(
-                f"{run}: {s}" for run, s in zip(cross.runs, cross.skipped, strict=True) if s
-            )
-            lines += ["", f"Rows skipped (no score or empty response): {skipped}."]
-        lines.append("")
-    return "\n".join(lines)

@@ -21,46 +21,70 @@ report files (``report.md``, ``summary.json``, ``scatter.png``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from personavec.core.capture import Example, capture
 from personavec.core.layers import check_layer
 from personavec.core.models import LoadedModel, Message
 from personavec.core.projection import project
 from personavec.core.vector import PersonaVector
-from personavec.engines.generation import GenerationRequest, HFEngine, SamplingConfig
+from personavec.engines.generation import Generation, GenerationRequest, HFEngine, SamplingConfig
 from personavec.errors import PersonavecError
-from personavec.judges.base import JudgeItem
-from personavec.judges.cache import CachedJudge, JudgmentCache
+from personavec.judges.base import Judge, JudgeItem
 from personavec.judges.factory import make_judge
-from personavec.progress import stage
-from personavec.store import (
-    append_jsonl,
-    atomic_write_json,
-    atomic_write_text,
-    check_run_identity,
-    read_jsonl,
+from personavec.pipeline.judging import judge_items
+from personavec.pipeline.monitor_sweep_report import write_report
+from personavec.pipeline.monitor_sweep_types import (
+    DEFAULT_SHOTS,
+    Kind,
+    MonitorSweepConfig,
+    MonitorSweepResult,
+    PromptConfig,
 )
+from personavec.pipeline.stage import (
+    check_run_identity,
+    content_sha256,
+    prepare_run_dir,
+    resumable_rows,
+    run_lock,
+    write_run_config,
+)
+from personavec.store import atomic_write_json, atomic_write_jsonl
 from personavec.traits.library import load_trait
 from personavec.traits.schema import TraitSpec
 
-Kind = Literal["ladder", "many_shot"]
+__all__ = [
+    "DEFAULT_SHOTS",
+    "LADDER_SIZE",
+    "Kind",
+    "MonitorSweepConfig",
+    "MonitorSweepResult",
+    "PromptConfig",
+    "build_ladder",
+    "build_many_shot",
+    "check_ladder",
+    "prompt_configs",
+    "prompt_projections",
+    "read_ladder",
+    "resolve_layer",
+    "run_monitor_sweep",
+]
+
 LADDER_SIZE = 8
-DEFAULT_SHOTS = (0, 5, 10, 15, 20)
 NEUTRAL_SYSTEM = "You are a helpful assistant."
 
-# Settings whose change makes earlier rows invalid for this run directory.
+# Settings whose change makes earlier rows invalid for this run directory. The trait counts by
+# content: its questions and examples make the prompts. Runs made before the trait hash was
+# recorded cannot tell which trait content they used, so they count as changed (--overwrite;
+# the judgment cache is kept).
 _RUN_IDENTITY = (
-    "trait",
+    "trait_sha256",
     "model",
     "layer",
     "readout",
@@ -74,65 +98,6 @@ _RUN_IDENTITY = (
     "vector_sha256",
     "ladder_sha256",
 )
-
-
-class MonitorSweepConfig(BaseModel):
-    """Everything that defines a sweep (saved as ``config.json``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    trait: str = Field(description="Shipped trait name or path to a trait JSON file.")
-    model: str = "smollm2"
-    layer: int | None = Field(default=None, description="Default: the vector's recommended one.")
-    readout: str | None = Field(default=None, description="Vector readout; default its default.")
-    judge: str = "contrast"
-    n_questions: int = Field(default=10, ge=1, description="First N evaluation questions.")
-    samples: int = Field(default=1, ge=1, description="Answers per configuration × question.")
-    max_new_tokens: int = Field(default=64, ge=1)
-    temperature: float = Field(default=1.0, ge=0)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    seed: int = Field(default=0, ge=0)
-    shots: list[int] = Field(
-        default_factory=lambda: list(DEFAULT_SHOTS),
-        description="Many-shot example counts; empty for none.",
-    )
-    ladder: list[str] | None = Field(default=None, description="8 system prompts; default built.")
-    batch_size: int = Field(default=16, ge=1)
-    vector_sha256: str | None = None
-    ladder_sha256: str | None = None
-
-
-@dataclass(frozen=True)
-class PromptConfig:
-    """One prompt configuration: a ladder level or a many-shot count."""
-
-    kind: Kind
-    level: int
-    system: str | None
-    history: tuple[Message, ...] = ()
-
-    @property
-    def key(self) -> str:
-        return f"ladder-L{self.level}" if self.kind == "ladder" else f"shot-k{self.level}"
-
-    def messages(self, question: str) -> list[Message]:
-        out: list[Message] = []
-        if self.system:
-            out.append({"role": "system", "content": self.system})
-        out += list(self.history)
-        out.append({"role": "user", "content": question})
-        return out
-
-
-@dataclass
-class MonitorSweepResult:
-    """What a sweep produced (all paths inside ``run_dir``)."""
-
-    run_dir: Path
-    layer: int
-    rows: list[dict[str, Any]]
-    summary: dict[str, Any]
-    report_path: Path
 
 
 # ---- prompts -----------------------------------------------------------------------------------
@@ -193,6 +158,9 @@ def read_ladder(path: str | Path) -> list[str]:
         raise PersonavecError(f"cannot read ladder file {source}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
         raise PersonavecError(f"ladder file {source} is not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        message = f"ladder file {source} nests too deeply; give a JSON list of 8 strings"
+        raise PersonavecError(message) from None
     return check_ladder(data, source=str(source))
 
 
@@ -243,10 +211,6 @@ def prompt_projections(
 
 
 # ---- run directory -----------------------------------------------------------------------------
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:16]
-
-
 def default_run_dir(config: MonitorSweepConfig, layer: int) -> Path:
     """``runs/monitor-<trait>-<model>-L<layer>``, path-unsafe characters replaced."""
     trait = Path(config.trait).stem if config.trait.endswith(".json") else config.trait
@@ -264,7 +228,120 @@ def resolve_layer(vector: PersonaVector, layer: int | None) -> int:
     return layer
 
 
+def resolve_config(
+    config: MonitorSweepConfig,
+    trait: TraitSpec,
+    vector: PersonaVector,
+    loaded: LoadedModel,
+    layer: int | None,
+) -> MonitorSweepConfig:
+    """``config`` with layer, readout, ladder and the content hashes filled in (all checked)."""
+    if vector.meta.trait != trait.name:
+        raise PersonavecError(
+            f"the vector is for trait {vector.meta.trait!r}, not {trait.name!r}; pass the "
+            "matching --trait or vector"
+        )
+    vector.check_compatible(loaded.model)
+    layer = resolve_layer(vector, layer if layer is not None else config.layer)
+    if any(k < 0 for k in config.shots):
+        raise PersonavecError("many-shot counts must be >= 0")
+    ladder = check_ladder(config.ladder) if config.ladder is not None else build_ladder(trait)
+    return config.model_copy(
+        update={
+            "layer": layer,
+            "readout": config.readout or vector.meta.default_readout,
+            "ladder": ladder,
+            "ladder_sha256": content_sha256(ladder),
+            "vector_sha256": content_sha256(vector.to_bytes()),
+            "trait_sha256": content_sha256(trait.model_dump(mode="json")),
+        }
+    )
+
+
 # ---- the sweep ---------------------------------------------------------------------------------
+def _row(
+    config: PromptConfig, q: int, question: str, projection: float, generation: Generation
+) -> dict[str, Any]:
+    return {
+        "id": f"{config.key}-q{q}-s{generation.sample_index}",
+        "kind": config.kind,
+        "level": config.level,
+        "system": config.system,
+        "question_index": q,
+        "question": question,
+        "sample": generation.sample_index,
+        "projection": projection,
+        "answer": generation.response_text,
+        "finish_reason": generation.finish_reason,
+        "score": None,
+    }
+
+
+def project_and_generate(
+    loaded: LoadedModel,
+    trait: TraitSpec,
+    config: MonitorSweepConfig,
+    direction: torch.Tensor,
+    path: Path,
+    *,
+    show_progress: bool = True,
+) -> list[dict[str, Any]]:
+    """One row per configuration × question × sample (resumable in ``path``, a JSONL file).
+
+    Each prompt's last-token projection is taken before its answers are generated.
+    """
+    assert config.layer is not None and config.ladder is not None
+    layer = config.layer
+    questions = trait.evaluation_questions[: config.n_questions]
+    configs = prompt_configs(trait, config.ladder, config.shots)
+    units = [(c, q) for c in configs for q in range(len(questions))]
+    sampling = SamplingConfig(
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        n_samples=config.samples,
+        seed=config.seed,
+        batch_size=config.batch_size,
+    )
+    engine = HFEngine(loaded)
+
+    def produce(chunk: list[tuple[PromptConfig, int]]) -> list[dict[str, Any]]:
+        messages = [c.messages(questions[q]) for c, q in chunk]
+        projections = prompt_projections(
+            loaded, messages, direction, layer, batch_size=config.batch_size
+        )
+        requests = [
+            GenerationRequest(m, f"{c.key}-q{q}") for m, (c, q) in zip(messages, chunk, strict=True)
+        ]
+        rows = []
+        for generation in engine.generate(requests, sampling):
+            c, q = chunk[generation.request_index]
+            projection = projections[generation.request_index]
+            rows.append(_row(c, q, questions[q], projection, generation))
+        return rows
+
+    return resumable_rows(
+        path,
+        units,
+        row_keys=lambda u: [f"{u[0].key}-q{u[1]}-s{s}" for s in range(config.samples)],
+        produce=produce,
+        chunk_size=max(1, config.batch_size // config.samples),
+        label="projecting and generating",
+        show_progress=show_progress,
+    )
+
+
+def score_rows(
+    rows: list[dict[str, Any]], judge: Judge, path: Path, cache_path: Path, show_progress: bool
+) -> None:
+    """Fill each row's ``score`` (cached in ``cache_path``) and rewrite ``path`` with them."""
+    items = [JudgeItem(r["question"], r["answer"]) for r in rows]
+    scores = judge_items(items, {"trait": judge}, cache_path, show_progress=show_progress)
+    for row, score in zip(rows, scores["trait"], strict=True):
+        row["score"] = score
+    atomic_write_jsonl(path, rows)
+
+
 def run_monitor_sweep(
     config: MonitorSweepConfig,
     loaded: LoadedModel,
@@ -277,128 +354,33 @@ def run_monitor_sweep(
     judge_base_url: str | None = None,
     judge_api_key: str | None = None,
 ) -> MonitorSweepResult:
-    """Run the sweep (see the module docstring); resumable in ``run_dir``.
+    """Run the sweep (see the module docstring); resumable in ``run_dir`` (locked meanwhile).
 
     ``layer`` wins over ``config.layer``; both default to the vector's recommended layer.
     """
-    from personavec.pipeline.monitor_sweep_report import write_report
-
     trait = load_trait(config.trait)
-    if vector.meta.trait != trait.name:
-        raise PersonavecError(
-            f"the vector is for trait {vector.meta.trait!r}, not {trait.name!r}; pass the "
-            "matching --trait or vector"
+    config = resolve_config(config, trait, vector, loaded, layer)
+    assert config.layer is not None
+    run_dir = prepare_run_dir(run_dir or default_run_dir(config, config.layer))
+    with run_lock(run_dir):
+        check_run_identity(
+            run_dir, config.model_dump(), _RUN_IDENTITY, overwrite=overwrite, stale=("rows.jsonl",)
         )
-    vector.check_compatible(loaded.model)
-    layer = resolve_layer(vector, layer if layer is not None else config.layer)
-    direction = vector.direction(layer, config.readout)
-    if any(k < 0 for k in config.shots):
-        raise PersonavecError("many-shot counts must be >= 0")
-    ladder = check_ladder(config.ladder) if config.ladder is not None else build_ladder(trait)
-    config = config.model_copy(
-        update={
-            "layer": layer,
-            "readout": config.readout or vector.meta.default_readout,
-            "ladder": ladder,
-            "ladder_sha256": _sha(json.dumps(ladder).encode()),
-            "vector_sha256": _sha(vector.to_bytes()),
-        }
-    )
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config, layer)
-    check_run_identity(
-        run_dir, config.model_dump(), _RUN_IDENTITY, overwrite=overwrite, stale=("rows.jsonl",)
-    )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", config.model_dump())
-    atomic_write_json(run_dir / "ladder.json", ladder)
-
-    questions = trait.evaluation_questions[: config.n_questions]
-    configs = prompt_configs(trait, ladder, config.shots)
-    units = [(c, q) for c in configs for q in range(len(questions))]
-    rows_path = run_dir / "rows.jsonl"
-    existing = {row["id"]: row for row in read_jsonl(rows_path)}
-    sampling = SamplingConfig(
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        n_samples=config.samples,
-        seed=config.seed,
-        batch_size=config.batch_size,
-    )
-
-    def row_id(c: PromptConfig, q: int, s: int) -> str:
-        return f"{c.key}-q{q}-s{s}"
-
-    missing = [
-        (c, q)
-        for c, q in units
-        if any(row_id(c, q, s) not in existing for s in range(config.samples))
-    ]
-    engine = HFEngine(loaded)
-    per_chunk = max(1, config.batch_size // config.samples)
-    total = len(units) * config.samples
-    done = total - len(missing) * config.samples
-    with stage("projecting and generating", total, enabled=show_progress) as advance:
-        advance(done)
-        for start in range(0, len(missing), per_chunk):
-            chunk = missing[start : start + per_chunk]
-            messages = [c.messages(questions[q]) for c, q in chunk]
-            projections = prompt_projections(
-                loaded, messages, direction, layer, batch_size=config.batch_size
-            )
-            requests = [
-                GenerationRequest(m, f"{c.key}-q{q}")
-                for m, (c, q) in zip(messages, chunk, strict=True)
-            ]
-            new_rows = []
-            for generation in engine.generate(requests, sampling):
-                c, q = chunk[generation.request_index]
-                new_rows.append(
-                    {
-                        "id": row_id(c, q, generation.sample_index),
-                        "kind": c.kind,
-                        "level": c.level,
-                        "system": c.system,
-                        "question_index": q,
-                        "question": questions[q],
-                        "sample": generation.sample_index,
-                        "projection": projections[generation.request_index],
-                        "answer": generation.response_text,
-                        "finish_reason": generation.finish_reason,
-                        "score": None,
-                    }
-                )
-            new_rows = [r for r in new_rows if r["id"] not in existing]
-            append_jsonl(rows_path, new_rows)
-            existing.update({r["id"]: r for r in new_rows})
-            done += len(chunk) * config.samples
-            advance(done)
-    rows = [existing[row_id(c, q, s)] for c, q in units for s in range(config.samples)]
-
-    judge = make_judge(
-        config.judge,
-        aspect="trait",
-        trait=trait,
-        loaded_model=loaded,
-        base_url=judge_base_url,
-        api_key=judge_api_key,
-    )
-    items = [JudgeItem(r["question"], r["answer"]) for r in rows]
-    with JudgmentCache(run_dir / "judgments.sqlite") as cache:
-        cached = len(cache.get_many(judge.identity, judge.aspect, items))
-        with stage("judging trait", len(items), enabled=show_progress) as advance:
-            judged = cached
-            advance(judged)
-
-            def report(n: int) -> None:
-                nonlocal judged
-                judged += n
-                advance(judged)
-
-            scores = CachedJudge(judge, cache, chunk_size=32, on_chunk=report).score(items)
-    for row, score in zip(rows, scores, strict=True):
-        row["score"] = score
-    atomic_write_text(rows_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-    summary = write_report(run_dir, rows, config, trait, vector, judge.identity)
-    return MonitorSweepResult(run_dir, layer, rows, summary, run_dir / "report.md")
+        judge = make_judge(
+            config.judge,
+            aspect="trait",
+            trait=trait,
+            loaded_model=loaded,
+            base_url=judge_base_url,
+            api_key=judge_api_key,
+        )
+        write_run_config(run_dir, config.model_dump())
+        atomic_write_json(run_dir / "ladder.json", config.ladder)
+        direction = vector.direction(config.layer, config.readout)
+        rows_path = run_dir / "rows.jsonl"
+        rows = project_and_generate(
+            loaded, trait, config, direction, rows_path, show_progress=show_progress
+        )
+        score_rows(rows, judge, rows_path, run_dir / "judgments.sqlite", show_progress)
+        summary = write_report(run_dir, rows, config, trait, vector, judge.identity)
+    return MonitorSweepResult(run_dir, config.layer, rows, summary, run_dir / "report.md")

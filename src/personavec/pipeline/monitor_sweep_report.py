@@ -5,17 +5,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from personavec.core.vector import PersonaVector
 from personavec.metrics.stats import pearson
+from personavec.pipeline.monitor_sweep_types import MonitorSweepConfig
+from personavec.pipeline.plots import ScatterGroup, ScatterPanel, scatter_panels
 from personavec.store import atomic_write_bytes, atomic_write_json, atomic_write_text
 from personavec.traits.schema import TraitSpec
-
-if TYPE_CHECKING:
-    from personavec.pipeline.monitor_sweep import MonitorSweepConfig
 
 
 def _finite(x: float) -> float | None:
@@ -94,49 +93,33 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+_TITLES = {"ladder": "system-prompt ladder", "many_shot": "many-shot prompts"}
+
+
+def _panel(rows: Sequence[dict[str, Any]], kind: str) -> ScatterPanel:
+    scored = [r for r in rows if r["kind"] == kind and r.get("score") is not None]
+    levels = sorted({r["level"] for r in rows if r["kind"] == kind})
+    groups = []
+    for level in levels:
+        points = [r for r in scored if r["level"] == level]
+        label = f"level {level}" if kind == "ladder" else f"k = {level}"
+        groups.append(
+            ScatterGroup(label, [r["projection"] for r in points], [r["score"] for r in points])
+        )
+    r_value = pearson([r["projection"] for r in scored], [r["score"] for r in scored])
+    r_text = f"r = {r_value:.2f}" if math.isfinite(r_value) else "r = n/a"
+    columns = 2 if kind == "ladder" else 1
+    return ScatterPanel(f"{_TITLES[kind]} ({r_text})", groups, legend_columns=columns)
+
+
 def _plot(rows: Sequence[dict[str, Any]], trait: str, layer: int) -> bytes:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    scored = [r for r in rows if r.get("score") is not None]
     kinds = [k for k in ("ladder", "many_shot") if any(r["kind"] == k for r in rows)]
-    fig, axes = plt.subplots(1, max(1, len(kinds)), figsize=(5.2 * max(1, len(kinds)), 4.2))
-    axes_list = list(np.atleast_1d(axes))
-    titles = {"ladder": "system-prompt ladder", "many_shot": "many-shot prompts"}
-    for ax, kind in zip(axes_list, kinds, strict=False):
-        group = [r for r in scored if r["kind"] == kind]
-        levels = sorted({r["level"] for r in rows if r["kind"] == kind})
-        cmap = plt.get_cmap("coolwarm")
-        for i, level in enumerate(levels):
-            points = [r for r in group if r["level"] == level]
-            colour = cmap(i / max(1, len(levels) - 1))
-            label = f"level {level}" if kind == "ladder" else f"k = {level}"
-            ax.scatter(
-                [r["projection"] for r in points],
-                [r["score"] for r in points],
-                color=colour,
-                s=18,
-                alpha=0.8,
-                edgecolors="none",
-                label=label,
-            )
-        r_value = pearson([r["projection"] for r in group], [r["score"] for r in group])
-        r_text = f"r = {r_value:.2f}" if math.isfinite(r_value) else "r = n/a"
-        ax.set_title(f"{titles[kind]} ({r_text})", fontsize=10)
-        ax.set_xlabel(f"last-prompt-token projection (layer {layer})")
-        ax.set_ylabel(f"{trait} score")
-        ax.set_ylim(-3, 103)
-        ax.legend(fontsize=7, loc="best", ncol=2 if kind == "ladder" else 1)
-    fig.suptitle(f"{trait}: projection before answering vs judged trait of the answer")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return scatter_panels(
+        [_panel(rows, kind) for kind in kinds],
+        xlabel=f"last-prompt-token projection (layer {layer})",
+        ylabel=f"{trait} score",
+        title=f"{trait}: projection before answering vs judged trait of the answer",
+    )
 
 
 def _fmt(x: float | None, digits: int = 2) -> str:
@@ -175,9 +158,28 @@ def write_report(
     }
     atomic_write_json(run_dir / "summary.json", summary)
     atomic_write_bytes(run_dir / "scatter.png", _plot(rows, trait.name, config.layer))
+    lines = _overview(stats, config, trait, vector, judge_identity)
+    for kind in ("ladder", "many_shot"):
+        if stats.get(kind) is not None:
+            lines += _kind_section(kind, stats[kind], config.ladder or [])
+    lines += [
+        "Within one configuration the prompt is fixed up to the question, so the projection "
+        "varies much less and the correlation is expected to be weaker than across "
+        "configurations (the paper reports the same).",
+    ]
+    atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
+    return summary
 
+
+def _overview(
+    stats: dict[str, Any],
+    config: MonitorSweepConfig,
+    trait: TraitSpec,
+    vector: PersonaVector,
+    judge_identity: str,
+) -> list[str]:
     overall = stats["overall"]
-    lines = [
+    return [
         f"# Monitoring sweep: {trait.name}",
         "",
         "Does the last prompt token's projection onto the persona vector, read *before* the model "
@@ -197,42 +199,32 @@ def write_report(
         "![scatter](scatter.png)",
         "",
     ]
+
+
+def _kind_section(kind: str, block: dict[str, Any], ladder: Sequence[str]) -> list[str]:
     names = {"ladder": ("System-prompt ladder", "level"), "many_shot": ("Many-shot", "k")}
-    ladder = config.ladder or []
-    for kind in ("ladder", "many_shot"):
-        block = stats.get(kind)
-        if block is None:
-            continue
-        title, column = names[kind]
-        lines += [
-            f"## {title}",
-            "",
-            f"- r over all its answers: {_fmt(block['all']['pearson_r'])} "
-            f"(n = {block['all']['n']})",
-            f"- mean projection vs mean score across {column}s: "
-            f"{_fmt(block['mean_projection_vs_mean_score_r'])}",
-            f"- {column} vs projection: {_fmt(block['level_vs_projection_r'])}",
-            f"- within one {column} (pooled after removing each {column}'s mean): "
-            f"{_fmt(block['within_level_pooled_r'])}",
-            "",
-            f"| {column} | n | mean projection | mean score | r within |"
-            + (" system prompt |" if kind == "ladder" else ""),
-            "|---:|---:|---:|---:|---:|" + ("---|" if kind == "ladder" else ""),
-        ]
-        for level, s in block["per_level"].items():
-            row = (
-                f"| {level} | {s['n']} | {_fmt(s['mean_projection'])} | "
-                f"{_fmt(s['mean_score'], 1)} | {_fmt(s['pearson_r'])} |"
-            )
-            if kind == "ladder":
-                text = ladder[int(level)] if int(level) < len(ladder) else ""
-                row += f" {_quote(text) if text else '*(none: model default)*'} |"
-            lines.append(row)
-        lines.append("")
-    lines += [
-        "Within one configuration the prompt is fixed up to the question, so the projection "
-        "varies much less and the correlation is expected to be weaker than across "
-        "configurations (the paper reports the same).",
+    title, column = names[kind]
+    lines = [
+        f"## {title}",
+        "",
+        f"- r over all its answers: {_fmt(block['all']['pearson_r'])} (n = {block['all']['n']})",
+        f"- mean projection vs mean score across {column}s: "
+        f"{_fmt(block['mean_projection_vs_mean_score_r'])}",
+        f"- {column} vs projection: {_fmt(block['level_vs_projection_r'])}",
+        f"- within one {column} (pooled after removing each {column}'s mean): "
+        f"{_fmt(block['within_level_pooled_r'])}",
+        "",
+        f"| {column} | n | mean projection | mean score | r within |"
+        + (" system prompt |" if kind == "ladder" else ""),
+        "|---:|---:|---:|---:|---:|" + ("---|" if kind == "ladder" else ""),
     ]
-    atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
-    return summary
+    for level, s in block["per_level"].items():
+        row = (
+            f"| {level} | {s['n']} | {_fmt(s['mean_projection'])} | "
+            f"{_fmt(s['mean_score'], 1)} | {_fmt(s['pearson_r'])} |"
+        )
+        if kind == "ladder":
+            text = ladder[int(level)] if int(level) < len(ladder) else ""
+            row += f" {_quote(text) if text else '*(none: model default)*'} |"
+        lines.append(row)
+    return [*lines, ""]

@@ -1,47 +1,46 @@
-"""The sweep report: two PNG plots, a self-contained ``report.html`` and ``summary.json``."""
+"""The sweep report: two PNG plots, a self-contained ``report.html`` and ``summary.json``.
+
+The report depends on the sweep's result types, never the reverse: ``sweep.py`` should not
+import this module at its top (it imports it inside the function that writes the report).
+"""
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from personavec.pipeline.plots import Line, Rule, line_chart
+from personavec.pipeline.sweep import SweepResult, recommended_coef
 from personavec.store import atomic_write_bytes, atomic_write_json, atomic_write_text
-
-if TYPE_CHECKING:
-    from personavec.pipeline.sweep import SweepResult
 
 
 def _plot(result: SweepResult, attribute: str, ylabel: str, floor: float | None) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.8))
     several = len({c.positions for c in result.curves}) > 1
-    for curve in result.curves:
-        label = f"layer {curve.layer}" + (f" ({curve.positions})" if several else "")
-        width = 2.2 if (curve.layer, curve.positions) == (result.layer, result.positions) else 1.0
-        ax.plot(curve.coefs, getattr(curve, attribute), marker="o", ms=3, lw=width, label=label)
-    if floor is not None:
-        ax.axhline(floor, color="grey", lw=0.8, ls="--", label=f"floor {floor:g}")
+    lines = [
+        Line(
+            f"layer {curve.layer}" + (f" ({curve.positions})" if several else ""),
+            curve.coefs,
+            getattr(curve, attribute),
+            2.2 if (curve.layer, curve.positions) == (result.layer, result.positions) else 1.0,
+        )
+        for curve in result.curves
+    ]
+    rules = [] if floor is None else [Rule(f"floor {floor:g}", y=floor)]
     cal = result.calibration
     if attribute == "trait" and cal is not None and cal.coef is not None:
-        ax.axvline(cal.coef, color="tab:red", lw=0.8, ls=":", label=f"calibrated {cal.coef:+.3g}")
-    ax.set_xlabel(("relative" if result.relative else "raw") + " coefficient")
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(-2, 102)
-    ax.set_title(f"{result.trait}: {ylabel} vs coefficient")
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
+        rules.append(Rule(f"calibrated {cal.coef:+.3g}", x=cal.coef, color="tab:red", style=":"))
+    return line_chart(
+        lines,
+        xlabel=("relative" if result.relative else "raw") + " coefficient",
+        ylabel=ylabel,
+        title=f"{result.trait}: {ylabel} vs coefficient",
+        ylim=(-2, 102),
+        rules=rules,
+        dpi=100,
+    )
 
 
 def _clean(value: Any) -> Any:
@@ -55,8 +54,6 @@ def _clean(value: Any) -> Any:
 
 
 def sweep_summary(result: SweepResult) -> dict[str, Any]:
-    from personavec.pipeline.sweep import recommended_coef
-
     return _clean(
         {
             "trait": result.trait,
@@ -97,8 +94,6 @@ def _table(result: SweepResult, attribute: str) -> str:
 
 def write_sweep_report(result: SweepResult) -> None:
     """Write the plots, ``report.html`` and ``summary.json`` into ``result.run_dir``."""
-    from personavec.pipeline.sweep import recommended_coef
-
     out = result.run_dir
     trait_png = _plot(result, "trait", "trait score", None)
     coherence_png = _plot(result, "coherence", "coherence", result.coherence_floor)

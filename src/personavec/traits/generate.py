@@ -148,7 +148,35 @@ def generate_trait(
         client: A ready client (overrides ``generator``/``base_url``/``api_key``).
         on_attempt: Called after each reply with (attempt number, problems or ``None``).
     """
-    # Validate the inputs we control before paying for any request.
+    _check_inputs(name, description, max_attempts)
+    llm = client or LLMClient.from_spec(generator, base_url=base_url, api_key=api_key)
+    options = ChatOptions(max_tokens=max_tokens, temperature=temperature)
+    prompt = GENERATION_PROMPT.format(
+        name=name,
+        description=description,
+        pairs=N_INSTRUCTION_PAIRS,
+        questions=N_QUESTIONS,
+        examples=N_EXAMPLES,
+    )
+    messages: list[Message] = [{"role": "user", "content": prompt}]
+    problems = ""
+    for attempt in range(1, max_attempts + 1):
+        reply = llm.chat(messages, options).text
+        spec, problems = _validate_reply(reply, name, description)
+        if on_attempt is not None:
+            on_attempt(attempt, problems or None)
+        if spec is not None:
+            return spec
+        messages = [
+            *messages,
+            {"role": "assistant", "content": reply},
+            {"role": "user", "content": REPAIR_PROMPT.format(problems=problems)},
+        ]
+    raise _gave_up(llm.model, name, max_attempts, problems)
+
+
+def _check_inputs(name: str, description: str, max_attempts: int) -> None:
+    """Validate the inputs we control before paying for any request."""
     try:
         TraitSpec.model_validate({
             "name": name, "description": description, "positive_persona": "xx",
@@ -163,38 +191,21 @@ def generate_trait(
         ) from exc
     if max_attempts < 1:
         raise PersonavecError(f"max_attempts must be >= 1, got {max_attempts}")
-    llm = client or LLMClient.from_spec(generator, base_url=base_url, api_key=api_key)
-    options = ChatOptions(max_tokens=max_tokens, temperature=temperature)
-    prompt = GENERATION_PROMPT.format(
-        name=name,
-        description=description,
-        pairs=N_INSTRUCTION_PAIRS,
-        questions=N_QUESTIONS,
-        examples=N_EXAMPLES,
-    )
-    messages: list[Message] = [{"role": "user", "content": prompt}]
-    problems = ""
-    for attempt in range(1, max_attempts + 1):
-        reply = llm.chat(messages, options).text
-        try:
-            spec = validate_artifact(extract_json_object(reply), name, description)
-        except ValueError as exc:
-            problems = str(exc) if str(exc).startswith("- ") else f"- {exc}"
-            if on_attempt is not None:
-                on_attempt(attempt, problems)
-            messages = [
-                *messages,
-                {"role": "assistant", "content": reply},
-                {"role": "user", "content": REPAIR_PROMPT.format(problems=problems)},
-            ]
-            continue
-        if on_attempt is not None:
-            on_attempt(attempt, None)
-        return spec
+
+
+def _validate_reply(reply: str, name: str, description: str) -> tuple[TraitSpec | None, str]:
+    """The artifact in ``reply``, or ``None`` and its problems (``- ...`` lines)."""
+    try:
+        return validate_artifact(extract_json_object(reply), name, description), ""
+    except ValueError as exc:
+        return None, str(exc) if str(exc).startswith("- ") else f"- {exc}"
+
+
+def _gave_up(model: str, name: str, max_attempts: int, problems: str) -> PersonavecError:
     first = problems.splitlines()[0].removeprefix("- ") if problems else "no reply"
     count = len(problems.splitlines())
-    raise PersonavecError(
-        f"{llm.model} did not produce a valid artifact for trait {name!r} in {max_attempts} "
+    return PersonavecError(
+        f"{model} did not produce a valid artifact for trait {name!r} in {max_attempts} "
         f"attempts ({count} problem(s), e.g. {first}); retry, raise --max-attempts or use a "
         "stronger generator"
     )

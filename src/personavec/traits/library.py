@@ -109,6 +109,11 @@ def validate_trait_file(path: str | Path) -> TraitSpec:
             f"{where} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}; "
             f"fix the syntax there (often a missing comma or quote)"
         ) from exc
+    except RecursionError:
+        raise TraitError(
+            f"{where} nests JSON too deeply to be a trait file; see "
+            "`personavec trait show evil --json` for the expected shape"
+        ) from None
     return _validate_data(data, where)
 
 
