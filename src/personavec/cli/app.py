@@ -189,6 +189,7 @@ def _mount_subapps() -> None:
     from personavec.cli.geometry import register as register_geometry
     from personavec.cli.monitor import register as register_monitor
     from personavec.cli.monitor_sweep import register as register_monitor_sweep
+    from personavec.cli.prevent import register as register_prevent
     from personavec.cli.project import register as register_project
     from personavec.cli.steer import register as register_steer
     from personavec.cli.trait import trait_app
@@ -201,6 +202,7 @@ def _mount_subapps() -> None:
     register_monitor(app)
     register_monitor_sweep(app)
     register_eval(app)
+    register_prevent(app)  # after the training commands: it extends `finetune`
 
 
 _mount_subapps()

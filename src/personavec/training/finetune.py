@@ -19,13 +19,15 @@ latest one (same seed → the same final adapter as an uninterrupted run).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -102,6 +104,24 @@ class TrainerExtras:
     trainer_class: type | None = None
     args: Mapping[str, Any] = field(default_factory=dict)
     identity: Mapping[str, Any] = field(default_factory=dict)
+
+
+ExtrasFactory = Callable[[LoadedModel], TrainerExtras]
+_EXTRAS_FACTORY: ContextVar[ExtrasFactory | None] = ContextVar("finetune_extras", default=None)
+
+
+@contextlib.contextmanager
+def extras_for_finetunes(factory: ExtrasFactory) -> Iterator[None]:
+    """Inside this block, :func:`finetune` calls given no ``extras`` use ``factory(base)``.
+
+    How command-line options that change training (``--prevent`` …) reach ``personavec
+    finetune`` without that command knowing them.
+    """
+    token = _EXTRAS_FACTORY.set(factory)
+    try:
+        yield
+    finally:
+        _EXTRAS_FACTORY.reset(token)
 
 
 @dataclass
@@ -237,6 +257,9 @@ def finetune(
     if not rows:
         raise FinetuneError("the dataset holds no examples; pass a non-empty dataset")
     check_fits_template(loaded.tokenizer, rows)
+    factory = _EXTRAS_FACTORY.get()
+    if extras is None and factory is not None:
+        extras = factory(loaded)
     target = Path(out)
     identity = _identity(loaded, rows, config, dataset_path, merge)
     if extras is not None and extras.identity:
