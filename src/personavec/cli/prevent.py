@@ -259,9 +259,13 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
 def register(app: typer.Typer) -> None:
     """Add ``prevent-study``; give ``finetune`` (when registered) the training options."""
     for info in app.registered_commands:
-        if info.name == "finetune" and info.callback is not None:
-            if not getattr(info.callback, "_personavec_training_options", False):
-                info.callback = with_training_options(info.callback)
-                info.callback._personavec_training_options = True  # type: ignore[attr-defined]
+        callback = info.callback
+        if (
+            info.name == "finetune"
+            and callback is not None
+            and not getattr(callback, "_personavec_training_options", False)
+        ):
+            info.callback = with_training_options(callback)
+            info.callback._personavec_training_options = True  # type: ignore[attr-defined]
     if "prevent-study" not in {info.name for info in app.registered_commands}:
         app.command("prevent-study")(prevent_study_command)
