@@ -12,6 +12,9 @@
 * ``tiny_model``: parametrized over :data:`TINY_ARCHS` — a test using it runs once per
   architecture with a 2-layer model.
 
+Plain builders (no fixture needed) live in ``tests/fixtures.py``: ``synthetic_vector`` for a
+PersonaVector with given or seeded random rows, and the tiny-model builders re-exported.
+
 Set ``PERSONAVEC_TEST_THREADS=N`` to cap torch's CPU threads. On a small machine shared with
 other busy processes, ``1`` can be over ten times faster than the default, because torch's
 worker threads spin while waiting for a core.

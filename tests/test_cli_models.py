@@ -155,7 +155,7 @@ def test_cli_export_gguf(smollm2, tmp_path: Path) -> None:
 
 
 def test_calibrated_relative_coefficient_is_honoured(smollm2, tmp_path: Path) -> None:
-    from personavec.engines.answering import SteerRequest
+    from personavec.core.setting import SteeringSetting
 
     path = synthetic_vector(smollm2, tmp_path / "v.safetensors", layer=12)
     pv = PersonaVector.load(path)
@@ -165,13 +165,14 @@ def test_calibrated_relative_coefficient_is_honoured(smollm2, tmp_path: Path) ->
             "calibration": {"relative": True, "positions": "response"},
         }
     )
-    request = SteerRequest.build(pv, smollm2)
-    assert request.relative and request.layers == [12] and request.coef == 0.2
+    request = SteeringSetting.from_vector(pv)
+    request.check_compatible(smollm2.model)
+    assert request.unit == "relative" and request.layers == (12,) and request.coef == 0.2
     assert request.positions == "response"  # calibrated there, so applied there by default
     (item,) = request.interventions()
     assert float((item.vector * item.coef).norm()) == pytest.approx(0.2 * 100.0, rel=1e-5)
-    raw = SteerRequest.build(pv, smollm2, coef=3.0)
-    assert not raw.relative  # an explicit coefficient is raw unless --relative is given
+    raw = SteeringSetting.from_vector(pv, coef=3.0)
+    assert raw.unit == "raw"  # an explicit coefficient is raw unless --relative is given
     assert raw.positions == "all"
 
 

@@ -18,8 +18,8 @@ from personavec.cli.evaluate import register
 from personavec.core.capture import Example, capture
 from personavec.core.layers import LAYER_CONVENTION
 from personavec.core.models import LoadedModel, chat_messages
+from personavec.core.setting import SteeringSetting, parse_layers
 from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
-from personavec.engines.answering import SteerRequest
 from personavec.engines.generation import GenerationRequest, HFEngine, SamplingConfig
 from personavec.judges.contrast import ContrastJudge
 from personavec.pipeline.evaluate import evaluate_steering
@@ -28,7 +28,6 @@ from personavec.pipeline.sweep import (
     SweepResult,
     calibrate_coefficient,
     parse_grid,
-    parse_layer_grid,
     pick_layer,
     sweep,
 )
@@ -147,15 +146,12 @@ def test_calibration_lands_near_target_and_is_used_by_generate(
     assert stored.meta.recommended_layer == result.layer
     assert stored.meta.recommended_coef == pytest.approx(cal.coef)
     assert stored.meta.calibration is not None and stored.meta.calibration["relative"] is True
-    request = SteerRequest.build(path, smollm2)
-    assert (request.layers, request.coef, request.relative) == ([result.layer], cal.coef, True)
+    request = SteeringSetting.from_vector(stored)  # the calibrated defaults, as every command
+    assert (request.layers, request.coef, request.unit) == ((result.layer,), cal.coef, "relative")
     check = evaluate_steering(
         smollm2,
         "evil",
-        stored,
-        [result.layer],
-        cal.coef,
-        relative=True,
+        request,
         run_dir=tmp_path / "eval",
         judge=judge,
         show_progress=False,
@@ -194,7 +190,7 @@ def test_calibration_and_layer_rule_on_known_curves() -> None:
     # coef 2 keeps half the layers (1 of 2) coherent, so it is the reference; 9 is not coherent
     assert (chosen.layer, reference) == (5, 2.0)
     assert parse_grid("1,-1, 0.5") == [-1.0, 0.0, 0.5, 1.0]
-    assert parse_layer_grid("8-20:4,3") == [3, 8, 12, 16, 20]
+    assert parse_layers("8-20:4,3") == [3, 8, 12, 16, 20]
 
 
 def test_bad_inputs_exit_2_with_one_line_and_leave_the_vector_alone(
@@ -234,6 +230,8 @@ def test_bad_inputs_exit_2_with_one_line_and_leave_the_vector_alone(
             str(empty_mc),
         ],
         ["evaluate", *base, "--vector", str(path), "--layer", "99", "--coef", "1"],
+        ["evaluate", *base, "--vector", str(path), "--layer", "16", "--coef", "1e30"],
+        ["sweep", *base, "--vector", str(path), "--layers", "16", "--coefs", "1e30"],
     ]
     for args in cases:
         outcome = runner.invoke(app, args)
@@ -257,10 +255,7 @@ def test_evaluate_reports_off_target_traits_and_capability(
     check = evaluate_steering(
         smollm2,
         "evil",
-        PersonaVector.load(path),
-        [result.layer],
-        0.3,
-        relative=True,
+        SteeringSetting(PersonaVector.load(path), (result.layer,), 0.3, "relative"),
         other_traits=["humorous"],
         mc_file=easy,
         run_dir=tmp_path / "eval",
@@ -269,9 +264,16 @@ def test_evaluate_reports_off_target_traits_and_capability(
         **COMMON,  # type: ignore[arg-type]
     )
     for cell in (check.steered, check.baseline):
+        scores = [r["other.humorous"] for r in cell.rows]
+        assert len(scores) == QUESTIONS and all(0 <= s <= 100 for s in scores)
         stat = cell.off_target["humorous"]
-        assert stat.n == QUESTIONS and 0 <= stat.mean <= 100
-    assert check.capability is not None
+        assert stat.n == QUESTIONS and stat.mean == pytest.approx(sum(scores) / QUESTIONS)
+    cap = check.capability
+    assert cap is not None and cap["questions"] == 6  # lines in easy_mc.jsonl
+    for share in (cap["baseline_accuracy"], cap["steered_accuracy"]):
+        assert share * 6 == pytest.approx(round(share * 6)) and 0 <= share <= 1
+    assert cap["change"] == pytest.approx(cap["steered_accuracy"] - cap["baseline_accuracy"])
     text = (tmp_path / "eval" / "report.md").read_text()
     assert "humorous" in text
-    assert json.dumps(check.capability)  # plain data, saved with the summary
+    saved = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert saved["capability"] == cap  # plain data, saved with the summary

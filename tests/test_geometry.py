@@ -14,11 +14,12 @@ import torch
 from transformers import AutoConfig
 from typer.testing import CliRunner
 
+from fixtures import synthetic_vector, tiny_model
 from personavec.cli import app
 from personavec.cli.geometry import register
 from personavec.core.capture import Example, capture_tokens
 from personavec.core.models import LoadedModel, chat_messages
-from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
+from personavec.core.vector import PersonaVector, config_fingerprint
 from personavec.errors import PersonavecError
 from personavec.pipeline.geometry import (
     cosine_matrix,
@@ -27,33 +28,11 @@ from personavec.pipeline.geometry import (
     read_run,
 )
 from personavec.pipeline.geometry_report import write_geometry_report
-from tiny_models import tiny_model
 
 register(app)
 register(app)  # a second registration is harmless
 runner = CliRunner()
 REPORT_FILES = ("cosine.png", "cosine_layers.png", "geometry.json", "report.md")
-
-
-def make_vector(
-    trait: str,
-    rows: Sequence[Sequence[float]] | torch.Tensor,
-    *,
-    fingerprint: str = "fp",
-    model_id: str = "test-model",
-    layer: int | None = None,
-) -> PersonaVector:
-    tensor = torch.as_tensor(rows, dtype=torch.float32)
-    meta = VectorMetadata(
-        trait=trait,
-        model_id=model_id,
-        model_fingerprint=fingerprint,
-        hidden_size=tensor.shape[1],
-        n_layers=tensor.shape[0] - 1,
-        readouts=["response_avg"],
-        recommended_layer=layer,
-    )
-    return PersonaVector({"response_avg": tensor}, meta)
 
 
 # Hidden 4, two blocks (three rows). B is orthogonal to A at every layer, C = -2·A.
@@ -70,7 +49,7 @@ def hand_cosine(u: Sequence[float], v: Sequence[float]) -> float:
 
 def test_cosine_matrix_matches_hand_computation() -> None:
     rows = {"a": A, "b": B, "c": C, "d": D}
-    names, cos = cosine_matrix([make_vector(t, r) for t, r in rows.items()])
+    names, cos = cosine_matrix([synthetic_vector(r, trait=t) for t, r in rows.items()])
     assert names == ["a", "b", "c", "d"]
     assert cos.shape == (4, 4, 3)
     for i, u in enumerate(rows.values()):
@@ -89,37 +68,44 @@ def test_cosine_matrix_matches_hand_computation() -> None:
 
 def test_zero_vector_gives_nan_and_duplicates_are_disambiguated() -> None:
     zero_first = [[0, 0, 0, 0], *A[1:]]
-    names, cos = cosine_matrix([make_vector("x", A), make_vector("x", zero_first)])
+    names, cos = cosine_matrix(
+        [synthetic_vector(A, trait="x"), synthetic_vector(zero_first, trait="x")]
+    )
     assert names == ["x#1", "x#2"]
     assert math.isnan(float(cos[0, 1, 0])) and math.isnan(float(cos[1, 1, 0]))
     assert float(cos[0, 1, 2]) == pytest.approx(1.0)
 
 
 def test_default_layer() -> None:
-    assert default_layer([make_vector("a", A), make_vector("b", B)]) == 1  # middle of 0..2
-    picked = [make_vector("a", A, layer=2), make_vector("b", B, layer=1)]
-    assert default_layer([*picked, make_vector("c", C, layer=2)]) == 2
+    assert (
+        default_layer([synthetic_vector(A, trait="a"), synthetic_vector(B, trait="b")]) == 1
+    )  # middle of 0..2
+    picked = [synthetic_vector(A, trait="a", layer=2), synthetic_vector(B, trait="b", layer=1)]
+    assert default_layer([*picked, synthetic_vector(C, trait="c", layer=2)]) == 2
     assert default_layer(picked) == 1  # tie: the smaller
 
 
 @pytest.mark.parametrize(
     ("other", "message"),
     [
-        (make_vector("b", [[1.0] * 5] * 3), "hidden size 5"),
-        (make_vector("b", B[:2]), "layer count 1"),
-        (make_vector("b", B, fingerprint="other", model_id="m2"), "model fingerprint other"),
+        (synthetic_vector([[1.0] * 5] * 3, trait="b"), "hidden size 5"),
+        (synthetic_vector(B[:2], trait="b"), "layer count 1"),
+        (
+            synthetic_vector(B, trait="b", fingerprint="other", model_id="m2"),
+            "model fingerprint other",
+        ),
     ],
 )
 def test_mismatched_vectors_fail_with_one_line(other: PersonaVector, message: str) -> None:
     with pytest.raises(PersonavecError) as info:
-        cosine_matrix([make_vector("a", A), other])
+        cosine_matrix([synthetic_vector(A, trait="a"), other])
     text = str(info.value)
     assert message in text and "\n" not in text
 
 
 def test_missing_readout_fails() -> None:
     with pytest.raises(PersonavecError, match="no readout 'prompt_last'"):
-        cosine_matrix([make_vector("a", A)], readout="prompt_last")
+        cosine_matrix([synthetic_vector(A, trait="a")], readout="prompt_last")
 
 
 # ---- cross-prediction ------------------------------------------------------------------------
@@ -194,9 +180,9 @@ def tiny() -> LoadedModel:
 def tiny_vectors(loaded: LoadedModel, traits: list[str], fingerprint: str) -> list[PersonaVector]:
     generator = torch.Generator().manual_seed(7)
     return [
-        make_vector(
-            trait,
+        synthetic_vector(
             torch.randn(3, loaded.hidden_size, generator=generator),
+            trait=trait,
             fingerprint=fingerprint,
             model_id=loaded.model_id,
             layer=1,
@@ -276,8 +262,8 @@ def test_cli_writes_every_report_file(tiny: LoadedModel, tmp_path: Path) -> None
 
 
 def test_cli_cosine_only_needs_no_model(tmp_path: Path) -> None:
-    a = make_vector("a", A, layer=2).save(tmp_path / "a.safetensors")
-    b = make_vector("b", B, layer=2).save(tmp_path / "b.safetensors")
+    a = synthetic_vector(A, trait="a", layer=2).save(tmp_path / "a.safetensors")
+    b = synthetic_vector(B, trait="b", layer=2).save(tmp_path / "b.safetensors")
     out = tmp_path / "geo"
     result = runner.invoke(app, ["geometry", str(a), str(b), "--out", str(out), "--layer", "0"])
     assert result.exit_code == 0, result.output
@@ -288,11 +274,11 @@ def test_cli_cosine_only_needs_no_model(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("case", ["mismatch", "layer", "run", "missing"])
 def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path: Path, case: str) -> None:
-    a = str(make_vector("a", A).save(tmp_path / "a.safetensors"))
-    b = str(make_vector("b", B).save(tmp_path / "b.safetensors"))
+    a = str(synthetic_vector(A, trait="a").save(tmp_path / "a.safetensors"))
+    b = str(synthetic_vector(B, trait="b").save(tmp_path / "b.safetensors"))
     args = [a, b]
     if case == "mismatch":
-        other = make_vector("b", B, fingerprint="zzz", model_id="m2")
+        other = synthetic_vector(B, trait="b", fingerprint="zzz", model_id="m2")
         args = [a, str(other.save(tmp_path / "other.safetensors"))]
         message = "model fingerprint zzz"
     elif case == "layer":

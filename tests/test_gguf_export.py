@@ -26,7 +26,9 @@ import numpy as np
 import pytest
 import torch
 
+from personavec.cli import app
 from personavec.core.models import LoadedModel, chat_messages, format_chat, smollm2_gguf_path
+from personavec.core.setting import SteeringSetting
 from personavec.core.steering import Intervention, steer
 from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
 from personavec.errors import SteeringError, VectorFileError
@@ -65,6 +67,25 @@ def make_vector(
     return PersonaVector({"response_avg": rows}, meta, typical_norm=typical_norm)
 
 
+def setting(
+    vector: PersonaVector, layers: list[int], coef: float = 1.0, unit: str = "raw"
+) -> SteeringSetting:
+    return SteeringSetting(vector, tuple(layers), coef, unit)  # type: ignore[arg-type]
+
+
+def zero_control_vector(path: Path, hidden: int, layer: int) -> Path:
+    """A control vector whose slot for ``layer`` is all zeros (personavec refuses to export one)."""
+    writer = gguf.GGUFWriter(str(path), "controlvector")
+    writer.add_string("controlvector.model_hint", "zero")
+    writer.add_uint32("controlvector.layer_count", 1)
+    writer.add_tensor(llama_cpp_tensor_name(layer, 30), np.zeros(hidden, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 def field_value(reader: gguf.GGUFReader, key: str) -> Any:
     field = reader.get_field(key)
     assert field is not None, f"missing GGUF key {key}"
@@ -88,7 +109,7 @@ def test_tensor_names_follow_llama_cpp_slots() -> None:
 
 def test_round_trip(tmp_path: Path) -> None:
     vector = make_vector()
-    path = export_gguf(vector, tmp_path / "cv.gguf", layers=[4, 2], coef=1.5)
+    path = export_gguf(setting(vector, [4, 2], 1.5, "raw"), tmp_path / "cv.gguf")
     assert path == tmp_path / "cv.gguf"
     back = read_control_vector(path)
     assert sorted(back) == [2, 4]
@@ -108,7 +129,7 @@ def test_round_trip(tmp_path: Path) -> None:
 
 def test_model_hint_and_negative_coef(tmp_path: Path) -> None:
     vector = make_vector()
-    path = export_gguf(vector, tmp_path / "cv.gguf", layers=[3], coef=-2.0, model_hint="smol")
+    path = export_gguf(setting(vector, [3], -2.0, "raw"), tmp_path / "cv.gguf", model_hint="smol")
     np.testing.assert_allclose(read_control_vector(path)[3], -2.0 * vector.at(3).numpy())
     assert field_value(gguf.GGUFReader(str(path)), "controlvector.model_hint") == "smol"
 
@@ -117,7 +138,7 @@ def test_model_hint_and_negative_coef(tmp_path: Path) -> None:
 def test_refuses_layers_without_a_slot(tmp_path: Path, layer: int) -> None:
     target = tmp_path / "out" / "cv.gguf"
     with pytest.raises(SteeringError) as info:
-        export_gguf(make_vector(), target, layers=[layer])
+        export_gguf(setting(make_vector(), [layer], 1.0, "raw"), target)
     message = str(info.value)
     assert "\n" not in message
     assert str(layer) in message
@@ -129,7 +150,7 @@ def test_refuses_layers_without_a_slot(tmp_path: Path, layer: int) -> None:
 def test_relative_coefficient(tmp_path: Path) -> None:
     typical = torch.linspace(10.0, 50.0, N_LAYERS + 1)
     vector = make_vector(typical_norm=typical)
-    path = export_gguf(vector, tmp_path / "cv.gguf", layers=[2, 3], coef=0.25, relative=True)
+    path = export_gguf(setting(vector, [2, 3], 0.25, "relative"), tmp_path / "cv.gguf")
     back = read_control_vector(path)
     for layer in (2, 3):
         expected = 0.25 * float(typical[layer]) * vector.direction(layer).numpy()
@@ -139,23 +160,52 @@ def test_relative_coefficient(tmp_path: Path) -> None:
 
 def test_relative_coefficient_needs_typical_norms(tmp_path: Path) -> None:
     with pytest.raises(VectorFileError, match="typical norms"):
-        export_gguf(make_vector(), tmp_path / "cv.gguf", layers=[2], coef=0.5, relative=True)
+        export_gguf(setting(make_vector(), [2], 0.5, "relative"), tmp_path / "cv.gguf")
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cli_exports_the_calibrated_relative_strength(tmp_path: Path) -> None:
+    """A vector calibrated by ``sweep --relative`` is exported at coef · typical_norm, as
+    ``generate`` steers it, not as coef × the raw vector."""
+    from typer.testing import CliRunner
+
+    typical = torch.linspace(10.0, 50.0, N_LAYERS + 1)
+    vector = make_vector(typical_norm=typical)
+    vector.meta.recommended_layer = 3
+    vector.meta.recommended_coef = 0.2
+    vector.meta.calibration = {"relative": True, "positions": "response"}
+    source = vector.save(tmp_path / "v.safetensors")
+    target = tmp_path / "cv.gguf"
+    outcome = CliRunner().invoke(app, ["export-gguf", str(source), str(target)])
+    assert outcome.exit_code == 0, outcome.output
+    back = read_control_vector(target)
+    assert sorted(back) == [3]
+    assert np.linalg.norm(back[3]) == pytest.approx(0.2 * float(typical[3]), rel=1e-5)
+    assert np.linalg.norm(back[3]) != pytest.approx(0.2 * float(vector.at(3).norm()), rel=1e-2)
+    # The same file steered with the library's defaults adds exactly what was exported.
+    (item,) = SteeringSetting.from_vector(vector, positions="all").interventions()
+    np.testing.assert_allclose(back[3], (item.coef * item.vector).numpy(), rtol=1e-6)
+    # --raw overrides the calibrated unit; llama.cpp's own layer limit is a clear error.
+    raw = CliRunner().invoke(app, ["export-gguf", str(source), str(target), "--raw"])
+    assert raw.exit_code == 0, raw.output
+    np.testing.assert_allclose(read_control_vector(target)[3], 0.2 * vector.at(3).numpy(), 1e-6)
+    low = CliRunner().invoke(app, ["export-gguf", str(source), str(target), "--layer", "1"])
+    assert low.exit_code == 2 and "llama.cpp" in low.output
+
+
 def test_failed_write_leaves_old_file_and_no_temporary(tmp_path: Path) -> None:
-    target = export_gguf(make_vector(), tmp_path / "cv.gguf", layers=[2])
+    target = export_gguf(setting(make_vector(), [2], 1.0, "raw"), tmp_path / "cv.gguf")
     before = target.read_bytes()
     # Layer 3 is valid, layer 1 is not: the failure comes after the writer has started.
     with pytest.raises(SteeringError):
-        export_gguf(make_vector(), target, layers=[3, 1])
+        export_gguf(setting(make_vector(), [3, 1], 1.0, "raw"), target)
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["cv.gguf"]
 
 
 def test_refuses_other_suffix(tmp_path: Path) -> None:
     with pytest.raises(VectorFileError, match=r"\.gguf"):
-        export_gguf(make_vector(), tmp_path / "cv.bin", layers=[2])
+        export_gguf(setting(make_vector(), [2], 1.0, "raw"), tmp_path / "cv.bin")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -164,7 +214,7 @@ def test_refuses_other_suffix(tmp_path: Path) -> None:
 
 def test_loader_buffer_layout(tmp_path: Path) -> None:
     vector = make_vector()
-    path = export_gguf(vector, tmp_path / "cv.gguf", layers=[2, 4])
+    path = export_gguf(setting(vector, [2, 4], 1.0, "raw"), tmp_path / "cv.gguf")
     n_embd, data = load_control_vector_data(path)
     assert n_embd == HIDDEN
     # slot s (= personavec layer s + 1) lives at data[n_embd*(s-1) : n_embd*s]; slot 0 is absent
@@ -173,7 +223,7 @@ def test_loader_buffer_layout(tmp_path: Path) -> None:
     np.testing.assert_array_equal(data[HIDDEN : 2 * HIDDEN], 0.0)
     np.testing.assert_allclose(data[2 * HIDDEN :], vector.at(4).numpy())
 
-    other = export_gguf(vector, tmp_path / "other.gguf", layers=[2])
+    other = export_gguf(setting(vector, [2], 1.0, "raw"), tmp_path / "other.gguf")
     _, summed = load_control_vector_data([(path, 2.0), (other, -1.0)])
     np.testing.assert_allclose(summed[0:HIDDEN], vector.at(2).numpy(), rtol=1e-6)
     np.testing.assert_allclose(summed[2 * HIDDEN :], 2.0 * vector.at(4).numpy(), rtol=1e-6)
@@ -279,7 +329,9 @@ def test_llama_cpp_steers_the_same_layer_as_personavec(
     assert centred_cosine(base_hf, base_cpp) > 0.995
 
     v = NORM * seeded_direction(lm.hidden_size)
-    path = export_gguf(smollm2_vector(lm, {LAYER: v}), tmp_path / "cv.gguf", layers=[LAYER])
+    path = export_gguf(
+        setting(smollm2_vector(lm, {LAYER: v}), [LAYER], 1.0, "raw"), tmp_path / "cv.gguf"
+    )
     apply_control_vector(llama, path)
     try:
         steered_cpp = llama_logits(llama, ids)
@@ -327,7 +379,7 @@ def test_llama_cpp_first_and_last_exportable_layers_and_stacking(
     vector = smollm2_vector(lm, rows)
     cases: list[list[int]] = [[2], [n], [2, 12, n]]
     for layers in cases:
-        path = export_gguf(vector, tmp_path / "cv.gguf", layers=layers)
+        path = export_gguf(setting(vector, layers, 1.0, "raw"), tmp_path / "cv.gguf")
         apply_control_vector(llama, path)
         try:
             delta_cpp = llama_logits(llama, ids) - base_cpp
@@ -347,8 +399,8 @@ def test_llama_cpp_loader_strength_and_layer_range(
     base_cpp = llama_logits(llama, ids)
     v = NORM * seeded_direction(lm.hidden_size)
     vector = smollm2_vector(lm, {LAYER: v})
-    unit = export_gguf(vector, tmp_path / "unit.gguf", layers=[LAYER], coef=1.0)
-    half = export_gguf(vector, tmp_path / "half.gguf", layers=[LAYER], coef=0.5)
+    unit = export_gguf(setting(vector, [LAYER], 1.0, "raw"), tmp_path / "unit.gguf")
+    half = export_gguf(setting(vector, [LAYER], 0.5, "raw"), tmp_path / "half.gguf")
 
     apply_control_vector(llama, half)
     by_coef = llama_logits(llama, ids)
@@ -364,7 +416,7 @@ def test_llama_cpp_loader_strength_and_layer_range(
     inside = llama_logits(llama, ids)
     # A later vector replaces the earlier one entirely: llama.cpp keeps slots that a short
     # buffer does not cover, so the helper must zero them (here slot LAYER-1 from `unit`).
-    zero = export_gguf(smollm2_vector(lm, {}), tmp_path / "zero.gguf", layers=[2])
+    zero = zero_control_vector(tmp_path / "zero.gguf", lm.hidden_size, 2)
     apply_control_vector(llama, zero)
     replaced = llama_logits(llama, ids)
     clear_control_vector(llama)
@@ -373,4 +425,6 @@ def test_llama_cpp_loader_strength_and_layer_range(
     assert torch.equal(replaced, base_cpp)
 
     with pytest.raises(SteeringError, match="hidden size"):
-        apply_control_vector(llama, export_gguf(make_vector(), tmp_path / "small.gguf", layers=[2]))
+        apply_control_vector(
+            llama, export_gguf(setting(make_vector(), [2], 1.0, "raw"), tmp_path / "small.gguf")
+        )

@@ -130,11 +130,26 @@ def test_real_server_judge_scores_in_range(llama_server_url: str) -> None:
         ITEM,
         JudgeItem("How should I treat a stranger?", "Kindly, with patience and respect."),
     ]
-    judge = OpenAIJudge("smollm2", trait=sample_trait(), base_url=llama_server_url)
-    scores = judge.score(items)
-    assert len(scores) == 2
-    for score in scores:
-        assert score is None or 0.0 <= score <= 100.0
+    # A low mass floor: the small model spreads its probability, but some of it is on integers,
+    # so every item must get a number (a judge that returns None for everything fails here).
+    judge = OpenAIJudge("smollm2", trait=sample_trait(), base_url=llama_server_url, min_mass=0.01)
+    strict = OpenAIJudge("smollm2", trait=sample_trait(), base_url=llama_server_url)
+    scores, strict_scores = judge.score(items), strict.score(items)
+    assert len(scores) == len(strict_scores) == 2
+    for item, score, strict_score in zip(items, scores, strict_scores, strict=True):
+        raw = judge.client.chat(judge.prompt(item), judge.options)
+        assert raw.top_logprobs is not None
+        top = raw.top_logprobs[0]
+        expected = score_from_top_logprobs(top, min_mass=0.01)
+        assert expected is not None and score is not None
+        assert 0.0 <= score <= 100.0 and score == pytest.approx(expected, abs=1e-6)
+        # The default 25 % floor: the same number, or None exactly when the mass is short.
+        integers = [t for t in top if t.strip().isdigit() and int(t.strip()) <= 100]
+        mass = sum(math.exp(top[t]) for t in integers)
+        if mass >= 0.25 + 1e-6:
+            assert strict_score == pytest.approx(expected, abs=1e-6)
+        elif mass < 0.25 - 1e-6:
+            assert strict_score is None
 
 
 def test_real_server_score_matches_its_logprobs(llama_server_url: str) -> None:

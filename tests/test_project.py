@@ -10,12 +10,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from fixtures import SMOLLM2_ID, synthetic_vector
 from personavec.cli import app
 from personavec.cli.project import register
 from personavec.core.capture import Example, capture, capture_tokens
 from personavec.core.models import LoadedModel
-from personavec.core.projection import project, token_projections
-from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
+from personavec.core.vector import PersonaVector, config_fingerprint
 from personavec.errors import PersonavecError
 from personavec.pipeline.project import default_output, project_file, project_records
 
@@ -76,38 +76,25 @@ TURNS = {
 }
 
 
-def make_vector(
-    path: Path,
-    *,
-    trait: str,
-    layer: int | None,
-    seed: int,
-    hidden: int = 576,
-    n_layers: int = 30,
-    model_id: str = "HuggingFaceTB/SmolLM2-135M-Instruct",
-    fingerprint: str = "",
-) -> Path:
-    """A random persona vector file (for plumbing, not for science)."""
-    generator = torch.Generator().manual_seed(seed)
-    meta = VectorMetadata(
-        trait=trait,
-        model_id=model_id,
-        model_fingerprint=fingerprint,
-        hidden_size=hidden,
-        n_layers=n_layers,
-        readouts=["response_avg"],
-        recommended_layer=layer,
-    )
-    vectors = {"response_avg": torch.randn(n_layers + 1, hidden, generator=generator)}
-    return PersonaVector(vectors, meta).save(path)
+SMOLLM2_SHAPE: dict[str, Any] = {"n_layers": 30, "hidden": 576, "model_id": SMOLLM2_ID}
+
+
+def hand_project(hidden: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """Scalar projection h·v/‖v‖ of each row ``[..., hidden]``, written out (float64)."""
+    v = direction.double()
+    return (hidden.double() * v).sum(-1) / v.pow(2).sum().sqrt()
 
 
 @pytest.fixture
 def vectors(smollm2: LoadedModel, tmp_path: Path) -> tuple[Path, Path]:
     fingerprint = config_fingerprint(smollm2.model.config)
-    first = make_vector(tmp_path / "a", trait="evil", layer=15, seed=0, fingerprint=fingerprint)
-    second = make_vector(tmp_path / "b", trait="kind", layer=9, seed=1, fingerprint=fingerprint)
-    return first, second
+    first = synthetic_vector(
+        trait="evil", layer=15, seed=0, fingerprint=fingerprint, **SMOLLM2_SHAPE
+    )
+    second = synthetic_vector(
+        trait="kind", layer=9, seed=1, fingerprint=fingerprint, **SMOLLM2_SHAPE
+    )
+    return first.save(tmp_path / "a"), second.save(tmp_path / "b")
 
 
 def write_rows(path: Path, rows: list[Any]) -> Path:
@@ -157,7 +144,7 @@ def test_cli_columns_match_library(smollm2: LoadedModel, vectors, tmp_path: Path
         direction = pvs[trait].at(layer)
         position = reference.layers.index(layer)
         for readout in ("prompt_last", "response_avg"):
-            expected = project(reference.per_example[readout][:, position], direction)
+            expected = hand_project(reference.per_example[readout][:, position], direction)
             for i, row in enumerate(rows):
                 got = row[f"proj.{trait}.L{layer}.{readout}"]
                 if readout == "response_avg" and not EXAMPLES[i].response:
@@ -166,7 +153,7 @@ def test_cli_columns_match_library(smollm2: LoadedModel, vectors, tmp_path: Path
                     assert close(got, float(expected[i])), (trait, readout, i)
         for i, row in enumerate(rows):
             tokens = capture_tokens(smollm2, EXAMPLES[i], layers=[layer])
-            per = token_projections(tokens, layer, direction)
+            per = hand_project(tokens.hidden[tokens.layers.index(layer)], direction)
             cut = (
                 per[tokens.prompt_length :] if EXAMPLES[i].response else per[: tokens.prompt_length]
             )
@@ -182,7 +169,7 @@ def test_cli_columns_match_library(smollm2: LoadedModel, vectors, tmp_path: Path
             assert len(row[key]) == len(turns)  # one value per assistant turn
             turn_capture = capture(smollm2, turns, layers=[layer], keep_per_example=True)
             assert turn_capture.per_example is not None
-            expected = project(turn_capture.per_example["response_avg"][:, 0], direction)
+            expected = hand_project(turn_capture.per_example["response_avg"][:, 0], direction)
             assert all(close(g, float(e)) for g, e in zip(row[key], expected, strict=True))
     multi = rows[4]["proj.evil.L15.turns"]
     assert close(multi[-1], rows[4]["proj.evil.L15.response_avg"])
@@ -205,13 +192,10 @@ def test_layer_option_and_library_file(smollm2: LoadedModel, vectors, tmp_path: 
         close(a["proj.evil.L4.prompt_last"], b["proj.evil.L4.prompt_last"])
         for a, b in zip(rows, direct, strict=True)
     )
-    no_layer = make_vector(
-        tmp_path / "n",
-        trait="x",
-        layer=None,
-        seed=2,
-        fingerprint=config_fingerprint(smollm2.model.config),
-    )
+    fingerprint = config_fingerprint(smollm2.model.config)
+    no_layer = synthetic_vector(
+        trait="x", layer=None, seed=2, fingerprint=fingerprint, **SMOLLM2_SHAPE
+    ).save(tmp_path / "n")
     with pytest.raises(PersonavecError, match="--layer"):
         project_file(smollm2, source, tmp_path / "n.jsonl", [no_layer])
     assert not (tmp_path / "n.jsonl").exists()
@@ -242,16 +226,9 @@ def test_bad_input_exits_2_without_output(
 
 def test_vector_from_another_model_exits_2(tmp_path: Path) -> None:
     source = write_rows(tmp_path / "in.jsonl", ROWS[:1])
-    tiny = make_vector(
-        tmp_path / "tiny",
-        trait="t",
-        layer=1,
-        seed=0,
-        hidden=64,
-        n_layers=2,
-        model_id="tiny",
-        fingerprint="0000",
-    )
+    tiny = synthetic_vector(
+        trait="t", layer=1, seed=0, hidden=64, n_layers=2, model_id="tiny", fingerprint="0000"
+    ).save(tmp_path / "tiny")
     result = runner.invoke(app, ["project", str(source), "--vector", str(tiny), "--device", "cpu"])
     assert result.exit_code == 2, result.output
     assert "hidden size 64" in result.output

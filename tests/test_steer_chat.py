@@ -21,17 +21,13 @@ from typer.testing import CliRunner
 from personavec.cli import app
 from personavec.cli.steer import register
 from personavec.core.models import LoadedModel, chat_messages
-from personavec.core.steering import plan, steer
+from personavec.core.setting import SteeringSetting, parse_steer_spec
+from personavec.core.steering import Intervention, steer
 from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
+from personavec.engines.answering import answer_chats
 from personavec.engines.generation import GenerationRequest, HFEngine, SamplingConfig
 from personavec.errors import PersonavecError, SteeringError
-from personavec.interfaces.chat import (
-    ChatSession,
-    SteerSpec,
-    answer_chats,
-    build_requests,
-    parse_steer_spec,
-)
+from personavec.interfaces.chat import ChatSession
 from personavec.metrics.perplexity import perplexity
 
 register(app)
@@ -70,20 +66,51 @@ def vectors(smollm2: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> t
 # ---- spec parsing ------------------------------------------------------------------------------
 
 
+def build_requests(specs: list[str], lm: LoadedModel) -> list[SteeringSetting]:
+    """Parse every spec and check it fits ``lm`` (what the commands do)."""
+    settings = [parse_steer_spec(spec) for spec in specs]
+    for setting in settings:
+        setting.check_compatible(lm.model)
+    return settings
+
+
+def spec_vector(path: Path) -> Path:
+    """A small vector file with 30 layers, recommended layer 12 and coefficient 2."""
+    rows = torch.randn(31, 8, generator=torch.Generator().manual_seed(3))
+    meta = VectorMetadata(
+        trait="spec",
+        model_id="tiny",
+        model_fingerprint="x",
+        hidden_size=8,
+        n_layers=30,
+        readouts=["response_avg"],
+        recommended_layer=12,
+        recommended_coef=2.0,
+    )
+    return PersonaVector({"response_avg": rows}, meta, torch.full((31,), 10.0)).save(path)
+
+
 def test_parse_spec_good(tmp_path: Path) -> None:
-    assert parse_steer_spec("v.safetensors") == SteerSpec(Path("v.safetensors"))
-    assert parse_steer_spec("v.safetensors:12") == SteerSpec(Path("v.safetensors"), [12])
-    full = parse_steer_spec(" v.safetensors:8-10:-2.5:response:add ")
-    assert full == SteerSpec(Path("v.safetensors"), [8, 9, 10], -2.5, "response", "add")
-    assert parse_steer_spec("v.safetensors::4") == SteerSpec(Path("v.safetensors"), None, 4.0)
-    assert parse_steer_spec("v.safetensors:12,8::prompt").layers == [8, 12]
-    ablate = parse_steer_spec("v.safetensors::::ablate")
-    assert (ablate.layers, ablate.coef, ablate.positions) == (None, None, None)  # file default
-    assert ablate.op == "ablate"
+    v = spec_vector(tmp_path / "v.safetensors")
+    plain = parse_steer_spec(str(v))
+    assert (plain.layers, plain.coef, plain.positions, plain.op) == ((12,), 2.0, "all", "add")
+    assert parse_steer_spec(f"{v}:12").layers == (12,)
+    full = parse_steer_spec(f" {v}:8-10:-2.5:response:add ")
+    assert (full.layers, full.coef, full.positions, full.op) == (
+        (8, 9, 10),
+        -2.5,
+        "response",
+        "add",
+    )
+    kept = parse_steer_spec(f"{v}::4")
+    assert (kept.layers, kept.coef) == ((12,), 4.0)
+    assert parse_steer_spec(f"{v}:12,8::prompt").layers == (8, 12)
+    ablate = parse_steer_spec(f"{v}::::ablate")
+    assert (ablate.layers, ablate.positions, ablate.op) == ((12,), "all", "ablate")  # file default
     # A file whose name holds ':' is kept whole when it exists.
-    odd = tmp_path / "a:b.safetensors"
-    odd.write_bytes(b"")
-    assert parse_steer_spec(f"{odd}:3:1") == SteerSpec(odd, [3], 1.0)
+    odd = spec_vector(tmp_path / "a:b.safetensors")
+    parsed = parse_steer_spec(f"{odd}:3:1")
+    assert (parsed.vector.path, parsed.layers, parsed.coef) == (odd, (3,), 1.0)
 
 
 @pytest.mark.parametrize(
@@ -111,9 +138,9 @@ def test_parse_spec_bad(spec: str, words: str) -> None:
 def test_build_fills_defaults_and_checks(smollm2: LoadedModel, vectors: tuple[Path, Path]) -> None:
     a, b = vectors
     first, second = build_requests([str(a), f"{b}:5:1.5:prompt"], smollm2)
-    assert (first.layers, first.coef, first.positions, first.op) == ([10], 4.0, "all", "add")
-    assert (second.layers, second.coef, second.positions) == ([5], 1.5, "prompt")
-    with pytest.raises(SteeringError, match="not found"):
+    assert (first.layers, first.coef, first.positions, first.op) == ((10,), 4.0, "all", "add")
+    assert (second.layers, second.coef, second.positions) == ((5,), 1.5, "prompt")
+    with pytest.raises(PersonavecError, match="not found"):
         build_requests(["missing.safetensors"], smollm2)
     with pytest.raises(PersonavecError, match=r"out of range|layer"):
         build_requests([f"{a}:99"], smollm2)
@@ -132,8 +159,9 @@ def test_two_vectors_equal_combined_by_hand(
     chats = [chat_messages(p) for p in PROMPTS[:2]]
     got = answer_chats(smollm2, chats, GREEDY, requests)
 
-    by_hand = plan(PersonaVector.load(a), [10], 4.0) + plan(
-        PersonaVector.load(b), [20], -3.0, positions="response"
+    by_hand = (
+        SteeringSetting(PersonaVector.load(a), (10,), 4.0).interventions()
+        + SteeringSetting(PersonaVector.load(b), (20,), -3.0, positions="response").interventions()
     )
     with steer(smollm2.model, by_hand):
         gens = HFEngine(smollm2).generate([GenerationRequest(c) for c in chats], GREEDY)
@@ -183,8 +211,18 @@ def test_steer_command_writes_rows(
     assert rows[2]["messages"][1:] == history
     requests = build_requests(specs, smollm2)
     chats = [r["messages"] for r in rows]
-    assert [r["steered"] for r in rows] == answer_chats(smollm2, chats, GREEDY, requests)
-    assert [r["unsteered"] for r in rows] == answer_chats(smollm2, chats, GREEDY)
+    # Expected answers without the chat layer: the interventions by hand on the engine.
+    vec_a, vec_b = PersonaVector.load(a), PersonaVector.load(b)
+    by_hand = [
+        Intervention(10, vec_a.at(10).float(), 4.0),
+        Intervention(20, vec_b.at(20).float(), -3.0, positions="response"),
+    ]
+    engine, plain_requests = HFEngine(smollm2), [GenerationRequest(c) for c in chats]
+    with steer(smollm2.model, by_hand):
+        steered = [g.response_text.strip() for g in engine.generate(plain_requests, GREEDY)]
+    unsteered = [g.response_text.strip() for g in engine.generate(plain_requests, GREEDY)]
+    assert [r["steered"] for r in rows] == steered != unsteered
+    assert [r["unsteered"] for r in rows] == unsteered
     assert rows[0]["steering"] == [r.describe() for r in requests]
     # a text file: one prompt a line
     plain = tmp_path / "prompts.txt"
@@ -251,7 +289,7 @@ def test_chat_session_history_and_commands(
     session.command(f"/steer {b}:20:-3")
     assert session.steering["alpha"].coef == 2.0 and set(session.steering) == {"alpha", "beta"}
     session.command("/layer alpha 8-9")
-    assert session.steering["alpha"].layers == [8, 9]
+    assert session.steering["alpha"].layers == (8, 9)
     second = session.send("And then?")
     history = [
         {"role": "system", "content": "Be brief."},
@@ -265,7 +303,7 @@ def test_chat_session_history_and_commands(
     for bad in ("/coef nobody 1", "/coef alpha x", "/layer alpha 99", "/frobnicate", "/off"):
         with pytest.raises(PersonavecError):
             session.command(bad)
-    assert session.steering["alpha"].layers == [8, 9]  # a rejected change leaves it as it was
+    assert session.steering["alpha"].layers == (8, 9)  # a rejected change leaves it as it was
     assert "alpha" in session.command("/list").text
     session.command("/reset")
     assert session.history == [] and session.command("/quit").quit
@@ -348,7 +386,7 @@ def test_perplexity_matches_hand_and_steering(
 
     vec = make_vector(lm, tmp_path / "tiny.safetensors", seed=3, layer=1, coef=20.0)
     pv = PersonaVector.load(vec)
-    with steer(lm.model, plan(pv, [1], 20.0)):
+    with steer(lm.model, SteeringSetting(pv, (1,), 20.0).interventions()):
         steered = perplexity(lm, TEXT)
         assert steered.perplexity == pytest.approx(_hand_perplexity(lm, TEXT), rel=1e-5)
     assert abs(steered.mean_nll - base.mean_nll) > 1e-3
@@ -375,3 +413,34 @@ def test_perplexity_command(vectors: tuple[Path, Path], tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "unsteered: perplexity" in result.output
     assert "steered:   perplexity" in result.output and "change:" in result.output
+
+
+def test_generate_checks_arguments_before_loading_the_model(tmp_path: Path) -> None:
+    # The model spec is bad too: the vector error must come first (no model load was attempted).
+    missing = tmp_path / "missing.safetensors"
+    args = ["generate", "hi", "--model", "missing.gguf", "--vector", str(missing)]
+    outcome = runner.invoke(app, args)
+    assert outcome.exit_code == 2 and "vector file not found" in outcome.output
+    v = spec_vector(tmp_path / "v.safetensors")
+    for extra, words in [
+        (["--coef", "1e30"], "typical residual norm"),
+        (["--layer", "8-"], "cannot read layers"),
+        (["--op", "cap"], "threshold"),
+    ]:
+        outcome = runner.invoke(
+            app, ["generate", "hi", "--model", "missing.gguf", "--vector", str(v), *extra]
+        )
+        assert outcome.exit_code == 2 and words in outcome.output, outcome.output
+
+
+def test_markup_in_vector_metadata_is_printed_verbatim(
+    smollm2: LoadedModel, tmp_path: Path
+) -> None:
+    path = make_vector(smollm2, tmp_path / "odd.safetensors", seed=5, layer=10, coef=2.0,
+                       trait="evil[/]")  # fmt: skip
+    outcome = runner.invoke(
+        app, ["generate", "[bold]hi[/]", "--vector", str(path), "--max-new-tokens", "2"]
+    )
+    assert outcome.exit_code == 0, outcome.output
+    assert "steering 'evil[/]' at layer 10" in outcome.output
+    assert "[bold]hi[/]" in outcome.output

@@ -9,9 +9,8 @@ import torch
 
 from personavec.core.layers import block_output_tensor, find_blocks
 from personavec.core.models import chat_messages, format_chat
-from personavec.core.steering import Intervention, apply_steering, plan, steer, teacher_forcing
-from personavec.core.vector import PersonaVector, VectorMetadata
-from personavec.errors import PersonavecError, SteeringError
+from personavec.core.steering import Intervention, apply_steering, steer, teacher_forcing
+from personavec.errors import SteeringError
 from tiny_models import tiny_model
 
 PROMPTS = ["Hi", "Please write a short poem about autumn leaves falling slowly"]
@@ -196,52 +195,13 @@ def test_teacher_forced_response_positions() -> None:
     assert torch.equal(changed, expected)
 
 
-def make_vector(n_layers: int, hidden: int, norms: torch.Tensor | None = None) -> PersonaVector:
-    torch.manual_seed(4)
-    meta = VectorMetadata(
-        trait="test",
-        model_id="tiny",
-        model_fingerprint="x",
-        hidden_size=hidden,
-        n_layers=n_layers,
-        readouts=["response_avg"],
-    )
-    return PersonaVector({"response_avg": torch.randn(n_layers + 1, hidden)}, meta, norms)
-
-
-def test_plan_stack_incremental_and_relative() -> None:
-    pv = make_vector(4, 8, norms=torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]))
-    v = pv.readout()
-    stack = plan(pv, [1, 2, 3], 2.0)
-    assert [i.layer for i in stack] == [1, 2, 3]
-    for item in stack:
-        torch.testing.assert_close(item.vector * item.coef, 2.0 * v[item.layer])
-    incremental = plan(pv, range(2, 5), 1.5, mode="incremental")
-    torch.testing.assert_close(incremental[0].vector, v[2])
-    torch.testing.assert_close(incremental[1].vector, v[3] - v[2])
-    torch.testing.assert_close(incremental[2].vector, v[4] - v[3])
-    total = sum(item.vector * item.coef for item in incremental)
-    torch.testing.assert_close(total, 1.5 * v[4])  # cumulative addition equals v_L
-    relative = plan(pv, 3, 0.5, relative=True)[0]
-    added = relative.vector * relative.coef
-    torch.testing.assert_close(added.norm(), torch.tensor(0.5 * 4.0))
-    torch.testing.assert_close(added / added.norm(), v[3] / v[3].norm())
-
-
 def test_bad_steering_requests_fail_clearly() -> None:
     lm = tiny_model("llama")
-    pv = make_vector(3, lm.hidden_size)
     with pytest.raises(SteeringError, match="finite"):
-        plan(pv, 1, float("nan"))
-    with pytest.raises(SteeringError, match="out of range"):
-        plan(pv, 9, 1.0)
+        Intervention(1, torch.ones(4), float("nan"))
     with pytest.raises(SteeringError, match="out of range"):
         apply_steering(lm.model, Intervention(7, torch.ones(lm.hidden_size)))
-    with pytest.raises(SteeringError, match="contiguous"):
-        plan(pv, [1, 3], 1.0, mode="incremental")
     with pytest.raises(SteeringError, match="positions"):
         Intervention(1, torch.ones(4), positions="middle")  # type: ignore[arg-type]
-    with pytest.raises(PersonavecError, match="typical norms"):
-        plan(pv, 1, 1.0, relative=True)
     for module in lm.model.modules():
         assert not module._forward_hooks and not module._forward_pre_hooks

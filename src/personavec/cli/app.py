@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from personavec import __version__
@@ -21,11 +22,23 @@ from personavec.cli.common import (
     console,
     err_console,
     friendly_errors,
-    parse_layers,
+    print_answers,
 )
 from personavec.errors import PersonavecError
 
-__all__ = ["app", "console", "err_console", "friendly_errors", "main", "parse_layers"]
+if TYPE_CHECKING:
+    from personavec.core.setting import SteeringSetting
+
+__all__ = ["app", "console", "err_console", "friendly_errors", "main"]
+
+RelativeFlag = Annotated[
+    bool | None,
+    typer.Option(
+        "--relative/--raw",
+        help="Coefficient as a fraction of the layer's typical norm, or raw "
+        "(default raw, or as calibrated in the file).",
+    ),
+]
 
 app = typer.Typer(
     name="personavec",
@@ -88,23 +101,20 @@ def generate(
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     vector: Annotated[Path | None, typer.Option(help="Persona-vector file to steer with.")] = None,
     layer: Annotated[
-        str | None, typer.Option(help="Layer(s): 12, 8,12 or 8-16; default: the file's.")
+        str | None, typer.Option(help="Layer(s): 12, 8,12, 8-16 or 8-20:4; default: the file's.")
     ] = None,
     coef: Annotated[float | None, typer.Option(help="Coefficient; default: the file's.")] = None,
     positions: Annotated[
         str | None,
         typer.Option(help="all, prompt or response (default all, or as calibrated in the file)."),
     ] = None,
-    op: Annotated[str, typer.Option(help="add or ablate.")] = "add",
-    mode: Annotated[str, typer.Option(help="Several layers: stack or incremental.")] = "stack",
-    relative: Annotated[
-        bool | None,
-        typer.Option(
-            "--relative/--raw",
-            help="Coefficient as a fraction of the layer's typical norm, or raw "
-            "(default raw, or as calibrated in the file).",
-        ),
+    op: Annotated[str, typer.Option(help="add, ablate or cap.")] = "add",
+    threshold: Annotated[
+        str | None,
+        typer.Option(help="--op cap: projection to cap at, a number or pNN (e.g. p95)."),
     ] = None,
+    mode: Annotated[str, typer.Option(help="Several layers: stack or incremental.")] = "stack",
+    relative: RelativeFlag = None,
     compare: Annotated[bool, typer.Option(help="Also print the unsteered answer.")] = False,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 96,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
@@ -116,41 +126,53 @@ def generate(
 ) -> None:
     """Answer prompts, optionally steered by a persona vector."""
     from personavec.core.models import load_model
-    from personavec.engines.answering import SteerRequest, generate_answers
+    from personavec.engines.answering import generate_answers
     from personavec.engines.generation import SamplingConfig
 
-    loaded = load_model(model, device=device, dtype=dtype)
-    request = None
-    if vector is not None:
-        request = SteerRequest.build(
-            vector,
-            loaded,
-            layers=parse_layers(layer) if layer else None,
-            coef=coef,
-            positions=positions,
-            op=op,
-            mode=mode,
-            relative=relative,
-            force=force,
-        )
-        console.print(f"[dim]{request.describe()}[/]")
-    elif any(x is not None for x in (layer, coef)):
-        raise PersonavecError("--layer/--coef need --vector FILE")
+    # Every argument and file is checked before the model loads.
+    setting = _setting_from_options(vector, layer, coef, positions, op, threshold, mode, relative)
     config = SamplingConfig(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
     )
-    steered = generate_answers(loaded, prompts, config, system=system, steering=request)
-    plain = (
-        generate_answers(loaded, prompts, config, system=system) if compare and request else None
+    loaded = load_model(model, device=device, dtype=dtype)
+    if setting is not None:
+        setting.check_compatible(loaded.model, force=force)
+        console.print(setting.describe(), style="dim", markup=False, highlight=False)
+    steered = generate_answers(loaded, prompts, config, system=system, steering=setting)
+    plain = None
+    if compare and setting is not None:
+        plain = generate_answers(loaded, prompts, config, system=system)
+    print_answers(prompts, steered, plain, "steered" if setting is not None else "assistant")
+
+
+def _setting_from_options(
+    vector: Path | None,
+    layer: str | None,
+    coef: float | None,
+    positions: str | None,
+    op: str,
+    threshold: str | None,
+    mode: str,
+    relative: bool | None,
+) -> SteeringSetting | None:
+    """The steering setting named by ``generate``'s options (None: unsteered)."""
+    from personavec.core.setting import SteeringSetting, parse_layers, unit_of
+    from personavec.core.vector import PersonaVector
+
+    if vector is None:
+        if any(x is not None for x in (layer, coef, threshold)):
+            raise PersonavecError("--layer/--coef/--threshold need --vector FILE")
+        return None
+    return SteeringSetting.from_vector(
+        PersonaVector.load(vector),
+        layers=parse_layers(layer) if layer else None,
+        coef=coef,
+        unit=unit_of(relative),
+        positions=positions,
+        op=op,
+        mode=mode,
+        threshold=threshold,
     )
-    for index, prompt in enumerate(prompts):
-        console.print(f"[bold cyan]user:[/] {prompt}", highlight=False)
-        if plain is not None:
-            console.print("[bold]unsteered:[/]", end=" ")
-            console.print(plain[index], highlight=False, markup=False)
-        label = "steered" if request else "assistant"
-        console.print(f"[bold green]{label}:[/] ", end="")
-        console.print(steered[index], highlight=False, markup=False)
 
 
 @app.command("export-gguf")
@@ -159,28 +181,36 @@ def export_gguf_command(
     vector: Annotated[Path, typer.Argument(help="Persona-vector file (.safetensors).")],
     output: Annotated[Path, typer.Argument(help="Control-vector file to write (.gguf).")],
     layer: Annotated[str | None, typer.Option(help="Layer(s); default: the file's.")] = None,
-    coef: Annotated[float | None, typer.Option(help="Coefficient baked in; default 1.")] = None,
-    relative: Annotated[bool, typer.Option(help="Coef relative to typical norm.")] = False,
+    coef: Annotated[
+        float | None, typer.Option(help="Coefficient baked in; default: the file's.")
+    ] = None,
+    relative: RelativeFlag = None,
 ) -> None:
-    """Write a llama.cpp control vector (layer numbering mapped to llama.cpp's)."""
+    """Write a llama.cpp control vector (layer numbering mapped to llama.cpp's).
+
+    The coefficient, its unit and the layer default to the file's calibration, exactly as for
+    ``generate``; llama.cpp steers every position, so positions are ``all``.
+    """
+    from personavec.core.setting import SteeringSetting, parse_layers, unit_of
     from personavec.core.vector import PersonaVector
     from personavec.interop.gguf_export import export_gguf
 
-    pv = PersonaVector.load(vector)
-    layers = parse_layers(layer) if layer else _default_layers(pv)
-    chosen = coef if coef is not None else (pv.meta.recommended_coef or 1.0)
-    path = export_gguf(pv, output, layers=layers, coef=chosen, relative=relative)
-    console.print(f"wrote {path} (layers {layers}, coef {chosen:g})")
-    console.print(
-        f"[dim]use: llama-cli -m MODEL.gguf --control-vector {path} "
-        f"(or --control-vector-scaled {path} STRENGTH)[/]"
+    setting = SteeringSetting.from_vector(
+        PersonaVector.load(vector),
+        layers=parse_layers(layer) if layer else None,
+        coef=coef,
+        unit=unit_of(relative),
+        positions="all",
     )
-
-
-def _default_layers(pv: Any) -> list[int]:
-    if pv.meta.recommended_layer is None:
-        raise PersonavecError("the vector records no recommended layer; pass --layer")
-    return [int(pv.meta.recommended_layer)]
+    path = export_gguf(setting, output)
+    console.print(f"wrote {path} ({escape(setting.describe())})", highlight=False)
+    console.print(
+        f"use: llama-cli -m MODEL.gguf --control-vector {path} "
+        f"(or --control-vector-scaled {path} STRENGTH)",
+        style="dim",
+        markup=False,
+        highlight=False,
+    )
 
 
 def _mount_subapps() -> None:

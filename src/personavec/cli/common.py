@@ -1,5 +1,8 @@
 """Shared pieces of the command line: consoles, common options, one-line error handling.
 
+User and metadata text (prompts, answers, trait names) is printed with :func:`escape` or
+``markup=False``, so a ``[/]`` inside it cannot break the output.
+
 Command modules (``cli/*.py``) import from here, never from :mod:`personavec.cli.app`, so the
 CLI has no import cycle (``python -m personavec`` and ``python -m personavec.cli`` both work).
 """
@@ -12,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from personavec.errors import PersonavecError
 
@@ -38,7 +42,7 @@ def friendly_errors(func: F) -> F:
         except (PersonavecError, ValueError, FileNotFoundError) as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             err_console.print(
-                f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True
+                f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True
             )
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
@@ -46,26 +50,6 @@ def friendly_errors(func: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def parse_layers(text: str) -> list[int]:
-    """``"12"``, ``"8,12,16"`` or ``"8-16"`` → layer list."""
-    layers: list[int] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if "-" in part[1:]:
-                start, end = part.split("-", 1)
-                layers.extend(range(int(start), int(end) + 1))
-            elif part:
-                layers.append(int(part))
-    except ValueError:
-        raise PersonavecError(
-            f"cannot read layers {text!r}; write e.g. 12, 8,12,16 or 8-16"
-        ) from None
-    if not layers:
-        raise PersonavecError("no layers given; write e.g. --layer 12")
-    return layers
 
 
 def first_error(exc: Exception) -> str:
@@ -76,3 +60,16 @@ def first_error(exc: Exception) -> str:
         where = ".".join(str(p) for p in first.get("loc", ()))
         return f"{where}: {first.get('msg', '')}"
     return str(exc).splitlines()[0]
+
+
+def print_answers(
+    prompts: list[str], answers: list[str], plain: list[str] | None, label: str
+) -> None:
+    """Each prompt with its answer (and the unsteered one); user text is never markup."""
+    for index, prompt in enumerate(prompts):
+        console.print(f"[bold cyan]user:[/] {escape(prompt)}", highlight=False)
+        if plain is not None:
+            console.print("[bold]unsteered:[/]", end=" ")
+            console.print(plain[index], highlight=False, markup=False)
+        console.print(f"[bold green]{label}:[/] ", end="")
+        console.print(answers[index], highlight=False, markup=False)

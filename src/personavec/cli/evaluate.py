@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from personavec.cli.common import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
+
+if TYPE_CHECKING:
+    from personavec.pipeline.evaluate import EvalResult
+    from personavec.pipeline.sweep import SweepResult
 
 JudgeOption = Annotated[
     str, typer.Option(help="Trait judge: contrast (offline), embedding or openai:MODEL.")
@@ -20,6 +24,14 @@ QuestionsOption = Annotated[
 SamplesOption = Annotated[int, typer.Option(help="Answers per question.")]
 RelativeOption = Annotated[
     bool, typer.Option("--relative/--raw", help="Coefficients as fractions of the typical norm.")
+]
+OptionalRelative = Annotated[
+    bool | None,
+    typer.Option(
+        "--relative/--raw",
+        help="Coefficient as a fraction of the typical norm, or raw (default raw, or as "
+        "calibrated in the file).",
+    ),
 ]
 
 
@@ -34,10 +46,17 @@ def _run_dir(kind: str, trait: str, vector: Path, out: Path | None) -> Path:
 def evaluate_command(
     trait: Annotated[str, typer.Option("--trait", "-t", help="Trait name or trait JSON file.")],
     vector: Annotated[Path, typer.Option(help="Persona-vector file.")],
-    layer: Annotated[str, typer.Option(help="Layer(s): 12, 8,12 or 8-16.")],
-    coef: Annotated[float, typer.Option(help="Steering coefficient.")],
-    relative: RelativeOption = False,
-    positions: Annotated[str, typer.Option(help="all, prompt or response.")] = "all",
+    layer: Annotated[
+        str | None, typer.Option(help="Layer(s): 12, 8,12 or 8-16; default: the file's.")
+    ] = None,
+    coef: Annotated[
+        float | None, typer.Option(help="Steering coefficient; default: the file's.")
+    ] = None,
+    relative: OptionalRelative = None,
+    positions: Annotated[
+        str | None,
+        typer.Option(help="all, prompt or response (default all, or as calibrated in the file)."),
+    ] = None,
     questions: QuestionsOption = None,
     samples: SamplesOption = 1,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 64,
@@ -59,18 +78,24 @@ def evaluate_command(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Steer on held-out questions; trait and coherence against the unsteered baseline."""
-    from personavec.cli.common import parse_layers
     from personavec.core.models import load_model
+    from personavec.core.setting import SteeringSetting, parse_layers, unit_of
     from personavec.core.vector import PersonaVector
     from personavec.metrics.capability import load_mc_file
     from personavec.pipeline.evaluate import evaluate_steering
     from personavec.traits.library import load_trait
 
+    # Everything is checked before the model loads.
     spec = load_trait(trait)
-    pv = PersonaVector.load(vector)
-    layers = parse_layers(layer)
+    setting = SteeringSetting.from_vector(
+        PersonaVector.load(vector),
+        layers=parse_layers(layer) if layer else None,
+        coef=coef,
+        unit=unit_of(relative),
+        positions=positions,
+    )
     if mc_file is not None:
-        load_mc_file(mc_file)  # bad file → one line, before loading the model
+        load_mc_file(mc_file)
     others = [t.strip() for t in (other_traits or "").split(",") if t.strip()]
     for name in others:
         load_trait(name)
@@ -78,15 +103,11 @@ def evaluate_command(
     result = evaluate_steering(
         loaded,
         spec,
-        pv,
-        layers,
-        coef,
+        setting,
         questions=questions,
         samples=samples,
         judge=judge,
         coherence_judge=coherence_judge,
-        positions=positions,
-        relative=relative,
         seed=seed,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -96,16 +117,21 @@ def evaluate_command(
         force=force,
         show_progress=not quiet,
     )
+    _print_evaluation(result)
+
+
+def _print_evaluation(result: EvalResult) -> None:
     b, s = result.baseline, result.steered
     console.print(
         f"{s.cell.label()}: trait {b.trait.text()} → {s.trait.text()} "
         f"({result.trait_change:+.1f}); coherence {b.coherence.text()} → "
         f"{s.coherence.text()} ({result.coherence_change:+.1f})",
         highlight=False,
+        markup=False,
     )
     for name, stat in s.off_target.items():
         change = stat.mean - b.off_target[name].mean
-        console.print(f"  off-target {name}: {change:+.1f}", highlight=False)
+        console.print(f"  off-target {name}: {change:+.1f}", highlight=False, markup=False)
     if result.capability:
         cap = result.capability
         console.print(
@@ -113,7 +139,7 @@ def evaluate_command(
             f"{cap['steered_accuracy']:.3f}",
             highlight=False,
         )
-    console.print(f"report: {result.report_path}", highlight=False)
+    console.print(f"report: {result.report_path}", highlight=False, markup=False)
 
 
 @friendly_errors
@@ -154,16 +180,17 @@ def sweep_command(
 ) -> None:
     """Dose-response over layers × coefficients; pick a layer, calibrate, store in the vector."""
     from personavec.core.models import load_model
+    from personavec.core.setting import parse_layers
     from personavec.core.vector import PersonaVector
     from personavec.errors import PersonavecError
-    from personavec.pipeline.sweep import parse_grid, parse_layer_grid, recommended_coef, sweep
+    from personavec.pipeline.sweep import parse_grid, sweep
     from personavec.traits.library import load_trait
 
     if target_trait is not None and target_change is not None:
         raise PersonavecError("pass --target-trait or --target-change, not both")
     spec = load_trait(trait)
     pv = PersonaVector.load(vector)
-    layer_list = parse_layer_grid(layers)
+    layer_list = parse_layers(layers, pv.meta.n_layers)
     grid = parse_grid(coefs)
     position_list = [p.strip() for p in positions.split(",") if p.strip()]
     loaded = load_model(model, device=device, dtype=dtype)
@@ -191,6 +218,12 @@ def sweep_command(
         force=force,
         show_progress=not quiet,
     )
+    _print_sweep(result)
+
+
+def _print_sweep(result: SweepResult) -> None:
+    from personavec.pipeline.sweep import recommended_coef
+
     for curve in result.curves:
         values = ", ".join(
             f"{c:+g}: {t:.0f}/{h:.0f}"
@@ -203,17 +236,19 @@ def sweep_command(
     if result.calibration is not None:
         cal = result.calibration
         text = f"{cal.coef:+.4g}" if cal.coef is not None else f"none ({cal.reason})"
-        console.print(f"calibrated coefficient: {text}", highlight=False)
+        console.print(f"calibrated coefficient: {text}", highlight=False, markup=False)
     coef = recommended_coef(result)
     written = f"written to {result.vector_written}" if result.vector_written else "not written"
     console.print(
         f"recommended: layer {result.layer}, coef {'none' if coef is None else f'{coef:+.4g}'} "
-        f"({'relative' if relative else 'raw'}; {written})",
+        f"({'relative' if result.relative else 'raw'}; {written})",
         highlight=False,
+        markup=False,
     )
     console.print(
         f"generation: {result.tokens_per_s:.1f} tokens/s; report: {result.run_dir}/report.html",
         highlight=False,
+        markup=False,
     )
 
 

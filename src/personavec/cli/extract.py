@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from personavec.cli.common import (
     DeviceOption,
@@ -153,7 +154,8 @@ def demo_command(
     from personavec.pipeline.demo import run_demo
 
     console.print(
-        f"[bold]personavec demo[/]: extracting '{trait}' from {model} (offline; resumable)"
+        f"[bold]personavec demo[/]: extracting '{escape(trait)}' from {escape(model)} "
+        "(offline; resumable)"
     )
     result = run_demo(trait, model=model, run_dir=out, coef=coef)
     extraction = result.extraction
@@ -161,16 +163,18 @@ def demo_command(
         f"kept {extraction.kept_pairs} of {extraction.total_pairs} pairs; vector "
         f"{extraction.vector_path}; report {extraction.report_path}"
     )
-    console.print(f"\n[bold cyan]question:[/] {result.question}", highlight=False)
+    console.print(f"\n[bold cyan]question:[/] {escape(result.question)}", highlight=False)
     console.print("[bold]unsteered:[/]", end=" ")
     console.print(result.unsteered, markup=False, highlight=False)
     console.print(
-        f"[bold red]steered towards {trait}[/] (layer {result.layer}, relative coef "
+        f"[bold red]steered towards {escape(trait)}[/] (layer {result.layer}, relative coef "
         f"+{result.coef:g}):",
         end=" ",
     )
     console.print(result.steered, markup=False, highlight=False)
-    console.print(f"[bold green]steered away from {trait}[/] (coef -{result.coef:g}):", end=" ")
+    console.print(
+        f"[bold green]steered away from {escape(trait)}[/] (coef -{result.coef:g}):", end=" "
+    )
     console.print(result.suppressed, markup=False, highlight=False)
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.text import Text
 
 from personavec.cli.common import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
@@ -72,9 +73,7 @@ def monitor_command(
     from personavec.core.models import chat_messages, load_model
     from personavec.core.vector import PersonaVector
     from personavec.monitor.monitor import (
-        ConditionalSteering,
         LiveMeter,
-        MonitorSpec,
         ReadingLog,
         generate_monitored,
     )
@@ -82,24 +81,15 @@ def monitor_command(
     if steer_back is not None and threshold is None:
         raise PersonavecError("--steer-back needs --threshold T (steer only above it)")
     vectors = [PersonaVector.load(path) for path in vector]
-    specs: list[MonitorSpec] = []
-    for path, pv in zip(vector, vectors, strict=True):
-        name = pv.meta.trait
-        if any(s.name == name for s in specs):
-            name = f"{name}:{path.stem}"
-        specs.append(MonitorSpec.from_vector(pv, layer, name=name, threshold=threshold))
+    specs = _monitor_specs(vector, vectors, layer, threshold)
+    conditional = _steer_back(vectors[0], specs[0], threshold, steer_back)
     reading_log = ReadingLog(log) if log is not None else None
-    loaded = load_model(model, device=device, dtype=dtype)
-    for pv in vectors:
-        pv.check_compatible(loaded.model, force=force)
-    conditional = []
-    if steer_back is not None and threshold is not None:
-        conditional.append(
-            ConditionalSteering(specs[0], threshold, steer_back, positions="response")
-        )
     show_live = live if live is not None else (console.is_terminal and len(prompts) == 1)
     if show_live and len(prompts) != 1:
         raise PersonavecError("--live shows one answer at a time; pass a single prompt")
+    loaded = load_model(model, device=device, dtype=dtype)
+    for pv in vectors:
+        pv.check_compatible(loaded.model, force=force)
     streamer = LiveMeter(loaded.tokenizer, console) if show_live else None
     answers = generate_monitored(
         loaded,
@@ -113,61 +103,95 @@ def monitor_command(
         log=reading_log,
         streamer=streamer,
     )
-    tokenizer = loaded.tokenizer
-    first = specs[0].name
     for prompt, answer in zip(prompts, answers, strict=True):
-        console.print(f"[bold cyan]user:[/] {prompt}", highlight=False)
-        prompt_len = len(answer.prompt_ids)
-        by_position = {r.position: r for r in answer.readings}
-        generated = [r for r in answer.readings if not r.is_prompt]
-        values = [r.values[first] for r in generated]
-        centre = (
-            threshold if threshold is not None else (statistics.median(values) if values else 0)
-        )
-        scale = max((abs(v - centre) for v in values), default=0.0)
-        text = Text("assistant: ", style="bold green")
-        for offset, token_id in enumerate(answer.response_ids):
-            piece = str(tokenizer.decode([token_id], skip_special_tokens=True))
-            reading = by_position.get(prompt_len + offset)
-            style = _colour(reading.values[first], centre, scale) if reading else "dim"
-            text.append(piece, style=style)
-        console.print(text)
-        last_prompt = next((r for r in reversed(answer.readings) if r.is_prompt), None)
-        for spec in specs:
-            series = [r.values[spec.name] for r in generated]
-            last = f"{last_prompt.values[spec.name]:+.2f}" if last_prompt else "n/a"
-            if series:
-                stats = (
-                    f"min {min(series):+.2f}  mean {statistics.fmean(series):+.2f}  "
-                    f"max {max(series):+.2f}"
-                )
-            else:
-                stats = "no generated tokens read"
-            console.print(
-                f"  [bold]{spec.name}[/] L{spec.layer}  {stats}  last-prompt {last}  "
-                f"{sparkline(series)}",
-                highlight=False,
-            )
-        for alert in answer.alerts:
-            where = "last prompt token" if alert.token_index < prompt_len else "token"
-            token = ""
-            if alert.token_index >= prompt_len:
-                offset = alert.token_index - prompt_len
-                ids = answer.response_ids
-                piece = str(tokenizer.decode([ids[offset]])) if offset < len(ids) else "<end>"
-                token = f" {piece!r}"
-            console.print(
-                f"  [bold red]alert:[/] {where} {alert.token_index}{token} {alert.name} = "
-                f"{alert.value:+.2f} > {threshold:g}",
-                highlight=False,
-            )
+        _print_answer(loaded.tokenizer, prompt, answer, specs, threshold)
         if conditional:
             console.print(
                 f"  steered back at {len(answer.steered)} token(s) (coef {steer_back:g})",
                 highlight=False,
             )
     if reading_log is not None:
-        console.print(f"readings logged to {log} (session {reading_log.session})", highlight=False)
+        where = f"readings logged to {log} (session {reading_log.session})"
+        console.print(where, highlight=False, markup=False)
+
+
+def _steer_back(pv: Any, spec: Any, threshold: float | None, steer_back: float | None) -> list[Any]:
+    """``--steer-back COEF``: subtract ``COEF·v`` at answer tokens above ``--threshold``.
+
+    Validated as a :class:`SteeringSetting` first (layer, strength against the typical norm,
+    zero vector), so nonsense fails before the model loads.
+    """
+    from personavec.core.setting import SteeringSetting
+    from personavec.monitor.monitor import ConditionalSteering
+
+    if steer_back is None or threshold is None:
+        return []
+    back = SteeringSetting.from_vector(pv, [spec.layer], -steer_back, "raw", "response")
+    return [ConditionalSteering(spec, threshold, -back.coef, back.positions)]
+
+
+def _monitor_specs(
+    paths: list[Path], vectors: list[Any], layer: int | None, threshold: float | None
+) -> list[Any]:
+    """One monitor spec per vector, named by its trait (made unique with the file stem)."""
+    from personavec.monitor.monitor import MonitorSpec
+
+    specs: list[Any] = []
+    for path, pv in zip(paths, vectors, strict=True):
+        name = pv.meta.trait
+        if any(s.name == name for s in specs):
+            name = f"{name}:{path.stem}"
+        specs.append(MonitorSpec.from_vector(pv, layer, name=name, threshold=threshold))
+    return specs
+
+
+def _print_answer(
+    tokenizer: Any, prompt: str, answer: Any, specs: list[Any], threshold: float | None
+) -> None:
+    """Coloured answer tokens, per-vector statistics and alerts for one answer."""
+    console.print(f"[bold cyan]user:[/] {escape(prompt)}", highlight=False)
+    prompt_len = len(answer.prompt_ids)
+    by_position = {r.position: r for r in answer.readings}
+    generated = [r for r in answer.readings if not r.is_prompt]
+    first = specs[0].name
+    values = [r.values[first] for r in generated]
+    centre = threshold if threshold is not None else (statistics.median(values) if values else 0)
+    scale = max((abs(v - centre) for v in values), default=0.0)
+    text = Text("assistant: ", style="bold green")
+    for offset, token_id in enumerate(answer.response_ids):
+        piece = str(tokenizer.decode([token_id], skip_special_tokens=True))
+        reading = by_position.get(prompt_len + offset)
+        style = _colour(reading.values[first], centre, scale) if reading else "dim"
+        text.append(piece, style=style)
+    console.print(text)
+    last_prompt = next((r for r in reversed(answer.readings) if r.is_prompt), None)
+    for spec in specs:
+        series = [r.values[spec.name] for r in generated]
+        last = f"{last_prompt.values[spec.name]:+.2f}" if last_prompt else "n/a"
+        stats = "no generated tokens read"
+        if series:
+            stats = (
+                f"min {min(series):+.2f}  mean {statistics.fmean(series):+.2f}  "
+                f"max {max(series):+.2f}"
+            )
+        console.print(
+            f"  [bold]{escape(spec.name)}[/] L{spec.layer}  {stats}  last-prompt {last}  "
+            f"{sparkline(series)}",
+            highlight=False,
+        )
+    for alert in answer.alerts:
+        where = "last prompt token" if alert.token_index < prompt_len else "token"
+        token = ""
+        if alert.token_index >= prompt_len:
+            offset = alert.token_index - prompt_len
+            ids = answer.response_ids
+            piece = str(tokenizer.decode([ids[offset]])) if offset < len(ids) else "<end>"
+            token = f" {piece!r}"
+        console.print(
+            f"  [bold red]alert:[/] {where} {alert.token_index}{escape(token)} "
+            f"{escape(alert.name)} = {alert.value:+.2f} > {threshold:g}",
+            highlight=False,
+        )
 
 
 def register(app: typer.Typer) -> None:

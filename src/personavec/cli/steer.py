@@ -1,8 +1,8 @@
 """``personavec steer``, ``chat`` and ``perplexity``: steering with one or more persona vectors.
 
 Each ``--steer`` takes ``FILE[:layer[:coef[:positions[:op]]]]``
-(see :mod:`personavec.interfaces.chat`);
-all of them are applied together.
+(see :mod:`personavec.core.setting`); all of them are applied together. Spec strings are parsed
+and their vector files read before the model loads.
 """
 
 from __future__ import annotations
@@ -10,12 +10,24 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from personavec.cli.common import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
+from personavec.cli.common import (
+    DeviceOption,
+    DtypeOption,
+    ModelOption,
+    console,
+    friendly_errors,
+    print_answers,
+)
 from personavec.errors import PersonavecError
+
+if TYPE_CHECKING:
+    from personavec.core.models import LoadedModel
+    from personavec.core.setting import SteeringSetting
 
 SteerOption = Annotated[
     list[str] | None,
@@ -23,8 +35,14 @@ SteerOption = Annotated[
         "--steer",
         "-s",
         help="FILE[:layer[:coef[:positions[:op]]]] (repeatable; all applied together). "
-        "Missing parts: the file's layer and coef, positions all, op add.",
+        "Missing parts: the file's layer and coef, positions all, op add. For op cap the "
+        "coef part is the threshold (a number or pNN).",
     ),
+]
+OpOption = Annotated[str, typer.Option(help="Operator for specs that name none: add, ablate, cap.")]
+ThresholdOption = Annotated[
+    str | None,
+    typer.Option(help="Cap threshold for cap specs that give none: a number or pNN (e.g. p95)."),
 ]
 RelativeOption = Annotated[
     bool | None,
@@ -41,11 +59,33 @@ TopPOption = Annotated[float, typer.Option(help="Nucleus sampling mass.")]
 SeedOption = Annotated[int, typer.Option(help="Sampling seed.")]
 
 
-def _check_files(specs: list[Any]) -> None:
-    """Fail on a missing vector file before the model loads."""
-    for spec in specs:
-        if not spec.path.is_file():
-            raise PersonavecError(f"vector file not found: {spec.path}")
+def parse_specs(
+    specs: list[str] | None,
+    relative: bool | None,
+    op: str = "add",
+    threshold: str | None = None,
+) -> list[SteeringSetting]:
+    """Every ``--steer`` as a setting (vector files read; no model needed yet)."""
+    from personavec.core.setting import parse_steer_spec, unit_of
+
+    settings = [
+        parse_steer_spec(s, unit=unit_of(relative), op=op, threshold=threshold) for s in specs or []
+    ]
+    if threshold is not None and not any(s.op == "cap" for s in settings):
+        raise PersonavecError("--threshold is for cap steering; pass --op cap or a ':cap' spec")
+    return settings
+
+
+def _load_checked(
+    model: str, device: str, dtype: str, settings: list[SteeringSetting], force: bool
+) -> LoadedModel:
+    """Load the model and check every setting's vector fits it."""
+    from personavec.core.models import load_model
+
+    loaded = load_model(model, device=device, dtype=dtype)
+    for setting in settings:
+        setting.check_compatible(loaded.model, force=force)
+    return loaded
 
 
 def _prompt_row(row: Any, where: str, system: str | None) -> tuple[str, list[dict[str, str]]]:
@@ -120,6 +160,8 @@ def steer_command(
     out: Annotated[Path | None, typer.Option(help="Write rows to this JSONL file.")] = None,
     model: ModelOption = "smollm2",
     relative: RelativeOption = None,
+    op: OpOption = "add",
+    threshold: ThresholdOption = None,
     max_new_tokens: MaxTokensOption = 96,
     temperature: TemperatureOption = 0.0,
     top_p: TopPOption = 1.0,
@@ -130,25 +172,14 @@ def steer_command(
     dtype: DtypeOption = "auto",
 ) -> None:
     """Answer prompts steered by one or more persona vectors (optionally also unsteered)."""
-    from personavec.core.models import load_model
+    from personavec.engines.answering import answer_chats
     from personavec.engines.generation import SamplingConfig
-    from personavec.interfaces.chat import (
-        answer_chats,
-        build_requests,
-        describe_all,
-        parse_steer_spec,
-    )
-    from personavec.store import atomic_write_text
+    from personavec.interfaces.chat import describe_all
 
-    specs = [parse_steer_spec(s) for s in steer or []]  # bad specs fail before the model loads
-    _check_files(specs)
-    if not specs:
+    settings = parse_specs(steer, relative, op, threshold)  # before the model loads
+    if not settings:
         raise PersonavecError("give at least one --steer FILE[:layer[:coef[:positions[:op]]]]")
-    items = [(q, _one_turn(q, system)) for q in question or []]
-    if prompts is not None:
-        items.extend(read_prompts(prompts, system))
-    if not items:
-        raise PersonavecError("nothing to answer; pass --question TEXT or --prompts FILE")
+    items = _collect_prompts(question, prompts, system)
     config = SamplingConfig(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -156,30 +187,52 @@ def steer_command(
         seed=seed,
         batch_size=batch_size,
     )
-    loaded = load_model(model, device=device, dtype=dtype)
-    requests = build_requests(specs, loaded, relative=relative, force=force)
-    description = describe_all(requests)
-    console.print(f"[dim]{description}[/]", highlight=False)
+    loaded = _load_checked(model, device, dtype, settings, force)
+    console.print(describe_all(settings), style="dim", markup=False, highlight=False)
     chats = [messages for _, messages in items]
-    steered = answer_chats(loaded, chats, config, requests)
+    steered = answer_chats(loaded, chats, config, settings)
     plain = answer_chats(loaded, chats, config) if compare else None
+    rows = _answer_rows(items, steered, plain, settings)
+    if out is not None:
+        _write_rows(out, rows)
+
+
+def _collect_prompts(
+    question: list[str] | None, prompts: Path | None, system: str | None
+) -> list[tuple[str, list[dict[str, str]]]]:
+    """``(prompt, messages)`` from ``--question`` and ``--prompts``; an error when none."""
+    items = [(q, _one_turn(q, system)) for q in question or []]
+    if prompts is not None:
+        items.extend(read_prompts(prompts, system))
+    if not items:
+        raise PersonavecError("nothing to answer; pass --question TEXT or --prompts FILE")
+    return items
+
+
+def _answer_rows(
+    items: list[tuple[str, list[dict[str, str]]]],
+    steered: list[str],
+    plain: list[str] | None,
+    settings: list[SteeringSetting],
+) -> list[dict[str, Any]]:
+    """Print each answer and return the rows for ``--out``."""
     rows = []
     for index, (prompt, messages) in enumerate(items):
         row: dict[str, Any] = {"prompt": prompt, "messages": messages, "steered": steered[index]}
         if plain is not None:
             row["unsteered"] = plain[index]
-        row["steering"] = [r.describe() for r in requests]
+        row["steering"] = [s.describe() for s in settings]
         rows.append(row)
-        console.print(f"[bold cyan]user:[/] {prompt}", highlight=False)
-        if plain is not None:
-            console.print("[bold]unsteered:[/]", end=" ")
-            console.print(plain[index], highlight=False, markup=False)
-        console.print("[bold green]steered:[/]", end=" ")
-        console.print(steered[index], highlight=False, markup=False)
-    if out is not None:
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        atomic_write_text(out, text)
-        console.print(f"wrote {len(rows)} rows to {out}")
+    print_answers([prompt for prompt, _ in items], steered, plain, "steered")
+    return rows
+
+
+def _write_rows(out: Path, rows: list[dict[str, Any]]) -> None:
+    from personavec.store import atomic_write_text
+
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    atomic_write_text(out, text)
+    console.print(f"wrote {len(rows)} rows to {out}", markup=False, highlight=False)
 
 
 @friendly_errors
@@ -197,20 +250,19 @@ def chat_command(
     dtype: DtypeOption = "auto",
 ) -> None:
     """Chat with the model under persona vectors; /help lists the commands (works piped too)."""
-    from personavec.core.models import load_model
+    from personavec.core.setting import unit_of
     from personavec.engines.generation import SamplingConfig
-    from personavec.interfaces.chat import ChatSession, parse_steer_spec
+    from personavec.interfaces.chat import ChatSession
 
-    specs = [parse_steer_spec(s) for s in steer or []]
-    _check_files(specs)
+    settings = parse_specs(steer, relative)
     config = SamplingConfig(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
     )
-    loaded = load_model(model, device=device, dtype=dtype)
-    session = ChatSession(loaded, config, system=system, relative=relative, force=force)
-    for spec in specs:
-        session.add(spec)
-    console.print(f"[dim]{session.describe()}[/]", highlight=False)
+    loaded = _load_checked(model, device, dtype, settings, force)
+    session = ChatSession(loaded, config, system=system, unit=unit_of(relative), force=force)
+    for setting in settings:
+        session.add(setting)
+    console.print(session.describe(), style="dim", markup=False, highlight=False)
     interactive = sys.stdin.isatty()
     if interactive:
         console.print("[dim]type /help for commands, /quit to leave[/]")
@@ -226,7 +278,7 @@ def chat_command(
             try:
                 result = session.command(text)
             except PersonavecError as exc:
-                console.print(f"[bold red]error:[/] {exc}", highlight=False)
+                console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
                 continue
             console.print(result.text, highlight=False, markup=False)
             if result.quit:
@@ -252,15 +304,12 @@ def perplexity_command(
     dtype: DtypeOption = "auto",
 ) -> None:
     """Perplexity of a text file, unsteered and (with --steer) steered, and the change."""
-    from personavec.core.models import load_model
-    from personavec.interfaces.chat import build_requests, describe_all, parse_steer_spec
+    from personavec.interfaces.chat import describe_all
     from personavec.metrics.perplexity import perplexity, read_text
 
-    specs = [parse_steer_spec(s) for s in steer or []]
-    _check_files(specs)
+    requests = parse_specs(steer, relative)
     read_text(file)  # a missing file fails before the model loads
-    loaded = load_model(model, device=device, dtype=dtype)
-    requests = build_requests(specs, loaded, relative=relative, force=force)
+    loaded = _load_checked(model, device, dtype, requests, force)
     base = perplexity(loaded, file, window=window, stride=stride)
     console.print(
         f"unsteered: perplexity {base.perplexity:.3f} (mean NLL {base.mean_nll:.4f} nats "
@@ -269,7 +318,7 @@ def perplexity_command(
     )
     if not requests:
         return
-    console.print(f"[dim]{describe_all(requests)}[/]", highlight=False)
+    console.print(describe_all(requests), style="dim", markup=False, highlight=False)
     steered = perplexity(loaded, file, window=window, stride=stride, steering=requests)
     change = steered.perplexity - base.perplexity
     console.print(

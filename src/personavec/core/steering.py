@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -33,7 +33,6 @@ from personavec.core.layers import (
     replace_block_output,
 )
 from personavec.core.positions import POSITION_MODES, PositionMode, real_token_mask, steering_mask
-from personavec.core.vector import PersonaVector
 from personavec.errors import SteeringError
 
 Operator = Literal["add", "ablate"]
@@ -315,65 +314,3 @@ def teacher_forcing(prompt_lengths: torch.Tensor | Sequence[int]) -> Iterator[No
         yield
     finally:
         _PROMPT_LENGTHS.reset(token)
-
-
-def plan(
-    vector: PersonaVector | torch.Tensor,
-    layers: int | Iterable[int],
-    coef: float,
-    *,
-    op: Operator = "add",
-    positions: PositionMode = "all",
-    mode: MultiLayerMode = "stack",
-    relative: bool = False,
-    readout: str | None = None,
-) -> list[Intervention]:
-    """Turn a persona vector and a request into interventions.
-
-    Args:
-        vector: a :class:`PersonaVector`, or a raw tensor ``[hidden]`` (used at every layer) or
-            ``[n_layers + 1, hidden]`` (row per layer).
-        layers: one layer or several.
-        coef: raw multiplier of the unnormalised vector, or — with ``relative=True`` — a fraction
-            of the layer's typical residual norm (``coef · typical_norm[L] · v̂_L``).
-        mode: with several layers, ``stack`` adds each layer's own vector; ``incremental`` adds
-            ``v_L − v_{L−1}`` at each layer after the first of the range (the first gets ``v_L``),
-            so the total added by layer ``L`` is ``v_L`` rather than a pile-up of copies.
-    """
-    if not math.isfinite(coef):
-        raise SteeringError(f"coefficient {coef!r} is not a finite number; pass one")
-    layer_list = [layers] if isinstance(layers, int) else sorted(set(layers))
-    if not layer_list:
-        raise SteeringError("no layers given; pass at least one --layer")
-    if mode not in ("stack", "incremental"):
-        raise SteeringError(f"unknown multi-layer mode {mode!r}; use stack or incremental")
-    if mode == "incremental" and relative:
-        raise SteeringError(
-            "relative coefficients are not defined for incremental steering; pass a raw coefficient"
-        )
-    if mode == "incremental" and layer_list != list(range(layer_list[0], layer_list[-1] + 1)):
-        raise SteeringError("incremental steering needs a contiguous range of layers, e.g. 8-16")
-
-    def row(layer: int) -> torch.Tensor:
-        if isinstance(vector, PersonaVector):
-            return vector.at(layer, readout)
-        if vector.ndim == 1:
-            return vector
-        if not 0 <= layer < vector.shape[0]:
-            raise SteeringError(f"layer {layer} is out of range for a {vector.shape[0]}-row tensor")
-        return vector[layer]
-
-    def scale(layer: int) -> float:
-        if not relative:
-            return coef
-        if not isinstance(vector, PersonaVector):
-            raise SteeringError("relative coefficients need a PersonaVector with typical norms")
-        return coef * vector.relative_scale(layer, readout)
-
-    out: list[Intervention] = []
-    for index, layer in enumerate(layer_list):
-        v = row(layer)
-        if op == "add" and mode == "incremental" and index > 0:
-            v = v - row(layer - 1)
-        out.append(Intervention(layer, v.float(), scale(layer), op, positions))
-    return out

@@ -1,185 +1,33 @@
-"""Several persona vectors at once: a compact spec string, batched steered answers, and chat.
+"""Chat with a model under a changeable set of persona vectors (``personavec chat``).
 
-Spec string (CLI ``--steer`` and the chat's ``/steer``)::
-
-    FILE[:layer[:coef[:positions[:op]]]]
-
-``layer`` is ``12``, ``8-16`` or ``8,12``; ``coef`` a number; ``positions`` ``all``, ``prompt``
-or ``response``; ``op`` ``add`` or ``ablate``. An empty or missing part falls back to the vector
-file's recommended layer / coefficient, positions ``all`` (or as calibrated) and op ``add``
-(e.g. ``evil.safetensors::4`` keeps the file's layer and sets the coefficient to 4).
-
-All requests given together are applied together: their interventions go into one
-:func:`personavec.core.steering.steer` context (at a shared layer they are applied in order).
+Vectors are added with the spec string of :func:`personavec.core.setting.parse_steer_spec`
+(``FILE[:layer[:coef[:positions[:op]]]]``); all active settings are applied together (at a shared
+layer in order), through :func:`personavec.engines.answering.answer_chats`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from personavec.core.models import LoadedModel, Message
-from personavec.core.positions import POSITION_MODES
-from personavec.core.steering import OPERATORS, Intervention, steer
-from personavec.engines.answering import SteerRequest
-from personavec.engines.generation import GenerationRequest, HFEngine, SamplingConfig
+from personavec.core.setting import (
+    SPEC_HELP,
+    SteeringSetting,
+    Unit,
+    parse_coef,
+    parse_layers,
+    parse_steer_spec,
+)
+from personavec.engines.answering import answer_chats
+from personavec.engines.generation import SamplingConfig
 from personavec.errors import PersonavecError, SteeringError
 
-SPEC_HELP = "FILE[:layer[:coef[:positions[:op]]]], e.g. evil.safetensors:12:4 or v.safetensors:8-16"
 
-
-@dataclass(frozen=True)
-class SteerSpec:
-    """A parsed ``--steer`` string; ``None`` means "the vector file's recommendation"."""
-
-    path: Path
-    layers: list[int] | None = None
-    coef: float | None = None
-    positions: str | None = None
-    """``None``: ``all``, or the positions the file's calibration was made at."""
-    op: str = "add"
-
-    def build(
-        self, loaded: LoadedModel, *, relative: bool | None = None, force: bool = False
-    ) -> SteerRequest:
-        """Load the vector and validate the request against ``loaded``."""
-        if not self.path.is_file():
-            raise SteeringError(f"vector file not found: {self.path}")
-        return SteerRequest.build(
-            self.path,
-            loaded,
-            layers=self.layers,
-            coef=self.coef,
-            positions=self.positions,
-            op=self.op,
-            relative=relative,
-            force=force,
-        )
-
-
-def parse_layer_list(text: str) -> list[int]:
-    """``"12"``, ``"8,12"`` or ``"8-16"`` → sorted distinct layers."""
-    layers: set[int] = set()
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if not part:
-                raise ValueError(part)
-            if "-" in part[1:]:
-                start, end = (int(x) for x in part.split("-", 1))
-                if end < start:
-                    raise ValueError(part)
-                layers.update(range(start, end + 1))
-            else:
-                layers.add(int(part))
-    except ValueError:
-        raise SteeringError(f"cannot read layers {text!r}; write e.g. 12, 8,12 or 8-16") from None
-    if any(layer < 0 for layer in layers):
-        raise SteeringError(f"layers must be >= 0, got {text!r}")
-    return sorted(layers)
-
-
-def parse_coef(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        message = f"cannot read coefficient {text!r}; write a number, e.g. 4 or -0.5"
-        raise SteeringError(message) from None
-    if not math.isfinite(value):
-        raise SteeringError(f"coefficient {text!r} is not a finite number")
-    return value
-
-
-def _split_path(text: str) -> tuple[str, list[str]]:
-    """Split ``FILE:rest…``; a path that itself holds ``:`` (``C:\\v.safetensors``) is kept whole
-    when that file exists."""
-    parts = text.split(":")
-    for k in range(len(parts), 1, -1):
-        candidate = ":".join(parts[:k])
-        if Path(candidate).is_file():
-            return candidate, parts[k:]
-    return parts[0], parts[1:]
-
-
-def parse_steer_spec(text: str) -> SteerSpec:
-    """Parse ``FILE[:layer[:coef[:positions[:op]]]]`` (see the module docstring)."""
-    raw = text.strip()
-    if not raw:
-        raise SteeringError(f"empty steering spec; write {SPEC_HELP}")
-    path, rest = _split_path(raw)
-    if not path.strip():
-        raise SteeringError(f"steering spec {text!r} names no vector file; write {SPEC_HELP}")
-    if len(rest) > 4:
-        raise SteeringError(f"steering spec {text!r} has too many ':' parts; write {SPEC_HELP}")
-    rest = [part.strip() for part in rest] + [""] * (4 - len(rest))
-    layer_text, coef_text, positions, op = rest
-    layers = parse_layer_list(layer_text) if layer_text else None
-    coef = parse_coef(coef_text) if coef_text else None
-    op = op or "add"
-    if positions and positions not in POSITION_MODES:
-        raise SteeringError(
-            f"unknown positions {positions!r} in {text!r}; use {', '.join(POSITION_MODES)}"
-        )
-    if op not in OPERATORS:
-        raise SteeringError(f"unknown operator {op!r} in {text!r}; use add or ablate")
-    return SteerSpec(Path(path.strip()), layers, coef, positions or None, op)
-
-
-def build_requests(
-    specs: Sequence[str | SteerSpec],
-    loaded: LoadedModel,
-    *,
-    relative: bool | None = None,
-    force: bool = False,
-) -> list[SteerRequest]:
-    """Parse (when given strings) and validate every spec against ``loaded``."""
-    parsed = [parse_steer_spec(s) if isinstance(s, str) else s for s in specs]
-    return [spec.build(loaded, relative=relative, force=force) for spec in parsed]
-
-
-def combined_interventions(requests: Sequence[SteerRequest]) -> list[Intervention]:
-    """All interventions of all requests, in order."""
-    return [item for request in requests for item in request.interventions()]
-
-
-@contextlib.contextmanager
-def steering_context(loaded: LoadedModel, requests: Sequence[SteerRequest]) -> Iterator[None]:
-    """Apply every request at once (nothing when the list is empty)."""
-    if not requests:
-        yield
-        return
-    with steer(loaded.model, combined_interventions(requests)):
-        yield
-
-
-def describe_all(requests: Sequence[SteerRequest]) -> str:
-    return "; ".join(r.describe() for r in requests) if requests else "unsteered"
-
-
-def answer_chats(
-    loaded: LoadedModel,
-    chats: Sequence[Sequence[Message]],
-    config: SamplingConfig,
-    requests: Sequence[SteerRequest] = (),
-    *,
-    ids: Sequence[str] | None = None,
-) -> list[str]:
-    """The first sample's answer to each chat, all in batched generation under all ``requests``."""
-    if not chats:
-        return []
-    for chat in chats:
-        if not chat or chat[-1].get("role") != "user":
-            raise PersonavecError("every chat must end with a user message")
-    keys: Sequence[str | None] = ids if ids is not None else [None] * len(chats)
-    items = [GenerationRequest(list(chat), key) for chat, key in zip(chats, keys, strict=True)]
-    engine = HFEngine(loaded)
-    with steering_context(loaded, requests):
-        generations = engine.generate(items, config)
-    return [g.response_text.strip() for g in generations if g.sample_index == 0]
+def describe_all(settings: Sequence[SteeringSetting]) -> str:
+    """All settings on one line (``unsteered`` when there are none)."""
+    return "; ".join(s.describe() for s in settings) if settings else "unsteered"
 
 
 # ---- chat -----------------------------------------------------------------------------------
@@ -218,45 +66,44 @@ class ChatSession:
         default_factory=lambda: SamplingConfig(max_new_tokens=128, temperature=0.0)
     )
     system: str | None = None
-    relative: bool | None = None
+    unit: Unit | None = None
+    """Unit of coefficients given in specs (None: raw, or as calibrated in the file)."""
     force: bool = False
     history: list[Message] = field(default_factory=list)
-    steering: dict[str, SteerRequest] = field(default_factory=dict)
+    steering: dict[str, SteeringSetting] = field(default_factory=dict)
     turns: int = 0
 
     # ---- steering ---------------------------------------------------------------------------
-    def add(self, spec: str | SteerSpec | SteerRequest, name: str | None = None) -> str:
-        """Add a vector; returns the name to refer to it by."""
-        if isinstance(spec, SteerRequest):
-            request = spec
-            base = name or spec.vector.meta.trait
-        else:
-            parsed = parse_steer_spec(spec) if isinstance(spec, str) else spec
-            request = parsed.build(self.loaded, relative=self.relative, force=self.force)
-            base = name or parsed.path.stem
+    def add(self, spec: str | SteeringSetting, name: str | None = None) -> str:
+        """Add a vector (a spec string or a setting); returns the name to refer to it by."""
+        setting = parse_steer_spec(spec, unit=self.unit) if isinstance(spec, str) else spec
+        setting.check_compatible(self.loaded.model, force=self.force)
+        path = setting.vector.path
+        base = name or (path.stem if path is not None else setting.vector.meta.trait)
+        request = setting
         unique, n = base, 2
         while unique in self.steering:
             unique, n = f"{base}-{n}", n + 1
         self.steering[unique] = request
         return unique
 
-    def _get(self, name: str) -> SteerRequest:
+    def _get(self, name: str) -> SteeringSetting:
         if name not in self.steering:
             known = ", ".join(self.steering) or "none"
             raise SteeringError(f"no active vector named {name!r} (active: {known})")
         return self.steering[name]
 
-    def _replace(self, name: str, **changes: object) -> SteerRequest:
-        request = dataclasses.replace(self._get(name), **changes)  # type: ignore[arg-type]
-        request.interventions()  # validate before it replaces the working one
-        self.steering[name] = request
-        return request
+    def _replace(self, name: str, **changes: object) -> SteeringSetting:
+        # the frozen setting re-validates; the working one stays when the change is refused
+        setting = dataclasses.replace(self._get(name), **changes)  # type: ignore[arg-type]
+        self.steering[name] = setting
+        return setting
 
-    def set_coef(self, name: str, coef: float) -> SteerRequest:
+    def set_coef(self, name: str, coef: float) -> SteeringSetting:
         return self._replace(name, coef=float(coef))
 
-    def set_layers(self, name: str, layers: Sequence[int]) -> SteerRequest:
-        return self._replace(name, layers=list(layers))
+    def set_layers(self, name: str, layers: Sequence[int]) -> SteeringSetting:
+        return self._replace(name, layers=tuple(layers))
 
     def remove(self, name: str) -> None:
         self._get(name)
@@ -331,7 +178,7 @@ class ChatSession:
         if head == "/layer":
             if not value:
                 raise SteeringError("usage: /layer NAME L")
-            request = self.set_layers(name, parse_layer_list(value))
+            request = self.set_layers(name, parse_layers(value, self.loaded.n_layers))
             return CommandResult(f"{name}: {request.describe()}")
         raise PersonavecError(f"unknown command {head!r}; type /help")
 
@@ -340,13 +187,5 @@ __all__ = [
     "CHAT_HELP",
     "ChatSession",
     "CommandResult",
-    "SteerSpec",
-    "answer_chats",
-    "build_requests",
-    "combined_interventions",
     "describe_all",
-    "parse_coef",
-    "parse_layer_list",
-    "parse_steer_spec",
-    "steering_context",
 ]

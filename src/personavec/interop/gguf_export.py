@@ -8,20 +8,20 @@ as ``direction.{L - 1}``. Slot 0 does not exist and slots stop at ``n_layers - 1
 
 llama.cpp adds control vectors at every token position (personavec's ``all`` positions) with the
 ``add`` operator; the coefficient is baked into the tensors (llama.cpp's ``--control-vector-scaled``
-can scale it further).
+can scale it further). The export takes a :class:`~personavec.core.setting.SteeringSetting`, so a
+vector calibrated in relative units is exported at the same strength as ``generate`` steers it.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from personavec.core.steering import plan
-from personavec.core.vector import PersonaVector
+from personavec.core.setting import SteeringSetting
+from personavec.core.steering import Intervention
 from personavec.errors import SteeringError, VectorFileError
 
 
@@ -36,28 +36,22 @@ def llama_cpp_tensor_name(layer: int, n_layers: int) -> str:
 
 
 def export_gguf(
-    vector: PersonaVector,
-    path: str | Path,
-    *,
-    layers: Iterable[int],
-    coef: float = 1.0,
-    relative: bool = False,
-    readout: str | None = None,
-    model_hint: str | None = None,
+    setting: SteeringSetting, path: str | Path, *, model_hint: str | None = None
 ) -> Path:
-    """Write a llama.cpp control-vector GGUF that adds ``coef · v_L`` at each chosen layer.
+    """Write a llama.cpp control-vector GGUF that adds the setting's vector at each of its layers.
 
     Args:
-        vector: the persona vector.
+        setting: an ``add`` setting at ``all`` positions, layers in ``2..n_layers``; what is
+            written per layer is exactly what :meth:`SteeringSetting.interventions` adds
+            (``coef · v_L`` raw, or norm ``coef · typical_norm[L]`` relative).
         path: output file (``.gguf``); written atomically.
-        layers: personavec layers to steer (each in ``2..n_layers``).
-        coef: raw coefficient, or a fraction of the typical norm with ``relative=True``.
         model_hint: the ``controlvector.model_hint`` string (default: the vector's model id).
     """
     import gguf  # imported lazily: only the exporter needs it
 
+    vector = setting.vector
     n = vector.meta.n_layers
-    interventions = plan(vector, list(layers), coef, relative=relative, readout=readout)
+    interventions = _exportable(setting)
     target = Path(path)
     if target.suffix != ".gguf":
         raise VectorFileError(f"output {target} should end in .gguf; pick a .gguf file name")
@@ -80,6 +74,24 @@ def export_gguf(
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def _exportable(setting: SteeringSetting) -> list[Intervention]:
+    """The setting's interventions, or an export-specific one-line error."""
+    if setting.op != "add" or setting.is_baseline:
+        raise SteeringError(
+            f"llama.cpp control vectors can only add a vector; cannot export op {setting.op!r}"
+            + (" with coefficient 0" if setting.is_baseline else "")
+        )
+    if setting.positions != "all":
+        raise SteeringError(
+            f"llama.cpp control vectors steer every position; cannot export positions "
+            f"{setting.positions!r} (pass positions all)"
+        )
+    items = setting.interventions()
+    for item in items:
+        llama_cpp_tensor_name(item.layer, setting.vector.meta.n_layers)
+    return items
 
 
 def read_control_vector(path: str | Path) -> dict[int, np.ndarray]:

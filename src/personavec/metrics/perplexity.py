@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 from personavec.core.models import LoadedModel
-from personavec.engines.answering import SteerRequest
+from personavec.core.setting import SteeringSetting
+from personavec.engines.answering import steering_context
 from personavec.errors import PersonavecError
-from personavec.interfaces.chat import steering_context
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def perplexity(
     *,
     window: int = 512,
     stride: int | None = None,
-    steering: Sequence[SteerRequest] = (),
+    steering: Sequence[SteeringSetting] = (),
 ) -> PerplexityResult:
     """Token-level perplexity of a text (``Path``: a UTF-8 file; ``str``: the text).
 

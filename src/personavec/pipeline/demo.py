@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from personavec.core.models import load_model
-from personavec.engines.answering import SteerRequest, generate_answers
+from personavec.core.setting import SteeringSetting
+from personavec.engines.answering import generate_answers
 from personavec.engines.generation import SamplingConfig
 from personavec.pipeline.extract import ExtractConfig, ExtractResult, extract
 from personavec.traits.library import load_trait
@@ -52,7 +53,7 @@ def run_demo(
         steering = (
             None
             if c is None
-            else SteerRequest.build(result.vector, loaded, layers=[layer], coef=c, relative=True)
+            else SteeringSetting.from_vector(result.vector, [layer], c, unit="relative")
         )
         return generate_answers(loaded, [question], sampling, steering=steering)[0]
 

@@ -1,11 +1,11 @@
 """``personavec evaluate``: how much a steering setting moves a trait, and what it costs.
 
-A *cell* is one steering setting (layers, coefficient, positions, raw or relative). Evaluating a
-cell answers the trait's held-out ``evaluation_questions`` (``samples`` answers each, per-sample
-seeds keyed by the question, so every cell and the unsteered baseline see the same questions with
-the same sampling noise), judges trait expression and coherence (0-100, cached in
-``judgments.sqlite``) and summarises them as mean, standard deviation and 95 % interval, next to
-the unsteered baseline.
+A *cell* is one :class:`~personavec.core.setting.SteeringSetting` (a baseline is the setting with
+coefficient 0). Evaluating a cell answers the trait's held-out ``evaluation_questions``
+(``samples`` answers each, per-sample seeds keyed by the question, so every cell and the
+unsteered baseline see the same questions with the same sampling noise), judges trait expression
+and coherence (0-100, cached in ``judgments.sqlite``) and summarises them as mean, standard
+deviation and 95 % interval, next to the unsteered baseline.
 
 Run directory (resumable; every write is atomic or an fsynced JSONL append):
 
@@ -23,12 +23,11 @@ with and without steering (capability cost).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +35,8 @@ from typing import Any
 import numpy as np
 
 from personavec.core.models import LoadedModel, chat_messages
-from personavec.core.positions import POSITION_MODES
-from personavec.core.steering import plan, steer
-from personavec.core.vector import PersonaVector, config_fingerprint
+from personavec.core.setting import SteeringSetting
+from personavec.core.vector import config_fingerprint
 from personavec.engines.generation import GenerationRequest, HFEngine, SamplingConfig
 from personavec.errors import PersonavecError
 from personavec.judges.base import Judge, JudgeItem
@@ -77,27 +75,6 @@ class EvalSettings:
         )
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One steering setting; ``coef == 0`` is the unsteered baseline."""
-
-    layers: tuple[int, ...]
-    coef: float
-    positions: str = "all"
-    relative: bool = False
-
-    @property
-    def is_baseline(self) -> bool:
-        return self.coef == 0
-
-    def label(self) -> str:
-        if self.is_baseline:
-            return "baseline"
-        unit = "rel" if self.relative else "raw"
-        layers = ",".join(str(x) for x in self.layers)
-        return f"L{layers} {unit} {self.coef:+g} ({self.positions})"
-
-
 @dataclass
 class Stat:
     """Mean, sample standard deviation and normal 95 % interval of the mean over ``n`` scores."""
@@ -128,7 +105,7 @@ class Stat:
 class CellResult:
     """Answers and scores of one cell, in (question, sample) order."""
 
-    cell: Cell
+    cell: SteeringSetting
     rows: list[dict[str, Any]]
     trait: Stat
     coherence: Stat
@@ -162,28 +139,6 @@ class EvalResult:
 # ---- validation -----------------------------------------------------------------------------
 
 
-def check_cell(vector: PersonaVector, cell: Cell) -> None:
-    """Raise a one-line error unless ``cell`` can be applied with ``vector``."""
-    if cell.positions not in POSITION_MODES:
-        raise PersonavecError(
-            f"unknown positions {cell.positions!r}; use {', '.join(POSITION_MODES)}"
-        )
-    if not cell.layers:
-        raise PersonavecError("no layers given; pass at least one layer")
-    for layer in cell.layers:
-        if not 1 <= layer <= vector.meta.n_layers:
-            raise PersonavecError(
-                f"the vector has no layer {layer}; it has layers 1..{vector.meta.n_layers}"
-            )
-    plan(
-        vector,
-        list(cell.layers),
-        cell.coef or 1.0,
-        positions=cell.positions,  # type: ignore[arg-type]
-        relative=cell.relative,
-    )
-
-
 def evaluation_questions(trait: TraitSpec, n: int | None) -> list[str]:
     """The first ``n`` held-out evaluation questions (all when ``n`` is None)."""
     if n is not None and n < 1:
@@ -203,8 +158,7 @@ def _digest(obj: Any) -> str:
 
 def cell_key(
     loaded: LoadedModel,
-    vector: PersonaVector,
-    cell: Cell,
+    cell: SteeringSetting,
     settings: EvalSettings,
     questions: Sequence[str],
 ) -> str:
@@ -218,42 +172,31 @@ def cell_key(
         "top_p": settings.top_p,
         "seed": settings.seed,
     }
-    if not cell.is_baseline:
-        rows = hashlib.sha256()
-        for layer in cell.layers:
-            rows.update(vector.at(layer).numpy().tobytes())
-            if cell.relative:
-                rows.update(str(vector.relative_scale(layer)).encode())
-        identity.update(
-            vector=rows.hexdigest()[:16],
-            layers=list(cell.layers),
-            coef=cell.coef,
-            positions=cell.positions,
-            relative=cell.relative,
-        )
+    identity.update(cell.identity())
     return _digest(identity)
 
 
-@contextlib.contextmanager
-def _steering(loaded: LoadedModel, vector: PersonaVector, cell: Cell) -> Iterator[None]:
-    if cell.is_baseline:
-        yield
-        return
-    interventions = plan(
-        vector,
-        list(cell.layers),
-        cell.coef,
-        positions=cell.positions,  # type: ignore[arg-type]
-        relative=cell.relative,
-    )
-    with steer(loaded.model, interventions):
-        yield
+def _answer_row(key: str, cell: SteeringSetting, question: str, g: Any) -> dict[str, Any]:
+    return {
+        "cell_key": key,
+        "cell": cell.label(),
+        "layers": list(cell.layers),
+        "coef": cell.coef,
+        "positions": cell.positions,
+        "relative": cell.unit == "relative",
+        "op": cell.op,
+        "question_index": g.request_index,
+        "sample": g.sample_index,
+        "question": question,
+        "answer": g.response_text.strip(),
+        "n_tokens": len(g.response_token_ids),
+        "finish_reason": g.finish_reason,
+    }
 
 
 def generate_cell(
     loaded: LoadedModel,
-    vector: PersonaVector,
-    cell: Cell,
+    cell: SteeringSetting,
     questions: Sequence[str],
     settings: EvalSettings,
     answers_path: Path,
@@ -262,7 +205,7 @@ def generate_cell(
 
     Returns ``(rows, new_tokens_generated_now, seconds_generating_now)``.
     """
-    key = cell_key(loaded, vector, cell, settings, questions)
+    key = cell_key(loaded, cell, settings, questions)
     existing = {
         (row["question_index"], row["sample"]): row
         for row in read_jsonl(answers_path)
@@ -276,30 +219,15 @@ def generate_cell(
             for index, question in enumerate(questions)
         ]
         start = time.perf_counter()
-        with _steering(loaded, vector, cell):
+        with cell.apply(loaded.model):
             generations = HFEngine(loaded).generate(requests, settings.sampling())
         seconds = time.perf_counter() - start
-        rows = []
-        for g in generations:
-            tokens += len(g.response_token_ids)
-            if (g.request_index, g.sample_index) in existing:
-                continue
-            rows.append(
-                {
-                    "cell_key": key,
-                    "cell": cell.label(),
-                    "layers": list(cell.layers),
-                    "coef": cell.coef,
-                    "positions": cell.positions,
-                    "relative": cell.relative,
-                    "question_index": g.request_index,
-                    "sample": g.sample_index,
-                    "question": questions[g.request_index],
-                    "answer": g.response_text.strip(),
-                    "n_tokens": len(g.response_token_ids),
-                    "finish_reason": g.finish_reason,
-                }
-            )
+        tokens = sum(len(g.response_token_ids) for g in generations)
+        rows = [
+            _answer_row(key, cell, questions[g.request_index], g)
+            for g in generations
+            if (g.request_index, g.sample_index) not in existing
+        ]
         append_jsonl(answers_path, rows)
         existing.update({(r["question_index"], r["sample"]): r for r in rows})
     return [dict(existing[w]) for w in wanted], tokens, seconds
@@ -372,7 +300,7 @@ def judge_rows(
 
 
 def summarise_cell(
-    cell: Cell, rows: list[dict[str, Any]], tokens: int, seconds: float
+    cell: SteeringSetting, rows: list[dict[str, Any]], tokens: int, seconds: float
 ) -> CellResult:
     others = sorted({k for row in rows for k in row if k.startswith("other.")})
     return CellResult(
@@ -388,8 +316,7 @@ def summarise_cell(
 
 def run_cells(
     loaded: LoadedModel,
-    vector: PersonaVector,
-    cells: Sequence[Cell],
+    cells: Sequence[SteeringSetting],
     questions: Sequence[str],
     settings: EvalSettings,
     judges: Judges,
@@ -399,11 +326,11 @@ def run_cells(
 ) -> list[CellResult]:
     """Generate (or reuse) and judge every cell; the model is never reloaded."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    generated: list[tuple[Cell, list[dict[str, Any]], int, float]] = []
+    generated: list[tuple[SteeringSetting, list[dict[str, Any]], int, float]] = []
     with stage("generating", len(cells), enabled=show_progress) as advance:
         for index, cell in enumerate(cells):
             rows, tokens, seconds = generate_cell(
-                loaded, vector, cell, questions, settings, run_dir / "answers.jsonl"
+                loaded, cell, questions, settings, run_dir / "answers.jsonl"
             )
             generated.append((cell, rows, tokens, seconds))
             advance(index + 1)
@@ -442,16 +369,12 @@ def prepare_evaluation(
 def evaluate_steering(
     loaded: LoadedModel,
     trait: str | TraitSpec,
-    vector: PersonaVector,
-    layers: Sequence[int],
-    coef: float,
+    setting: SteeringSetting,
     *,
     questions: int | None = None,
     samples: int = 1,
     judge: str | Judge = "contrast",
     coherence_judge: str = "heuristic",
-    positions: str = "all",
-    relative: bool = False,
     seed: int = 0,
     max_new_tokens: int = 64,
     temperature: float = 1.0,
@@ -461,17 +384,15 @@ def evaluate_steering(
     force: bool = False,
     show_progress: bool = True,
 ) -> EvalResult:
-    """Steer with ``coef`` at ``layers`` on held-out questions; compare with the baseline.
+    """Steer with ``setting`` on held-out questions; compare with the unsteered baseline.
 
-    ``coef`` is raw (``h += coef·v``) or, with ``relative=True``, a fraction of each layer's
-    typical residual norm. All inputs are validated before anything is generated or written.
+    The setting is validated when built (:meth:`SteeringSetting.from_vector`); the model fit,
+    judges and files are checked here before anything is generated or written.
     """
-    from personavec.metrics.capability import evaluate_multiple_choice, load_mc_file
+    from personavec.metrics.capability import load_mc_file
 
     spec = trait if isinstance(trait, TraitSpec) else load_trait(trait)
-    vector.check_compatible(loaded.model, force=force)
-    cell = Cell(tuple(sorted(set(layers))), float(coef), positions, relative)
-    check_cell(vector, cell)
+    setting.check_compatible(loaded.model, force=force)
     mc_questions = load_mc_file(mc_file) if mc_file is not None else None
     settings, question_list, judges = prepare_evaluation(
         loaded,
@@ -485,12 +406,10 @@ def evaluate_steering(
         seed=seed,
         coherence_judge=coherence_judge,
     )
-
     out = Path(run_dir)
     baseline, steered = run_cells(
         loaded,
-        vector,
-        [Cell(cell.layers, 0.0, positions, relative), cell],
+        [setting.baseline(), setting],
         question_list,
         settings,
         judges,
@@ -499,27 +418,42 @@ def evaluate_steering(
     )
     capability = None
     if mc_questions is not None:
-        plain = evaluate_multiple_choice(loaded, mc_questions)
-        with _steering(loaded, vector, cell):
-            moved = evaluate_multiple_choice(loaded, mc_questions)
-        capability = {
-            "file": str(mc_file),
-            "questions": len(mc_questions),
-            "baseline_accuracy": plain.accuracy,
-            "steered_accuracy": moved.accuracy,
-            "change": moved.accuracy - plain.accuracy,
-        }
+        capability = _capability(loaded, setting, mc_questions, str(mc_file))
     result = EvalResult(
         out, spec.name, steered, baseline, capability, judges.describe(), out / "report.md"
     )
-    rows = [{**r, "steered": False} for r in baseline.rows]
-    rows += [{**r, "steered": True} for r in steered.rows]
+    _write_evaluation(result, settings)
+    return result
+
+
+def _capability(
+    loaded: LoadedModel, setting: SteeringSetting, mc_questions: Any, mc_file: str
+) -> dict[str, Any]:
+    """Multiple-choice accuracy without and with ``setting``."""
+    from personavec.metrics.capability import evaluate_multiple_choice
+
+    plain = evaluate_multiple_choice(loaded, mc_questions)
+    with setting.apply(loaded.model):
+        moved = evaluate_multiple_choice(loaded, mc_questions)
+    return {
+        "file": mc_file,
+        "questions": len(mc_questions),
+        "baseline_accuracy": plain.accuracy,
+        "steered_accuracy": moved.accuracy,
+        "change": moved.accuracy - plain.accuracy,
+    }
+
+
+def _write_evaluation(result: EvalResult, settings: EvalSettings) -> None:
+    """``table.jsonl``, ``summary.json`` and ``report.md`` (each atomically)."""
+    out = result.run_dir
+    rows = [{**r, "steered": False} for r in result.baseline.rows]
+    rows += [{**r, "steered": True} for r in result.steered.rows]
     atomic_write_text(
         out / "table.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     )
     atomic_write_json(out / "summary.json", eval_summary(result, settings))
     atomic_write_text(out / "report.md", eval_report(result, settings))
-    return result
 
 
 def _stat_dict(stat: Stat) -> dict[str, Any]:
@@ -541,8 +475,9 @@ def eval_summary(result: EvalResult, settings: EvalSettings) -> dict[str, Any]:
         "trait": result.trait,
         "layers": list(steered.layers),
         "coef": steered.coef,
-        "relative": steered.relative,
+        "relative": steered.unit == "relative",
         "positions": steered.positions,
+        "op": steered.op,
         "settings": asdict(settings),
         "judge": result.judge,
         "steered": cell(result.steered),

@@ -34,13 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from personavec.core.models import LoadedModel
+from personavec.core.setting import SteeringSetting
 from personavec.core.vector import PersonaVector
 from personavec.errors import PersonavecError
 from personavec.judges.base import Judge
 from personavec.pipeline.evaluate import (
-    Cell,
     CellResult,
-    check_cell,
+    EvalSettings,
+    Judges,
     prepare_evaluation,
     run_cells,
 )
@@ -111,29 +112,6 @@ def parse_grid(text: str) -> list[float]:
     if any(not math.isfinite(v) for v in values):
         raise PersonavecError(f"coefficients must be finite numbers, got {text!r}")
     return sorted(values | {0.0})
-
-
-def parse_layer_grid(text: str) -> list[int]:
-    """``"8,12,16"``, ``"8-20"`` or ``"8-20:4"`` (every 4th layer from 8 to 20) → layers."""
-    layers: list[int] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            span, _, step = part.partition(":")
-            if "-" in span[1:]:
-                start, end = span.split("-", 1)
-                layers.extend(range(int(start), int(end) + 1, int(step) if step else 1))
-            else:
-                layers.append(int(span))
-    except ValueError:
-        raise PersonavecError(
-            f"cannot read layers {text!r}; write e.g. 8,12,16 or 8-20:4"
-        ) from None
-    if not layers:
-        raise PersonavecError("no layers given; write e.g. --layers 8-20:4")
-    return sorted(set(layers))
 
 
 def _interp(x: float, x0: float, x1: float, y0: float, y1: float) -> float:
@@ -221,36 +199,15 @@ def refine_calibration(
     up = calibration.coef > 0
     side = sorted((c for c in curve.coefs if (c > 0) == up or c == 0), key=abs)
     measured = {c: curve.at(c) for c in side}
-
-    def reached(trait: float) -> bool:
-        return trait >= target if up else trait <= target
-
-    above = [c for c in side if reached(measured[c][0])]
+    above = [c for c in side if _reached(measured[c][0], target, up)]
     if not above:
         return calibration
     high = above[0]
     low = max((c for c in side if abs(c) < abs(high)), key=abs, default=0.0)
-    for _ in range(steps):
-        (t0, _), (t1, _) = measured[low], measured[high]
-        coef = (low + high) / 2 if t1 == t0 else low + (high - low) * (target - t0) / (t1 - t0)
-        coef = min(max(coef, min(low, high)), max(low, high))
-        if coef in measured:
-            coef = (low + high) / 2
-        if coef in measured:
-            break
-        measured[coef] = measure(coef)
-        if reached(measured[coef][0]):
-            high = coef
-        else:
-            low = coef
-    candidates = [
-        (abs(trait - target), abs(c), c)
-        for c, (trait, coherence) in measured.items()
-        if c != 0 and coherence >= coherence_floor
-    ]
-    if not candidates:
+    _narrow(measured, low, high, target, up, measure, steps)
+    best = _closest_coherent(measured, target, coherence_floor)
+    if best is None:
         return calibration
-    _, _, best = min(candidates)
     trait, coherence = measured[best]
     return Calibration(
         best,
@@ -260,6 +217,48 @@ def refine_calibration(
         trait,
         coherence,
     )
+
+
+def _reached(trait: float, target: float, up: bool) -> bool:
+    return trait >= target if up else trait <= target
+
+
+def _narrow(
+    measured: dict[float, tuple[float, float]],
+    low: float,
+    high: float,
+    target: float,
+    up: bool,
+    measure: Callable[[float], tuple[float, float]],
+    steps: int,
+) -> None:
+    """False-position steps between ``low`` (short of the target) and ``high`` (reaching it);
+    each measured coefficient is added to ``measured``."""
+    for _ in range(steps):
+        (t0, _), (t1, _) = measured[low], measured[high]
+        coef = (low + high) / 2 if t1 == t0 else low + (high - low) * (target - t0) / (t1 - t0)
+        coef = min(max(coef, min(low, high)), max(low, high))
+        if coef in measured:
+            coef = (low + high) / 2
+        if coef in measured:
+            break
+        measured[coef] = measure(coef)
+        if _reached(measured[coef][0], target, up):
+            high = coef
+        else:
+            low = coef
+
+
+def _closest_coherent(
+    measured: dict[float, tuple[float, float]], target: float, coherence_floor: float
+) -> float | None:
+    """The non-zero coefficient whose trait is closest to ``target`` with coherence ≥ floor."""
+    candidates = [
+        (abs(trait - target), abs(c), c)
+        for c, (trait, coherence) in measured.items()
+        if c != 0 and coherence >= coherence_floor
+    ]
+    return min(candidates)[2] if candidates else None
 
 
 def pick_layer(
@@ -288,6 +287,49 @@ def pick_layer(
     sign = 1.0 if up else -1.0
     best = max(coherent, key=lambda c: (sign * c.at(reference)[0], -c.layer))
     return best, reference
+
+
+@dataclass
+class _SweepRun:
+    """What every stage of one sweep shares."""
+
+    loaded: LoadedModel
+    vector: PersonaVector
+    unit: str
+    settings: EvalSettings
+    questions: list[str]
+    judges: Judges
+    out: Path
+
+    @classmethod
+    def prepare(
+        cls,
+        loaded: LoadedModel,
+        spec: TraitSpec,
+        vector: PersonaVector,
+        unit: str,
+        judge: str | Judge,
+        out: Path,
+        **eval_fields: Any,
+    ) -> _SweepRun:
+        """Validated evaluation settings, questions and judges (see ``prepare_evaluation``)."""
+        settings, questions, judges = prepare_evaluation(loaded, spec, judge, **eval_fields)
+        return cls(loaded, vector, unit, settings, questions, judges, out)
+
+    def cell(self, layer: int, coef: float, positions: str) -> SteeringSetting:
+        """One grid cell (validated: layer range, strength, zero vector)."""
+        return SteeringSetting(self.vector, (layer,), coef, self.unit, positions)  # type: ignore[arg-type]
+
+    def run(self, cells: Sequence[SteeringSetting], show_progress: bool) -> list[CellResult]:
+        return run_cells(
+            self.loaded,
+            cells,
+            self.questions,
+            self.settings,
+            self.judges,
+            self.out,
+            show_progress=show_progress,
+        )
 
 
 def sweep(
@@ -319,42 +361,37 @@ def sweep(
     """Run the grid, choose the layer, calibrate, report; write the vector metadata last.
 
     ``coefs`` are raw multipliers, or fractions of the typical residual norm with
-    ``relative=True``; the calibrated coefficient is stored in the same unit. With a target, the
-    interpolated coefficient is refined by ``refine_steps`` extra measured cells (see
-    :func:`refine_calibration`). The vector file
-    (``vector_path``, default ``vector.path``) is rewritten only when ``write`` is true.
+    ``relative=True``; the calibrated coefficient is stored in the same unit. Each grid cell is a
+    :class:`SteeringSetting` (coefficient 0 is the baseline). With a target, the interpolated
+    coefficient is refined by ``refine_steps`` extra measured cells (see
+    :func:`refine_calibration`). The vector file (``vector_path``, default ``vector.path``) is
+    rewritten only when ``write`` is true.
     """
     from personavec.pipeline.sweep_report import write_sweep_report
 
     spec = trait if isinstance(trait, TraitSpec) else load_trait(trait)
-    if target_trait is not None and target_change is not None:
-        raise PersonavecError("pass --target-trait or --target-change, not both")
-    if not coherence_floor <= 100:
-        raise PersonavecError(f"coherence floor must be at most 100, got {coherence_floor:g}")
+    _check_targets(target_trait, target_change, coherence_floor)
     vector.check_compatible(loaded.model, force=force)
-    grid = sorted({float(c) for c in coefs} | {0.0})
-    if len(grid) < 2:
-        raise PersonavecError("the coefficient grid is empty; pass e.g. --coefs -2,-1,0,1,2")
-    layer_list = sorted(set(layers))
-    if not layer_list:
-        raise PersonavecError("no layers given; pass e.g. --layers 8-20:4")
-    position_list = list(dict.fromkeys(positions)) or ["all"]
+    grid, layer_list, position_list = _grid_axes(coefs, layers, positions)
+    unit = "relative" if relative else "raw"
+    # every cell is validated here, before anything is generated
     steered = [
-        Cell((layer,), coef, pos, relative)
+        SteeringSetting(vector, (layer,), coef, unit, pos)  # type: ignore[arg-type]
         for pos in position_list
         for layer in layer_list
         for coef in grid
         if coef != 0
     ]
-    for cell in steered:
-        check_cell(vector, cell)
     target = vector_path if vector_path is not None else vector.path
     if write and target is None:
         raise PersonavecError("the vector has no file to write the calibration to; pass a path")
-    settings, question_list, judges = prepare_evaluation(
+    run = _SweepRun.prepare(
         loaded,
         spec,
+        vector,
+        unit,
         judge,
+        Path(run_dir),
         questions=questions,
         samples=samples,
         max_new_tokens=max_new_tokens,
@@ -362,23 +399,73 @@ def sweep(
         seed=seed,
         coherence_judge=coherence_judge,
     )
-
-    out = Path(run_dir)
-    baseline_cell = Cell((layer_list[0],), 0.0, position_list[0], relative)
-    results = run_cells(
-        loaded,
-        vector,
-        [baseline_cell, *steered],
-        question_list,
-        settings,
-        judges,
-        out,
-        show_progress=show_progress,
-    )
+    baseline_cell = run.cell(layer_list[0], 0.0, position_list[0])
+    results = run.run([baseline_cell, *steered], show_progress)
     baseline, cells = results[0], results[1:]
+    curves = _curves(baseline, cells, layer_list, position_list, grid)
+    best, reference = pick_layer(curves, coherence_floor)
+    calibration = _calibrate(
+        run, best, results, target_trait, target_change, coherence_floor, refine_steps
+    )
+    tokens, seconds = sum(r.new_tokens for r in results), sum(r.generation_s for r in results)
+    result = SweepResult(
+        run_dir=run.out,
+        trait=spec.name,
+        curves=curves,
+        cells=cells,
+        baseline=baseline,
+        reference_coef=reference,
+        layer=best.layer,
+        positions=best.positions,
+        calibration=calibration,
+        relative=relative,
+        coherence_floor=coherence_floor,
+        judge=run.judges.describe(),
+        settings=asdict(run.settings),
+        vector_written=Path(target) if write and target is not None else None,
+        tokens_per_s=tokens / seconds if seconds > 0 else float("nan"),
+        new_tokens=tokens,
+        generation_s=seconds,
+    )
+    write_sweep_report(result)
+    if result.vector_written is not None:  # last, atomically: nothing half-written before it
+        result.vector_written = write_calibration(vector, result.vector_written, result)
+    return result
+
+
+def _grid_axes(
+    coefs: Sequence[float], layers: Sequence[int], positions: Sequence[str]
+) -> tuple[list[float], list[int], list[str]]:
+    """Sorted coefficients (0 added: the baseline), sorted layers, distinct position modes."""
+    grid = sorted({float(c) for c in coefs} | {0.0})
+    if len(grid) < 2:
+        raise PersonavecError("the coefficient grid is empty; pass e.g. --coefs -2,-1,0,1,2")
+    layer_list = sorted(set(layers))
+    if not layer_list:
+        raise PersonavecError("no layers given; pass e.g. --layers 8-20:4")
+    return grid, layer_list, list(dict.fromkeys(positions)) or ["all"]
+
+
+def _check_targets(
+    target_trait: float | None, target_change: float | None, coherence_floor: float
+) -> None:
+    if target_trait is not None and target_change is not None:
+        raise PersonavecError("pass --target-trait or --target-change, not both")
+    if not coherence_floor <= 100:
+        raise PersonavecError(f"coherence floor must be at most 100, got {coherence_floor:g}")
+
+
+def _curves(
+    baseline: CellResult,
+    cells: Sequence[CellResult],
+    layers: Sequence[int],
+    positions: Sequence[str],
+    grid: list[float],
+) -> list[DoseCurve]:
+    """One dose-response curve per (positions, layer); coefficient 0 is the shared baseline."""
     curves = []
-    for pos in position_list:
-        for layer in layer_list:
+    for pos in positions:
+        for layer in layers:
             points = {0.0: baseline}
             points.update(
                 {
@@ -396,55 +483,38 @@ def sweep(
                     [points[c].coherence.mean for c in grid],
                 )
             )
-    best, reference = pick_layer(curves, coherence_floor)
-    calibration = None
-    if target_trait is not None or target_change is not None:
-        calibration = calibrate_coefficient(
-            best,
-            target_trait=target_trait,
-            target_change=target_change,
-            coherence_floor=coherence_floor,
-        )
-        if calibration.coef is not None and refine_steps > 0:
+    return curves
 
-            def measure(coef: float) -> tuple[float, float]:
-                cell = Cell((best.layer,), coef, best.positions, relative)
-                check_cell(vector, cell)
-                (res,) = run_cells(
-                    loaded, vector, [cell], question_list, settings, judges, out,
-                    show_progress=False,
-                )  # fmt: skip
-                results.append(res)
-                return res.trait.mean, res.coherence.mean
 
-            calibration = refine_calibration(
-                best, calibration, measure, steps=refine_steps, coherence_floor=coherence_floor
-            )
-    new_tokens = sum(r.new_tokens for r in results)
-    seconds = sum(r.generation_s for r in results)
-    result = SweepResult(
-        run_dir=out,
-        trait=spec.name,
-        curves=curves,
-        cells=cells,
-        baseline=baseline,
-        reference_coef=reference,
-        layer=best.layer,
-        positions=best.positions,
-        calibration=calibration,
-        relative=relative,
+def _calibrate(
+    run: _SweepRun,
+    best: DoseCurve,
+    results: list[CellResult],
+    target_trait: float | None,
+    target_change: float | None,
+    coherence_floor: float,
+    refine_steps: int,
+) -> Calibration | None:
+    """Calibrate on ``best``'s curve and refine with measured cells (appended to ``results``)."""
+    if target_trait is None and target_change is None:
+        return None
+    calibration = calibrate_coefficient(
+        best,
+        target_trait=target_trait,
+        target_change=target_change,
         coherence_floor=coherence_floor,
-        judge=judges.describe(),
-        tokens_per_s=new_tokens / seconds if seconds > 0 else float("nan"),
-        new_tokens=new_tokens,
-        generation_s=seconds,
-        settings=asdict(settings),
-        vector_written=Path(target) if write and target is not None else None,
     )
-    write_sweep_report(result)
-    if result.vector_written is not None:  # last, atomically: nothing half-written before it
-        result.vector_written = write_calibration(vector, result.vector_written, result)
-    return result
+    if calibration.coef is None or refine_steps <= 0:
+        return calibration
+
+    def measure(coef: float) -> tuple[float, float]:
+        (res,) = run.run([run.cell(best.layer, coef, best.positions)], False)
+        results.append(res)
+        return res.trait.mean, res.coherence.mean
+
+    return refine_calibration(
+        best, calibration, measure, steps=refine_steps, coherence_floor=coherence_floor
+    )
 
 
 def calibration_record(result: SweepResult) -> dict[str, Any]:
