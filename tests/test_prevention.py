@@ -9,9 +9,10 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from fixtures import synthetic_vector
 from personavec.core.layers import find_blocks
 from personavec.core.models import LoadedModel, encode_prompt, load_model
-from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
+from personavec.core.vector import PersonaVector, config_fingerprint
 from personavec.errors import PersonavecError
 from personavec.training.chat_data import ChatRow
 from personavec.training.finetune import FinetuneConfig, build_trainer, finetune
@@ -34,21 +35,27 @@ CONFIG = FinetuneConfig(
 LAYER = 2
 
 
-def make_vector(lm: LoadedModel, path: Path, *, seed: int = 0, trait: str = "synthetic") -> Path:
-    """Seeded random rows in a PersonaVector file (plumbing, not science)."""
-    n = lm.n_layers
-    rows = torch.randn(n + 1, lm.hidden_size, generator=torch.Generator().manual_seed(seed))
-    meta = VectorMetadata(
+def make_vector(
+    lm: LoadedModel,
+    path: Path,
+    *,
+    seed: int = 0,
+    trait: str = "synthetic",
+    typical: float | None = 10.0,
+) -> Path:
+    """Seeded random rows for ``lm`` in a vector file (plumbing, not science)."""
+    vector = synthetic_vector(
         trait=trait,
+        n_layers=lm.n_layers,
+        hidden=lm.hidden_size,
+        seed=seed,
         model_id=lm.model_id,
-        model_fingerprint=config_fingerprint(lm.model.config),
-        hidden_size=lm.hidden_size,
-        n_layers=n,
-        readouts=["response_avg"],
-        recommended_layer=LAYER,
+        fingerprint=config_fingerprint(lm.model.config),
+        layer=LAYER,
+        typical_norm=typical,
         recommended_coef=3.0,
     )
-    return PersonaVector({"response_avg": rows}, meta, torch.full((n + 1,), 10.0)).save(path)
+    return vector.save(path)
 
 
 def _batch(trainer: Any) -> dict[str, torch.Tensor]:
@@ -234,7 +241,10 @@ def test_penalty_finetune_runs_and_logs(tmp_path: Path) -> None:
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path: Path) -> None:
     loaded = tiny_model("llama")
-    path = make_vector(loaded, tmp_path / "v.safetensors")
+    normed = make_vector(loaded, tmp_path / "w.safetensors")
+    with pytest.raises(PersonavecError, match="typical residual norm"):  # absurd: refused
+        build_modifiers(loaded, prevent=[f"{normed}:2:1e6"])
+    path = make_vector(loaded, tmp_path / "v.safetensors", typical=None)  # no norms to check
     mods = build_modifiers(loaded, prevent=[f"{path}:{LAYER}:1e38"])
     with pytest.raises(NonFiniteLoss, match=r"became nan at step 1.*no checkpoint"):
         finetune(loaded, ROWS, tmp_path / "ft", CONFIG, show_progress=False, extras=mods.extras())

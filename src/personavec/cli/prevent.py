@@ -248,7 +248,7 @@ def prevent_study_command(
 
 
 def _floats(text: str, flag: str) -> tuple[float, ...]:
-    from personavec.interfaces.chat import parse_coef
+    from personavec.core.grammar import parse_coef
 
     try:
         return tuple(parse_coef(x) for x in text.split(",") if x.strip())

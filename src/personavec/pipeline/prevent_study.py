@@ -37,11 +37,10 @@ from typing import Any
 import torch
 
 from personavec.core.models import LoadedModel
-from personavec.core.steering import plan, steer
+from personavec.core.setting import SteeringSetting
 from personavec.core.vector import PersonaVector
 from personavec.errors import PersonavecError
 from personavec.pipeline.evaluate import (
-    Cell,
     EvalSettings,
     Judges,
     generate_cell,
@@ -339,25 +338,18 @@ def _measure(
     assert ctx.evaluation is not None
     settings, questions, judges = ctx.evaluation
     s = ctx.settings
-    cell = Cell((ctx.layer,), -subtract if subtract else 0.0, s.positions, s.relative)
+    cell = SteeringSetting.from_vector(
+        ctx.vector,
+        [ctx.layer],
+        coef=-subtract if subtract else 0.0,
+        unit="relative" if s.relative else "raw",
+        positions=s.positions,
+    )
     answers = ctx.run_dir / "eval" / name / "answers.jsonl"
-    got, tokens, seconds = generate_cell(model, ctx.vector, cell, questions, settings, answers)
+    got, tokens, seconds = generate_cell(model, cell, questions, settings, answers)
     judge_rows(got, judges, ctx.run_dir / "judgments.sqlite", show_progress=False)
     summary = summarise_cell(cell, got, tokens, seconds)
-    steering = (
-        steer(
-            model.model,
-            plan(
-                ctx.vector,
-                ctx.layer,
-                cell.coef,
-                positions=s.positions,  # type: ignore[arg-type]
-                relative=s.relative,
-            ),
-        )
-        if subtract
-        else nullcontext()
-    )
+    steering = nullcontext() if cell.is_baseline else cell.apply(model.model)
     with steering:
         mc = evaluate_multiple_choice(model, ctx.capability.mc).accuracy
         ppl = perplexity(model, ctx.capability.text).perplexity

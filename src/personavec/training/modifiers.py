@@ -15,17 +15,17 @@ multi-layer form; raw coefficients only) and ``stack`` each layer's own vector.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from personavec.core.grammar import parse_coef, split_spec
 from personavec.core.models import LoadedModel
+from personavec.core.setting import SteeringSetting, unit_of
 from personavec.core.steering import Intervention
-from personavec.engines.answering import SteerRequest
+from personavec.core.vector import PersonaVector
 from personavec.errors import PersonavecError
-from personavec.interfaces.chat import parse_coef, parse_steer_spec
 from personavec.training.finetune import TrainerExtras
 from personavec.training.prevention import StopOnNonFinite, TrainingSteering
 from personavec.training.projection_penalty import PenaltyTerm, penalty_trainer_class
@@ -50,14 +50,22 @@ def parse_training_spec(text: str, flag: str, *, max_parts: int) -> ParsedSpec:
     all_layers = len(parts) > 1 and parts[1] == "all"
     if all_layers:
         parts[1] = ""
-    spec = parse_steer_spec(":".join(parts))
-    return ParsedSpec(spec.path, spec.layers, all_layers, spec.coef)
+    spec = split_spec(":".join(parts))
+    return ParsedSpec(
+        spec.path, spec.layers, all_layers, parse_coef(spec.value) if spec.value else None
+    )
 
 
-def _vector_id(request: SteerRequest) -> dict[str, Any]:
-    rows = request.vector.readout()
-    digest = hashlib.sha256(rows.float().contiguous().numpy().tobytes()).hexdigest()[:16]
-    return {"trait": request.vector.meta.trait, "vector_sha256": digest}
+def _setting(
+    spec: ParsedSpec, loaded: LoadedModel, force: bool, n_layers: int, **kwargs: Any
+) -> SteeringSetting:
+    """The spec's setting (``all`` → layers 1..n), checked against ``loaded``."""
+    if not spec.path.is_file():
+        raise PersonavecError(f"vector file not found: {spec.path}")
+    vector = PersonaVector.load(spec.path)
+    vector.check_compatible(loaded.model, force=force)
+    layers = list(range(1, n_layers + 1)) if spec.all_layers else spec.layers
+    return SteeringSetting.from_vector(vector, layers, **kwargs)
 
 
 @dataclass
@@ -69,8 +77,8 @@ class TrainingModifiers:
         penalties: projection-penalty terms.
     """
 
-    prevent: list[SteerRequest] = field(default_factory=list)
-    ablate: list[SteerRequest] = field(default_factory=list)
+    prevent: list[SteeringSetting] = field(default_factory=list)
+    ablate: list[SteeringSetting] = field(default_factory=list)
     penalties: list[PenaltyTerm] = field(default_factory=list)
     penalty_ids: list[dict[str, Any]] = field(default_factory=list)
 
@@ -86,16 +94,8 @@ class TrainingModifiers:
         if self.empty:
             return {}
 
-        def steering(r: SteerRequest) -> dict[str, Any]:
-            return {
-                **_vector_id(r),
-                "layers": r.layers,
-                "coef": r.coef,
-                "op": r.op,
-                "positions": r.positions,
-                "mode": r.mode,
-                "relative": r.relative,
-            }
+        def steering(r: SteeringSetting) -> dict[str, Any]:
+            return {"trait": r.vector.meta.trait, "op": r.op, "mode": r.mode, **r.identity()}
 
         return {
             "prevent": [steering(r) for r in self.prevent],
@@ -143,32 +143,25 @@ def build_modifiers(
     out = TrainingModifiers()
     for text in prevent:
         spec = parse_training_spec(text, "--prevent", max_parts=2)
-        layers = list(range(1, n + 1)) if spec.all_layers else spec.layers
-        if mode == "incremental" and (layers is None or len(layers) < 2):
+        if mode == "incremental" and not (spec.all_layers or len(spec.layers or []) > 1):
             raise PersonavecError(
                 f"--mode incremental needs several layers (e.g. {spec.path}:all:2); got {text!r}"
             )
         out.prevent.append(
-            SteerRequest.build(
-                spec.path,
+            _setting(
+                spec,
                 loaded,
-                layers=layers,
+                force,
+                n,
                 coef=spec.value,
+                unit=unit_of(relative),
                 positions=positions,
-                op="add",
                 mode=mode,
-                relative=relative,
-                force=force,
             )
         )
     for text in ablate:
         spec = parse_training_spec(text, "--ablate-during-training", max_parts=1)
-        layers = list(range(1, n + 1)) if spec.all_layers else spec.layers
-        out.ablate.append(
-            SteerRequest.build(
-                spec.path, loaded, layers=layers, positions=positions, op="ablate", force=force
-            )
-        )
+        out.ablate.append(_setting(spec, loaded, force, n, positions=positions, op="ablate"))
     for text in penalty:
         out.penalties.append(_penalty_term(text, loaded, force, out.penalty_ids))
     _check_traits(out)
@@ -200,13 +193,13 @@ def _penalty_term(
         raise PersonavecError(f"--projection-penalty {text!r}: write FILE:layer:lambda")
     weight = parse_coef(parts[2])
     spec = parse_training_spec(":".join(parts[:2]), "--projection-penalty", max_parts=1)
-    request = SteerRequest.build(spec.path, loaded, layers=spec.layers, op="ablate", force=force)
-    if len(request.layers) != 1:
+    setting = _setting(spec, loaded, force, _n_layers(loaded), op="ablate")
+    if len(setting.layers) != 1:
         raise PersonavecError(f"--projection-penalty {text!r}: give one layer")
-    layer = request.layers[0]
-    ids.append({**_vector_id(request), "layer": layer, "lambda": weight})
+    layer = setting.layers[0]
+    ids.append({"trait": setting.vector.meta.trait, **setting.identity(), "lambda": weight})
     return PenaltyTerm(
-        request.vector.direction(layer).float(), layer, weight, request.vector.meta.trait
+        setting.vector.direction(layer).float(), layer, weight, setting.vector.meta.trait
     )
 
 
