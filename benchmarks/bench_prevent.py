@@ -74,6 +74,7 @@ def main() -> None:
         "/tmp/bench_prevent",
         extras=TrainerExtras(trainer_class=penalty_cls, args={"activation_checkpointing": False}),
     )
+    trainer.current_gradient_accumulation_steps = 1  # set by train(); steps run directly here
     model = trainer.model
     model.train()
     batches = list(trainer.get_train_dataloader())
