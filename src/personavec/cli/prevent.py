@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -222,8 +223,11 @@ def prevent_study_command(
         mc_questions=mc_questions,
         seed=seed,
     )
-    extra = {k: v for k, v in {"learning_rate": lr, "epochs": epochs}.items() if v is not None}
-    config = FinetuneConfig(seed=seed, **extra)
+    config = FinetuneConfig(seed=seed)
+    if lr is not None or epochs is not None:
+        config = replace(
+            config, learning_rate=lr or config.learning_rate, epochs=epochs or config.epochs
+        )
     rows = read_chat_dataset(dataset)
     pv = PersonaVector.load(vector)
     capability = load_capability(mc_file, heldout_text, mc_questions)
@@ -265,7 +269,8 @@ def register(app: typer.Typer) -> None:
             and callback is not None
             and not getattr(callback, "_personavec_training_options", False)
         ):
-            info.callback = with_training_options(callback)
-            info.callback._personavec_training_options = True  # type: ignore[attr-defined]
+            wrapped = with_training_options(callback)
+            wrapped._personavec_training_options = True
+            info.callback = wrapped
     if "prevent-study" not in {info.name for info in app.registered_commands}:
         app.command("prevent-study")(prevent_study_command)

@@ -159,8 +159,8 @@ def load_capability(
         raise PersonavecError("no shipped multiple-choice set in this install; pass --mc-file")
     if heldout_text is None and not hasattr(ppl, "default_heldout_text"):
         raise PersonavecError("no shipped held-out text in this install; pass --heldout-text")
-    mc = cap.load_mc_file(mc_file) if mc_file else cap.default_mc_set()
-    text = ppl.read_text(Path(heldout_text)) if heldout_text else ppl.default_heldout_text()
+    mc = cap.load_mc_file(mc_file) if mc_file else cap.default_mc_set()  # type: ignore[attr-defined,unused-ignore]
+    text = ppl.read_text(Path(heldout_text)) if heldout_text else ppl.default_heldout_text()  # type: ignore[attr-defined,unused-ignore]
     return Capability(
         mc[:mc_questions] if mc_questions else mc,
         text,

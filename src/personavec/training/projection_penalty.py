@@ -113,7 +113,8 @@ class ProjectionPenaltyTrainer(SFTTrainer):
         base_inputs = {
             k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs
         }
-        with torch.no_grad(), model.disable_adapter(), block_outputs(model, layers) as base:
+        disabled = model.disable_adapter()  # type: ignore[operator]  # peft's context manager
+        with torch.no_grad(), disabled, block_outputs(model, layers) as base:
             model(**base_inputs, use_cache=False)
         penalty = projection_penalty(trained, base, inputs["labels"] != IGNORE, terms)
         if num_items_in_batch is not None:  # TRL leaves gradient accumulation to the loss
