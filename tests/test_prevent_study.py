@@ -65,7 +65,7 @@ def test_study_measures_every_variant_and_resumes(tmp_path: Path) -> None:
         log=logs.append,
     )
     names = [r.name for r in records]
-    assert names == ["base", "finetune", "prevent+2", "ablate", "penalty1", "posthoc-2"]
+    assert names == ["base", "finetune", "prevent+2", "posthoc-2", "penalty1", "ablate"]
     by = {r.name: r for r in records}
     assert by["base"].shift == 0.0 and by["posthoc-2"].shift is None
     assert all(r.shift != 0.0 for r in records if r.method in ("finetune", "prevent"))

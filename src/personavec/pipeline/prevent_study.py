@@ -271,13 +271,14 @@ def _variant_plan(
         (f"prevent{c:+g}", "prevent", c, mods(prevent=[f"{path}:{ctx.layer}:{c!r}"]))
         for c in s.coefs
     ]
-    if s.ablate:
-        out.append(("ablate", "ablate", None, mods(ablate=[f"{path}:{ctx.layer}"])))
+    # post-hoc steering needs no new finetune, so it comes before the remaining finetunes
+    out += [(f"posthoc-{c:g}", "posthoc", c, None) for c in (s.posthoc_coefs or s.coefs)]
     out += [
         (f"penalty{w:g}", "penalty", w, mods(penalty=[f"{path}:{ctx.layer}:{w!r}"]))
         for w in s.penalty_weights
     ]
-    out += [(f"posthoc-{c:g}", "posthoc", c, None) for c in (s.posthoc_coefs or s.coefs)]
+    if s.ablate:
+        out.append(("ablate", "ablate", None, mods(ablate=[f"{path}:{ctx.layer}"])))
     return out
 
 
