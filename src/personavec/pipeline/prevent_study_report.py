@@ -57,6 +57,8 @@ def findings(records: Sequence[VariantRecord]) -> list[str]:
         and abs(r.trait - base.trait) <= 5.0
     ]
     best = min(kept, key=lambda r: abs(r.mc_accuracy - base.mc_accuracy), default=None)
+    if not any(r.method == "prevent" for r in records):
+        return [*out, "(no preventative finetune measured yet)"]
     out.append(
         f"Preventative α = {best.coef:g} keeps the trait at {best.trait:.1f} (base "
         f"{base.trait:.1f}) with coherence {best.coherence:.1f} and MC accuracy "
