@@ -219,6 +219,7 @@ def _mount_subapps() -> None:
     from personavec.cli.geometry import register as register_geometry
     from personavec.cli.monitor import register as register_monitor
     from personavec.cli.monitor_sweep import register as register_monitor_sweep
+    from personavec.cli.prevent import register as register_prevent
     from personavec.cli.project import register as register_project
     from personavec.cli.screen import register as register_screen
     from personavec.cli.steer import register as register_steer
@@ -235,6 +236,7 @@ def _mount_subapps() -> None:
     register_eval(app)
     register_screen(app)
     register_training(app)
+    register_prevent(app)  # after the training commands: it extends `finetune`
 
 
 _mount_subapps()

@@ -19,14 +19,16 @@ latest one (same seed → the same final adapter as an uninterrupted run).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,42 @@ class FinetuneConfig:
             raise FinetuneError("learning rate and epochs must be positive")
 
 
+@dataclass(frozen=True)
+class TrainerExtras:
+    """Hook point for changes to how training runs (e.g. preventative steering).
+
+    Attributes:
+        callbacks: extra ``transformers.TrainerCallback`` objects.
+        trainer_class: an ``SFTTrainer`` subclass to build instead of ``SFTTrainer``.
+        args: ``SFTConfig`` fields to override.
+        identity: JSON-able description recorded under ``"training"`` in the run record; finished
+            finetunes are reused only when it matches.
+    """
+
+    callbacks: tuple[Any, ...] = ()
+    trainer_class: type | None = None
+    args: Mapping[str, Any] = field(default_factory=dict)
+    identity: Mapping[str, Any] = field(default_factory=dict)
+
+
+ExtrasFactory = Callable[[LoadedModel], TrainerExtras]
+_EXTRAS_FACTORY: ContextVar[ExtrasFactory | None] = ContextVar("finetune_extras", default=None)
+
+
+@contextlib.contextmanager
+def extras_for_finetunes(factory: ExtrasFactory) -> Iterator[None]:
+    """Inside this block, :func:`finetune` calls given no ``extras`` use ``factory(base)``.
+
+    How command-line options that change training (``--prevent`` …) reach ``personavec
+    finetune`` without that command knowing them.
+    """
+    token = _EXTRAS_FACTORY.set(factory)
+    try:
+        yield
+    finally:
+        _EXTRAS_FACTORY.reset(token)
+
+
 @dataclass
 class FinetuneResult:
     """A finished finetune directory and its record."""
@@ -136,8 +174,10 @@ def build_trainer(
     *,
     show_progress: bool = False,
     callbacks: Sequence[Any] = (),
+    extras: TrainerExtras | None = None,
 ) -> Any:
-    """An ``SFTTrainer`` training a LoRA adapter on a *copy* of ``loaded.model``."""
+    """An ``SFTTrainer`` (or ``extras.trainer_class``) training a LoRA adapter on a *copy* of
+    ``loaded.model``."""
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
@@ -174,6 +214,7 @@ def build_trainer(
         use_cpu=loaded.device.type == "cpu",
         bf16=loaded.model.dtype == torch.bfloat16,
         dataloader_num_workers=0,
+        **dict(extras.args if extras else {}),
     )
     tokenizer = copy.deepcopy(loaded.tokenizer)
     tokenizer.padding_side = "right"
@@ -182,13 +223,14 @@ def build_trainer(
     progress = [LossProgress()] if show_progress else []
     from transformers.trainer_callback import PrinterCallback
 
-    trainer = SFTTrainer(
+    trainer_class = extras.trainer_class if extras and extras.trainer_class else SFTTrainer
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=_to_dataset(rows),
         processing_class=tokenizer,
         peft_config=lora,
-        callbacks=[*progress, *callbacks],
+        callbacks=[*progress, *callbacks, *(extras.callbacks if extras else ())],
     )
     trainer.remove_callback(PrinterCallback)  # losses go to the progress bar and the record
     return trainer
@@ -205,12 +247,13 @@ def finetune(
     overwrite: bool = False,
     show_progress: bool = True,
     callbacks: Sequence[Any] = (),
+    extras: TrainerExtras | None = None,
 ) -> FinetuneResult:
     """Train a LoRA adapter on ``rows``; write ``out`` (see the module docstring).
 
     ``base`` is left untouched (training runs on a copy). A finished ``out`` with the same base,
     data and settings is reused; a different one is an error unless ``overwrite``. ``callbacks``
-    are extra ``transformers.TrainerCallback`` objects.
+    are extra ``transformers.TrainerCallback`` objects; ``extras`` changes how training runs.
     """
     config = config or FinetuneConfig()
     loaded = load_model(base) if isinstance(base, str) else base
@@ -218,8 +261,13 @@ def finetune(
     if not rows:
         raise FinetuneError("the dataset holds no examples; pass a non-empty dataset")
     check_fits_template(loaded.tokenizer, rows)
+    factory = _EXTRAS_FACTORY.get()
+    if extras is None and factory is not None:
+        extras = factory(loaded)
     target = Path(out)
     identity = _identity(loaded, rows, config, dataset_path, merge)
+    if extras is not None and extras.identity:
+        identity["training"] = dict(extras.identity)
     existing = _reuse(target, identity, overwrite)
     if existing is not None:
         return existing
@@ -232,6 +280,7 @@ def finetune(
         work / "checkpoints",
         show_progress=show_progress,
         callbacks=callbacks,
+        extras=extras,
     )
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -274,7 +323,7 @@ def _identity(
 
 
 def _same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    keys = ("base", "config", "merged")
+    keys = ("base", "config", "merged", "training")
     return all(a.get(k) == b.get(k) for k in keys) and (
         a["dataset"]["rows_sha256"] == b["dataset"]["rows_sha256"]
     )
