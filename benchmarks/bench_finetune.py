@@ -5,7 +5,7 @@
   batches*: the bare transformers model, base weights frozen, forward with labels and
   ``loss.backward()`` into the input embeddings (the backward pass any adapter needs, with no
   peft, TRL or Trainer code). ``ratio`` = trainer / plain (target ≥ 0.9). Steps are timed one
-  by one after a warm-up step; medians of interleaved windows.
+  by one after a warm-up step; the plain loop runs before and after the trainer (mean).
 * ``end_to_end`` (with ``--e2e``): wall time of ``personavec dataset build`` (``--n`` answers)
   plus ``personavec finetune`` (1 epoch) as subprocesses (target: under 15 minutes together).
 
@@ -61,30 +61,38 @@ def bench_training(steps: int, batch: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(loaded, _rows(batch * (steps + 1)), config, tmp, callbacks=[timer])
         batches = list(trainer.get_train_dataloader())[: steps + 1]
-        trainer.train()
+        before = _plain_times(loaded.model, batches)  # plain loop before and after the trainer,
+        trainer.train()  # so load drift on a shared machine hits both sides alike
+        after = _plain_times(loaded.model, batches)
     tokens = [int(b["attention_mask"].sum()) for b in batches]
     trainer_rate = sum(tokens[1:]) / sum(timer.times[1:])
-    plain = loaded.model
-    for p in plain.parameters():
-        p.requires_grad_(False)
-    plain.train()
-    plain_times = []
-    for b in batches:
-        start = time.perf_counter()
-        embeds = plain.get_input_embeddings()(b["input_ids"]).detach().requires_grad_(True)
-        out = plain(inputs_embeds=embeds, attention_mask=b["attention_mask"], labels=b["labels"])
-        out.loss.backward()
-        plain_times.append(time.perf_counter() - start)
-    plain_rate = sum(tokens[1:]) / sum(plain_times[1:])
+    plain_rate = sum(tokens[1:]) / statistics.mean([sum(before[1:]), sum(after[1:])])
     return {
         "steps_timed": steps,
         "batch": batch,
         "tokens_per_step": statistics.mean(tokens[1:]),
         "trainer_tokens_per_s": trainer_rate,
         "plain_tokens_per_s": plain_rate,
+        "plain_before_after_tokens_per_s": [sum(tokens[1:]) / sum(t[1:]) for t in (before, after)],
         "ratio": trainer_rate / plain_rate,
         "target": 0.9,
     }
+
+
+def _plain_times(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> list[float]:
+    """Seconds per batch of a bare forward (with labels) + backward, base weights frozen."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.train()
+    times = []
+    for b in batches:
+        start = time.perf_counter()
+        embeds = model.get_input_embeddings()(b["input_ids"]).detach().requires_grad_(True)
+        out = model(inputs_embeds=embeds, attention_mask=b["attention_mask"], labels=b["labels"])
+        out.loss.backward()
+        times.append(time.perf_counter() - start)
+    model.eval()
+    return times
 
 
 def bench_end_to_end(n: int) -> dict[str, Any]:

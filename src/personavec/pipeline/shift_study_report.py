@@ -47,8 +47,7 @@ def scatter_png(records: Sequence[ModelRecord], traits: Sequence[str]) -> bytes:
 
     fig = Figure(figsize=(4.2 * len(traits), 3.8))
     FigureCanvasAgg(fig)
-    datasets = sorted({r.dataset or "base" for r in records})
-    colours = {d: f"C{i}" for i, d in enumerate(datasets)}
+    colours = {r.name: f"C{i}" for i, r in enumerate(records)}  # one colour per dataset
     markers = {None: "*", "normal": "o", "mild": "s", "strong": "^"}
     stats = correlations(records, traits)
     for index, trait in enumerate(traits):
@@ -57,10 +56,10 @@ def scatter_png(records: Sequence[ModelRecord], traits: Sequence[str]) -> bytes:
             ax.scatter(
                 r.shift[trait],
                 r.trait[trait],
-                color=colours[r.dataset or "base"],
+                color=colours[r.name],
                 marker=markers.get(r.level, "o"),
                 s=70 if r.dataset is None else 45,
-                label=f"{r.dataset or 'base'} data, {r.level or 'no finetune'}",
+                label=r.name if r.dataset else "base (no finetune)",
             )
         value = stats["per_trait"][trait]
         ax.set_title(f"{trait}: r = {'n/a' if value is None else f'{value:.2f}'}")
