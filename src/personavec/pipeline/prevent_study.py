@@ -54,6 +54,7 @@ from personavec.training.chat_data import ChatRow
 from personavec.training.finetune import FinetuneConfig, finetune
 from personavec.training.finetuned import load_finetuned
 from personavec.training.modifiers import TrainingModifiers, build_modifiers
+from personavec.training.shift import finetuning_shift, vector_layer
 from personavec.traits.library import load_trait
 
 Log = Callable[[str], None]
@@ -169,17 +170,6 @@ def load_capability(
     )
 
 
-def _shift_api() -> Any:
-    """:mod:`personavec.training.shift` (the finetuning shift; one definition, shared)."""
-    try:
-        from personavec.training import shift
-    except ImportError:
-        raise PersonavecError(
-            "personavec.training.shift is missing from this install; update personavec"
-        ) from None
-    return shift
-
-
 def prevent_study(
     base: LoadedModel,
     vector: PersonaVector,
@@ -196,7 +186,7 @@ def prevent_study(
 ) -> list[VariantRecord]:
     """Run (or resume) the study (module docstring); one record per variant, base first."""
     vector.check_compatible(base.model)
-    layer = _shift_api().vector_layer(vector, settings.layer)
+    layer = vector_layer(vector, settings.layer)
     out = Path(run_dir)
     identity = {
         "dataset_sha256": content_sha256(json.dumps([r.messages() for r in rows]).encode()),
@@ -359,7 +349,7 @@ def _measure(
         shift = 0.0
     elif method != "posthoc":
         trait = ctx.vector.meta.trait
-        report = _shift_api().finetuning_shift(
+        report = finetuning_shift(
             ctx.base,
             model,
             [ctx.vector],
