@@ -103,16 +103,18 @@ def _posthoc_vs_prevent(records: Sequence[VariantRecord], base: VariantRecord) -
 
 
 def plot(records: Sequence[VariantRecord]) -> bytes:
-    """Two panels against the coefficient: trait score, MC accuracy; one line per method."""
-    figure = new_figure(10.0, 3.8)
+    """Three panels against the coefficient: trait score, MC accuracy and perplexity (the usable
+    capability measure where MC accuracy sits at chance); one line per method."""
+    figure = new_figure(14.0, 3.8)
     panels = [
         ("trait score (0-100)", lambda r: r.trait),
         ("MC accuracy (%)", lambda r: r.mc_accuracy * 100),
+        ("perplexity (held-out text)", lambda r: r.perplexity),
     ]
     base = next((r for r in records if r.method == "base"), None)
     plain = next((r for r in records if r.method == "finetune"), None)
     for index, (label, value) in enumerate(panels, start=1):
-        ax = figure.add_subplot(1, 2, index)
+        ax = figure.add_subplot(1, len(panels), index)
         for method, name in (
             ("prevent", "preventative (+α in training)"),
             ("posthoc", "post-hoc (−α at inference)"),
