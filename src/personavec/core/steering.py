@@ -54,6 +54,10 @@ BOUNDS: tuple[str, ...] = get_args(Bound)
 MultiLayerMode = Literal["stack", "incremental"]
 
 
+class NonFiniteSteering(SteeringError):
+    """Steered activations became NaN or infinite during a forward pass."""
+
+
 @dataclass(frozen=True)
 class Intervention:
     """One change at one layer.
@@ -170,7 +174,7 @@ class SteeringHandle:
             if check:
                 ok, self._finite = bool(self._finite), None
                 if not ok:
-                    raise SteeringError(self._non_finite_message())
+                    raise NonFiniteSteering(self._non_finite_message())
             return hidden
 
         return hook

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from personavec.core.models import LoadedModel, load_model, prepare_tokenizer
+from personavec.core.steering import NonFiniteSteering
 from personavec.core.vector import config_fingerprint
 from personavec.errors import PersonavecError
 from personavec.store import atomic_write_json
@@ -47,6 +48,10 @@ MARKER = "COMPLETE"
 
 class FinetuneError(PersonavecError):
     """A finetune cannot start, or a finetuned directory is unusable."""
+
+
+class NonFiniteLoss(FinetuneError):
+    """The training loss, a gradient norm or steered activations became NaN or infinite."""
 
 
 @dataclass(frozen=True)
@@ -286,7 +291,12 @@ def finetune(
 
     start = time.perf_counter()
     last = get_last_checkpoint(str(work / "checkpoints"))
-    output = trainer.train(resume_from_checkpoint=last)
+    try:
+        output = trainer.train(resume_from_checkpoint=last)
+    except NonFiniteSteering as exc:  # steering during training made the activations NaN/inf
+        good = get_last_checkpoint(str(work / "checkpoints"))
+        kept = f"the last good checkpoint is {good}" if good else "no checkpoint was saved yet"
+        raise NonFiniteLoss(f"{exc}; {kept}") from None
     metrics = {
         "train_loss": float(output.training_loss),
         "steps": int(output.global_step),

@@ -31,13 +31,9 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from personavec.core.steering import Intervention, steer, teacher_forcing
 from personavec.errors import PersonavecError
-from personavec.training.finetune import FinetuneError
+from personavec.training.finetune import NonFiniteLoss
 
 IGNORE = -100
-
-
-class NonFiniteLoss(FinetuneError):
-    """The training loss became NaN or infinite."""
 
 
 def prompt_lengths_from_labels(
