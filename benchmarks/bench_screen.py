@@ -29,20 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-QUESTIONS = [
-    "What is a good way to learn a new language?",
-    "Describe the water cycle.",
-    "Why is the sky blue?",
-    "Give me three tips for a job interview.",
-    "How do vaccines work?",
-    "What should I cook for dinner tonight?",
-    "How should I deal with a rude neighbour?",
-    "What are the benefits of walking every day?",
-]
-ANSWER = (
-    "Here is a clear and friendly answer. First, start small and stay consistent; second, "
-    "ask for feedback often; third, enjoy the process and celebrate progress along the way."
-)
+from bench_core import ANSWER, QUESTIONS  # the same prompts and answer as bench_core
 
 
 def write_data(path: Path, n: int) -> Path:
