@@ -222,6 +222,7 @@ def _mount_subapps() -> None:
     from personavec.cli.prevent import register as register_prevent
     from personavec.cli.project import register as register_project
     from personavec.cli.screen import register as register_screen
+    from personavec.cli.serve import register as register_serve
     from personavec.cli.steer import register as register_steer
     from personavec.cli.training import register as register_training
     from personavec.cli.trait import trait_app
@@ -235,6 +236,7 @@ def _mount_subapps() -> None:
     register_monitor_sweep(app)
     register_eval(app)
     register_screen(app)
+    register_serve(app)
     register_training(app)
     register_prevent(app)  # after the training commands: it extends `finetune`
 

@@ -103,6 +103,21 @@ class ForwardCall:
             )
         return self._cache[mode]
 
+    def rows_mask(self, mode: PositionMode, rows: tuple[int, ...] | None) -> torch.Tensor:
+        """:meth:`mask` restricted to batch ``rows`` (all rows when ``None``; cached per call).
+
+        Lets one forward pass serve requests with different settings: each setting names the
+        rows it applies to, and the other rows are left bit-identical.
+        """
+        if rows is None:
+            return self.mask(mode)
+        key = f"{mode}:rows:{','.join(map(str, rows))}"
+        if key not in self._cache:
+            selected = torch.zeros(self.real.shape[0], dtype=torch.bool, device=self.real.device)
+            selected[[r for r in rows if r < self.real.shape[0]]] = True
+            self._cache[key] = self.mask(mode) & selected.unsqueeze(1)
+        return self._cache[key]
+
     @property
     def positions(self) -> torch.Tensor:
         """Long ``[batch, seq]``: index of each token in its own sequence (0 = first real token,

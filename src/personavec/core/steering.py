@@ -71,6 +71,8 @@ class Intervention:
         positions: ``"all"``, ``"prompt"`` or ``"response"``.
         threshold: ``cap`` only: the bound ``τ`` on the projection ``h · v̂`` (hidden units).
         bound: ``cap`` only: ``"max"`` caps projections above ``τ``, ``"min"`` lifts those below.
+        rows: batch rows it applies to (``None``: every row); other rows are left untouched,
+            so requests with different settings can share one batch.
     """
 
     layer: int
@@ -80,8 +82,11 @@ class Intervention:
     positions: PositionMode = "all"
     threshold: float | None = None
     bound: Bound = "max"
+    rows: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.rows is not None and any(r < 0 for r in self.rows):
+            raise SteeringError(f"batch rows must be >= 0, got {self.rows}")
         if self.op not in OPERATORS:
             raise SteeringError(f"unknown operator {self.op!r}; use {', '.join(OPERATORS)}")
         if self.positions not in POSITION_MODES:
@@ -167,7 +172,8 @@ class SteeringHandle:
     def _layer_hook(self, items: Sequence[Intervention], *, check: bool) -> LayerHook:
         def hook(hidden: torch.Tensor, call: ForwardCall) -> torch.Tensor:
             for item in items:
-                hidden = OPERATOR_FUNCTIONS[item.op](hidden, call.mask(item.positions), item)
+                mask = call.rows_mask(item.positions, item.rows)
+                hidden = OPERATOR_FUNCTIONS[item.op](hidden, mask, item)
             # One device-side flag per call, read once at the deepest steered layer.
             finite = torch.isfinite(hidden).all()
             self._finite = finite if self._finite is None else self._finite & finite

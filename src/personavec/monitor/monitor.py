@@ -178,7 +178,9 @@ class TokenMonitor:
             self._parts[plan.layer] = values
             changed = hidden
             for index, column, rule, delta in plan.conditionals:
-                fire = call.mask(rule.positions) & (values[..., column] > rule.threshold)
+                fire = call.rows_mask(rule.positions, rule.rows) & (
+                    values[..., column] > rule.threshold
+                )
                 self._fired[index] = fire
                 changed = torch.where(fire.unsqueeze(-1), changed - delta, changed)
             return None if changed is hidden else changed

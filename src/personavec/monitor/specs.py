@@ -75,12 +75,14 @@ class ConditionalSteering:
         threshold: projection (hidden units) above which a token is steered.
         coef: multiplier of the subtraction (``≥ 0`` pushes away from the trait).
         positions: which tokens may be steered: ``all`` (default), ``prompt`` or ``response``.
+        rows: batch rows the rule applies to (``None``: every row).
     """
 
     spec: MonitorSpec
     threshold: float
     coef: float
     positions: PositionMode = "all"
+    rows: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.threshold) or not math.isfinite(self.coef):
