@@ -118,8 +118,13 @@ def _add_guards(app: FastAPI, server: Server) -> None:
             given = request.headers.get("authorization", "")
             token = given.removeprefix("Bearer ").strip() if given.startswith("Bearer ") else ""
             if not token:
-                return _error(ApiError(401, "missing API key; send Authorization: Bearer KEY",
-                                       code="invalid_api_key"))  # fmt: skip
+                return _error(
+                    ApiError(
+                        401,
+                        "missing API key; send Authorization: Bearer KEY",
+                        code="invalid_api_key",
+                    )
+                )
             if not secrets.compare_digest(token.encode(), key.encode()):
                 return _error(ApiError(401, "wrong API key", code="invalid_api_key"))
         response: Response = await call_next(request)
@@ -153,12 +158,16 @@ def _add_routes(app: FastAPI, server: Server) -> None:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         scheduler = server.scheduler
-        return {"status": "ok", "queue": scheduler.queued, "active": scheduler.active}
+        return {"status": "ok", "queue": scheduler.queued, "active": scheduler.stats.active}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        entry = {"id": server.loaded.model_id, "object": "model", "created": 0,
-                 "owned_by": "personavec"}  # fmt: skip
+        entry = {
+            "id": server.loaded.model_id,
+            "object": "model",
+            "created": 0,
+            "owned_by": "personavec",
+        }
         return {"object": "list", "data": [entry]}
 
     @app.get("/v1/vectors")
@@ -181,9 +190,13 @@ async def _complete(
 ) -> Response:
     config, tokenizer = server.config, server.loaded.tokenizer
     if body.model not in server.model_names:
-        raise ApiError(404, f"model {body.model!r} is not served here; use "
-                       f"{server.loaded.model_id!r} (see /v1/models)", param="model",
-                       code="model_not_found")  # fmt: skip
+        raise ApiError(
+            404,
+            f"model {body.model!r} is not served here; use "
+            f"{server.loaded.model_id!r} (see /v1/models)",
+            param="model",
+            code="model_not_found",
+        )
     try:
         if isinstance(body, ChatCompletionRequest):
             prompts = [encode_prompt(tokenizer, body.chat())]
@@ -198,11 +211,19 @@ async def _complete(
     default = config.max_tokens_limit if kind == "chat" else 16
     max_tokens = body.token_limit or min(default, config.max_tokens_limit)
     if max_tokens > config.max_tokens_limit:
-        raise ApiError(400, f"max_tokens {max_tokens} is over this server's limit of "
-                       f"{config.max_tokens_limit}; ask for fewer", param="max_tokens")  # fmt: skip
+        raise ApiError(
+            400,
+            f"max_tokens {max_tokens} is over this server's limit of "
+            f"{config.max_tokens_limit}; ask for fewer",
+            param="max_tokens",
+        )
     if len(prompts) * body.n > config.max_batch:
-        raise ApiError(400, f"{len(prompts) * body.n} sequences (prompts × n) is over this "
-                       f"server's batch limit of {config.max_batch}", param="n")  # fmt: skip
+        raise ApiError(
+            400,
+            f"{len(prompts) * body.n} sequences (prompts × n) is over this "
+            f"server's batch limit of {config.max_batch}",
+            param="n",
+        )
     try:
         check_context_length(server.loaded, prompts, max_tokens)
     except PersonavecError as exc:
@@ -234,10 +255,11 @@ async def _complete(
     server.scheduler.submit(jobs)
     deadline = loop.time() + config.request_timeout_s
     if body.stream:
-        usage = bool(getattr(body, "stream_options", None) or {})
+        usage = body.stream_options is not None and body.stream_options.include_usage
         stream = _stream(request, events, jobs, builder, deadline, include_usage=usage)
-        return StreamingResponse(stream, media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})  # fmt: skip
+        return StreamingResponse(
+            stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
     choices = await _collect(request, events, jobs, deadline)
     return JSONResponse(builder.response(choices))
 
@@ -271,8 +293,12 @@ async def _next_event(
         left = deadline - loop.time()
         if left <= 0:
             _cancel(jobs)
-            raise ApiError(504, "the request timed out; ask for fewer tokens or retry",
-                           kind="timeout_error", code="timeout")  # fmt: skip
+            raise ApiError(
+                504,
+                "the request timed out; ask for fewer tokens or retry",
+                kind="timeout_error",
+                code="timeout",
+            )
         try:
             return await asyncio.wait_for(events.get(), min(left, _POLL_S))
         except TimeoutError:

@@ -67,10 +67,12 @@ class BatchController(StoppingCriteria):
         self.stop_ids = set(stop_ids)
         self.monitor = monitor
         self.recorder = recorder
+        self.steps = 0
 
     def __call__(
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
     ) -> torch.BoolTensor:
+        self.steps += 1
         latest = input_ids[:, -1].tolist()
         for index, row in enumerate(self.rows):
             if not row.done:

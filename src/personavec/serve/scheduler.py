@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from personavec.core.models import LoadedModel
 from personavec.core.steering import steer
@@ -28,6 +29,17 @@ from personavec.serve.rows import BatchController, LogprobRecorder
 from personavec.serve.schemas import ApiError
 
 log = logging.getLogger("personavec.serve")
+
+
+@dataclass
+class SchedulerStats:
+    """Counters since start: batches run, the largest batch, decoding steps, and sequences
+    currently decoding (``active``)."""
+
+    batches: int = 0
+    largest_batch: int = 0
+    steps: int = 0
+    active: int = 0
 
 
 class Scheduler:
@@ -46,8 +58,7 @@ class Scheduler:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.batch_wait_s = batch_wait_ms / 1000
-        self.active = 0
-        self.batches = 0
+        self.stats = SchedulerStats()
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
         self._stopped = False
@@ -84,7 +95,8 @@ class Scheduler:
             batch = self._next_batch()
             if batch is None:
                 return
-            self.active = len(batch)
+            self.stats.active = len(batch)
+            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
             try:
                 self._run(batch)
             except Exception as exc:  # one bad batch must not stop the server
@@ -93,8 +105,8 @@ class Scheduler:
                 for job in batch:
                     job.report(Failed(str(exc).splitlines()[0] if str(exc) else repr(exc), status))
             finally:
-                self.active = 0
-                self.batches += 1
+                self.stats.active = 0
+                self.stats.batches += 1
 
     def _next_batch(self) -> list[Job] | None:
         with self._cond:
@@ -164,3 +176,4 @@ class Scheduler:
                 observers=[recorder] if recorder else [],
             )
             controller.close()
+            self.stats.steps += controller.steps

@@ -71,6 +71,12 @@ class GuardItem(_Strict):
     coef: float | None = Field(default=None, ge=0)
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
 class _Common(BaseModel):
     """Fields shared by both endpoints; unknown standard fields are ignored."""
 
@@ -84,6 +90,7 @@ class _Common(BaseModel):
     stop: str | list[str] | None = None
     n: int = Field(default=1, ge=1)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     steering: list[SteeringItem] = Field(default_factory=list)
     monitor: list[str | MonitorItem] = Field(default_factory=list)
     guard: list[GuardItem] = Field(default_factory=list)
