@@ -56,7 +56,7 @@ class Failed:
 JobEvent = Started | TokenEvent | Finished | Failed
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: a job is one request's choice
 class Job:
     """One sequence to decode.
 
@@ -71,6 +71,7 @@ class Job:
         logprobs: ``None`` or how many alternatives per token.
         report: receives the events, from the scheduler's thread.
         cancelled: set to stop decoding at the next step (a client that went away, a timeout).
+        started: set by the scheduler once the job reported its first event.
     """
 
     prompt_ids: list[int]
@@ -84,6 +85,7 @@ class Job:
     logprobs: int | None
     report: Callable[[JobEvent], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    started: bool = False  # set once decoding reported its first event
 
     @property
     def monitored(self) -> bool:

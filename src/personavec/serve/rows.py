@@ -95,7 +95,7 @@ class BatchController(StoppingCriteria):
             row.done = True
             return
         if not row.started:
-            row.started = True
+            row.started = job.started = True
             job.report(Started(row.prompt_len, self._prompt_last(index, row)))
         if row.reason is not None:  # the extra step that read the last answer token
             self._finish(index, row)

@@ -98,15 +98,28 @@ class Scheduler:
             self.stats.active = len(batch)
             self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
             try:
-                self._run(batch)
-            except Exception as exc:  # one bad batch must not stop the server
-                log.exception("batch failed")
-                status = 400 if isinstance(exc, PersonavecError) else 500
-                for job in batch:
-                    job.report(Failed(str(exc).splitlines()[0] if str(exc) else repr(exc), status))
+                self._run_isolating(batch)
             finally:
                 self.stats.active = 0
                 self.stats.batches += 1
+
+    def _run_isolating(self, batch: list[Job]) -> None:
+        """Run ``batch``; if it fails, run each job that had not started alone, so one bad
+        request (e.g. steering that overflows) fails by itself and the server goes on."""
+        try:
+            self._run(batch)
+            return
+        except Exception as exc:
+            failure = exc
+        retry = [job for job in batch if not job.started] if len(batch) > 1 else []
+        for job in batch:
+            if job not in retry:
+                job.report(_failure(failure))
+        for job in retry:
+            try:
+                self._run([job])
+            except Exception as exc:
+                job.report(_failure(exc))
 
     def _next_batch(self) -> list[Job] | None:
         with self._cond:
@@ -177,3 +190,11 @@ class Scheduler:
             )
             controller.close()
             self.stats.steps += controller.steps
+
+
+def _failure(exc: Exception) -> Failed:
+    """A one-line :class:`Failed`: 400 for a problem with the request, 500 otherwise."""
+    if not isinstance(exc, PersonavecError):
+        log.error("batch failed", exc_info=exc)
+    message = str(exc).splitlines()[0] if str(exc) else repr(exc)
+    return Failed(message, 400 if isinstance(exc, PersonavecError) else 500)
