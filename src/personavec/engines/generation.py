@@ -40,13 +40,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 from rich.progress import Progress
-from transformers import (
-    GenerationConfig,
-    LogitsProcessor,
-    LogitsProcessorList,
-    StoppingCriteria,
-    StoppingCriteriaList,
-)
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from personavec.core.models import LoadedModel, Message, encode_prompt, format_chat
 from personavec.core.padding import left_pad
@@ -364,8 +358,6 @@ class HFEngine:
         *,
         seeds: Sequence[int] | None = None,
         streamer: Any = None,
-        stopping: StoppingCriteria | None = None,
-        observers: Sequence[LogitsProcessor] = (),
     ) -> list[tuple[list[int], FinishReason]]:
         """Answer prompts (token ids) in one left-padded batch, in order.
 
@@ -375,10 +367,6 @@ class HFEngine:
             seeds: one private-stream seed per row (see :func:`sample_seed`); needed unless
                 ``config`` is greedy.
             streamer: a transformers streamer, passed to ``generate``.
-            stopping: extra per-row stopping criteria (e.g. a server's stop strings and
-                cancellations); a row it stops is reported with finish reason ``"length"``.
-            observers: logits processors that run first, on the raw logits (e.g. to record
-                log-probabilities); they must return the scores unchanged.
         Returns:
             Per row: the generated ids without the stop token, and the finish reason.
         """
@@ -389,7 +377,7 @@ class HFEngine:
         generation_config = neutral_generation_config(
             config.max_new_tokens, self.stop_ids, self.pad_id
         )
-        processors = LogitsProcessorList(observers)
+        processors = LogitsProcessorList()
         if not config.greedy:
             if seeds is None or len(seeds) != len(prompt_ids):
                 raise ValueError("sampling needs one seed per prompt; pass seeds")
@@ -400,7 +388,6 @@ class HFEngine:
                 attention_mask=attention_mask.to(device),
                 generation_config=generation_config,
                 logits_processor=processors,
-                stopping_criteria=StoppingCriteriaList([stopping] if stopping else []),
                 streamer=streamer,
             )
         stops = set(self.stop_ids)

@@ -1,17 +1,15 @@
-"""Dynamic batching on the HF engine: queued jobs with the same sampling share one batch.
+"""Continuous batching on the model: requests join and leave the running batch between steps.
 
-One worker thread owns the model. It waits for jobs, gives late arrivals ``batch_wait_ms`` to
-join, then decodes up to ``max_batch`` jobs with equal ``(temperature, top_p)`` in one
-left-padded batch (:meth:`HFEngine.generate_batch`). Each row has its own steering (its
-interventions apply to its row only), monitor specs and guards, so a greedy job gets exactly
-the tokens it gets alone. A cancelled job stops at the next step; the batch ends when its last
-row does, and jobs waiting in the queue are never started once cancelled.
+One worker thread owns the model and a :class:`~personavec.serve.decoder.Decoder`. When nothing
+is running it waits for work and gives late arrivals ``batch_wait_ms`` to join; while rows are
+decoding, queued jobs are prefilled and merged into the running batch before the next step, up
+to ``max_batch`` rows. Each row has its own steering (its interventions apply to its row only),
+sampling, monitor specs and guards, so a greedy job gets exactly the tokens it gets alone. A
+cancelled job leaves the batch at the next step, and one waiting in the queue never starts.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
 import threading
 import time
@@ -20,12 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from personavec.core.models import LoadedModel
-from personavec.core.steering import steer
-from personavec.engines.generation import HFEngine, SamplingConfig
+from personavec.engines.generation import HFEngine
 from personavec.errors import PersonavecError
-from personavec.monitor.monitor import ConditionalSteering, MonitorSpec, TokenMonitor
+from personavec.serve.decoder import Decoder
 from personavec.serve.jobs import Failed, Job
-from personavec.serve.rows import BatchController, LogprobRecorder
 from personavec.serve.schemas import ApiError
 
 log = logging.getLogger("personavec.serve")
@@ -33,8 +29,8 @@ log = logging.getLogger("personavec.serve")
 
 @dataclass
 class SchedulerStats:
-    """Counters since start: batches run, the largest batch, decoding steps, and sequences
-    currently decoding (``active``)."""
+    """Counters since start: admissions (prefill passes), the largest batch, forward passes
+    (``steps``), and sequences currently decoding (``active``)."""
 
     batches: int = 0
     largest_batch: int = 0
@@ -43,7 +39,7 @@ class SchedulerStats:
 
 
 class Scheduler:
-    """Queue jobs with :meth:`submit`; a background thread decodes them in batches."""
+    """Queue jobs with :meth:`submit`; a background thread decodes them, batched."""
 
     def __init__(
         self,
@@ -91,105 +87,65 @@ class Scheduler:
 
     # ---- worker ---------------------------------------------------------------------------
     def _loop(self) -> None:
+        decoder = Decoder(self.loaded, self.engine.stop_ids, self.engine.pad_id)
         while True:
-            batch = self._next_batch()
-            if batch is None:
+            jobs = self._take(decoder.size)
+            if jobs is None:
+                decoder.close_all()
                 return
-            self.stats.active = len(batch)
-            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-            try:
-                self._run_isolating(batch)
-            finally:
-                self.stats.active = 0
-                self.stats.batches += 1
+            if jobs:
+                self.stats.largest_batch = max(self.stats.largest_batch, decoder.size + len(jobs))
+                self._admit(decoder, jobs)
+            if decoder.size:
+                try:
+                    decoder.step()
+                except Exception as exc:  # a failing step fails the rows in it, not the server
+                    for row in decoder.live:
+                        row.state.job.report(_failure(exc))
+                    decoder = Decoder(self.loaded, self.engine.stop_ids, self.engine.pad_id)
+            self.stats.active = decoder.size
+            self.stats.steps = decoder.steps
 
-    def _run_isolating(self, batch: list[Job]) -> None:
-        """Run ``batch``; if it fails, run each job that had not started alone, so one bad
-        request (e.g. steering that overflows) fails by itself and the server goes on."""
+    def _admit(self, decoder: Decoder, jobs: list[Job]) -> None:
+        """Prefill ``jobs`` into the running batch; if that fails, admit each job alone, so one
+        bad request (e.g. steering that overflows) fails by itself and the others go on."""
+        self.stats.batches += 1
         try:
-            self._run(batch)
+            decoder.admit(jobs)
             return
         except Exception as exc:
             failure = exc
-        retry = [job for job in batch if not job.started] if len(batch) > 1 else []
-        for job in batch:
-            if job not in retry:
-                job.report(_failure(failure))
-        for job in retry:
+        if len(jobs) == 1:
+            jobs[0].report(_failure(failure))
+            return
+        for job in jobs:
             try:
-                self._run([job])
+                decoder.admit([job])
             except Exception as exc:
                 job.report(_failure(exc))
 
-    def _next_batch(self) -> list[Job] | None:
+    def _take(self, running: int) -> list[Job] | None:
+        """Queued jobs to admit now (None: stop). With nothing running, wait for work, then give
+        late arrivals ``batch_wait_ms`` to join; otherwise take what is queued without waiting."""
         with self._cond:
-            while not self._queue and not self._stopped:
-                self._cond.wait()
+            if running == 0:
+                while not self._queue and not self._stopped:
+                    self._cond.wait()
+                deadline = time.monotonic() + self.batch_wait_s
+                while len(self._queue) < self.max_batch and not self._stopped:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
             if self._stopped:
                 return None
-            deadline = time.monotonic() + self.batch_wait_s
-            while len(self._queue) < self.max_batch and (left := deadline - time.monotonic()) > 0:
-                self._cond.wait(left)
-            while self._queue and self._queue[0].cancelled.is_set():
-                self._queue.popleft()
-            if not self._queue:
-                return []
-            key = self._queue[0].sampling_key
-            batch = [j for j in self._queue if j.sampling_key == key and not j.cancelled.is_set()]
-            batch = batch[: self.max_batch]
-            chosen = {id(j) for j in batch}
-            self._queue = deque(
-                j for j in self._queue if id(j) not in chosen and not j.cancelled.is_set()
-            )
-            return batch
-
-    def _run(self, jobs: list[Job]) -> None:
-        if not jobs:
-            return
-        model = self.loaded.model
-        interventions = [
-            dataclasses.replace(item, rows=(row,))
-            for row, job in enumerate(jobs)
-            for item in job.interventions
-        ]
-        specs: dict[str, MonitorSpec] = {}
-        guards: list[ConditionalSteering] = []
-        for row, job in enumerate(jobs):
-            for spec in job.readout.specs:
-                specs.setdefault(spec.name, spec)
-            guards += [
-                dataclasses.replace(g, spec=specs[g.spec.name], rows=(row,))
-                for g in job.readout.guards
-            ]
-        first = jobs[0]
-        config = SamplingConfig(
-            max_new_tokens=max(j.max_tokens + int(j.monitored) for j in jobs),
-            temperature=first.temperature,
-            top_p=first.top_p,
-            batch_size=len(jobs),
-        )
-        recorder = LogprobRecorder() if any(j.logprobs is not None for j in jobs) else None
-        with contextlib.ExitStack() as stack:
-            if interventions:
-                stack.enter_context(steer(model, interventions))
-            monitor = None
-            if specs:
-                monitor = TokenMonitor(
-                    model, list(specs.values()), conditional=guards, stop_ids=self.engine.stop_ids
-                )
-                stack.enter_context(monitor)
-            controller = BatchController(
-                jobs, self.loaded.tokenizer, self.engine.stop_ids, monitor, recorder
-            )
-            self.engine.generate_batch(
-                [j.prompt_ids for j in jobs],
-                config,
-                seeds=[j.seed for j in jobs],
-                stopping=controller,
-                observers=[recorder] if recorder else [],
-            )
-            controller.close()
-            self.stats.steps += controller.steps
+            room = self.max_batch - running
+            taken: list[Job] = []
+            while self._queue and len(taken) < room:
+                job = self._queue.popleft()
+                if not job.cancelled.is_set():
+                    taken.append(job)
+            return taken
 
 
 def _failure(exc: Exception) -> Failed:
