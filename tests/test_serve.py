@@ -419,3 +419,64 @@ def test_a_request_whose_steering_overflows_fails_alone(
         assert "smaller coefficient" in outcomes["bad"].message
         assert outcomes["good"].choices[0].message.content
         assert app.state.server.scheduler.stats.largest_batch == 2  # they did share a batch
+
+
+def test_requests_joining_a_running_batch_get_the_tokens_they_get_alone(
+    client: openai.OpenAI, server: tuple[str, Any]
+) -> None:
+    """B (short prompt) and C (a prompt longer than A's whole cache) join while A decodes: the
+    running cache is left-padded for C, and every answer equals its answer alone."""
+    long_question = "Please explain, step by step and with care, " * 12 + "how bread is made."
+    asks: dict[str, dict[str, Any]] = {
+        "A": {"messages": QUESTION, "max_tokens": 30, "monitor": ["evil"]},
+        "B": {
+            "messages": [{"role": "user", "content": "Hi!"}],
+            "max_tokens": 8,
+            "steering": [{"vector": "humor", "coef": 3.0}],
+        },
+        "C": {
+            "messages": [{"role": "user", "content": long_question}],
+            "max_tokens": 8,
+            "monitor": ["humor"],
+            "temperature": 0.7,
+            "seed": 5,
+        },
+    }
+
+    def ask(name: str, **extra: Any) -> Any:
+        spec = dict(asks[name])
+        return client.chat.completions.create(
+            model="smollm2",
+            messages=spec.pop("messages"),
+            max_tokens=spec.pop("max_tokens"),
+            temperature=spec.pop("temperature", 0),
+            seed=spec.pop("seed", None),
+            extra_body=spec,
+            **extra,
+        )
+
+    alone = {name: ask(name) for name in asks}
+    joined: dict[str, Any] = {}
+    stats = server[1].state.server.scheduler.stats
+    stats.largest_batch = 0
+    stream = ask("A", stream=True)
+    chunks = [next(stream) for _ in range(6)]  # A is decoding
+    threads = [threading.Thread(target=lambda n=n: joined.__setitem__(n, ask(n))) for n in "BC"]
+    for thread in threads:
+        thread.start()
+    chunks += list(stream)
+    for thread in threads:
+        thread.join()
+    assert stats.largest_batch == 3
+    streamed = [
+        t
+        for c in chunks[1:]
+        for t in (c.choices[0].model_extra or {}).get("persona", {}).get("tokens", [])
+    ]
+    assert _close(streamed, alone["A"].choices[0].model_extra["persona"]["tokens"])
+    for name in "BC":
+        assert joined[name].choices[0].message.content == alone[name].choices[0].message.content
+        assert _close(
+            joined[name].choices[0].model_extra.get("persona"),
+            alone[name].choices[0].model_extra.get("persona"),
+        )
