@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 DEV_STAMP     := $(VENV)/.installed-dev
 WHEELS := $(wildcard /opt/wheels)
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FIND_LINKS := $(if $(WHEELS),--find-links $(WHEELS),)
 # Keep test runs predictable on small machines (torch otherwise oversubscribes the cores).
 export OMP_NUM_THREADS ?= 2
@@ -26,6 +27,9 @@ $(RUNTIME_STAMP): pyproject.toml
 $(DEV_STAMP): $(RUNTIME_STAMP)
 	# llama-cpp-python builds from source (~4 min once; pip caches the wheel): a portable build.
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -q $(FIND_LINKS) -e '.[dev]'
+	# Debian's Chromium and ChromeDriver, for the dashboard's real-browser test.
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver)
 	touch $(DEV_STAMP)
 
 install: $(RUNTIME_STAMP)
