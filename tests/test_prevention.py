@@ -229,6 +229,35 @@ def test_penalty_is_zero_with_a_zero_adapter_and_trains_only_lora(tmp_path: Path
     assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
 
 
+def test_penalty_through_the_trainers_loss_has_a_gradient(tmp_path: Path) -> None:
+    """The loss ``compute_loss`` returns carries the penalty's gradient: TRL's extra no-grad
+    forward (made when outputs are asked for) once replaced the recorded activations, so the
+    penalty was a constant and the finetune came out identical to the plain one."""
+    loaded = tiny_model("llama")
+    trainer = _penalty_trainer(loaded, tmp_path, weight=10.0)
+    model, batch = trainer.model, _batch(trainer)
+    model.train()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    unit = trainer.penalty_terms[0].unit
+    grads = []
+    for weight in (0.0, 10.0):
+        trainer.penalty_terms = (PenaltyTerm(unit, LAYER, weight),)
+        for return_outputs in (False, True):
+            model.zero_grad()
+            result = trainer.compute_loss(model, dict(batch), return_outputs=return_outputs)
+            loss = result[0] if return_outputs else result
+            loss.backward()
+            grads.append(
+                torch.cat([p.grad.flatten() for n, p in model.named_parameters() if "lora_" in n])
+            )
+    plain, plain_outputs, penalised, penalised_outputs = grads
+    assert torch.allclose(plain, plain_outputs) and torch.allclose(penalised, penalised_outputs)
+    assert (penalised - plain).abs().max() > 1e-4  # the penalty moves the update
+
+
 def test_penalty_finetune_runs_and_logs(tmp_path: Path) -> None:
     loaded = tiny_model("llama")
     trainer = _penalty_trainer(loaded, tmp_path, weight=1.0)

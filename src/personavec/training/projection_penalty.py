@@ -52,7 +52,8 @@ class PenaltyTerm:
 
 @contextmanager
 def block_outputs(model: nn.Module, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
-    """Record the block outputs ``[batch, seq, hidden]`` at ``layers`` (≥ 1) during the block."""
+    """Record the block outputs ``[batch, seq, hidden]`` at ``layers`` (≥ 1) of the first forward
+    pass inside the block."""
     blocks = find_blocks(model)
     seen: dict[int, torch.Tensor] = {}
     handles = []
@@ -60,7 +61,9 @@ def block_outputs(model: nn.Module, layers: Sequence[int]) -> Iterator[dict[int,
         check_layer(layer, len(blocks))
 
         def hook(module: nn.Module, args: Any, output: Any, layer: int = layer) -> None:
-            seen[layer] = block_output_tensor(output)
+            # The first forward of the block only: a later one (e.g. TRL recomputing logits
+            # under no_grad) must not replace the activations the loss is built on.
+            seen.setdefault(layer, block_output_tensor(output))
 
         handles.append(blocks[layer - 1].register_forward_hook(hook))
     try:
@@ -107,9 +110,11 @@ class ProjectionPenaltyTrainer(SFTTrainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         layers = [t.layer for t in terms]
         with block_outputs(model, layers) as trained:
-            loss, outputs = super().compute_loss(
-                model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+            # Outputs only when asked for: TRL builds them with an extra, gradient-free forward.
+            result = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
             )
+        loss, outputs = result if return_outputs else (result, None)
         base_inputs = {
             k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs
         }
