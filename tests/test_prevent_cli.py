@@ -103,3 +103,33 @@ def test_bad_flags_fail_in_one_line_and_write_nothing(
     text = result.output.strip()  # type: ignore[attr-defined]
     assert message in text and "error:" in text and len(text.splitlines()) <= 2
     assert not out.exists() and not (root / ".bad.partial").exists()
+
+
+def _study(app: typer.Typer, *args: str) -> object:
+    return CliRunner().invoke(app, ["prevent-study", *args])
+
+
+def test_prevent_study_reads_a_config_file_and_the_command_line_wins(
+    setup: tuple,  # type: ignore[type-arg]
+    tmp_path: Path,
+) -> None:
+    app, root, vector, data = setup
+    config = tmp_path / "study.json"
+
+    def run(settings: dict[str, object], *args: str) -> str:
+        config.write_text(json.dumps(settings))
+        result = _study(app, "--config", str(config), *args)
+        assert result.exit_code == 2  # type: ignore[attr-defined]
+        text = str(result.output).strip()  # type: ignore[attr-defined]
+        assert len(text.splitlines()) <= 2
+        return text
+
+    base = {"vector": str(vector), "out": str(tmp_path / "run"), "model": str(root / "model")}
+    missing = tmp_path / "missing.jsonl"
+    assert "missing.jsonl" in run({**base, "dataset": str(missing)})  # the file's dataset
+    other = tmp_path / "other.jsonl"
+    assert "other.jsonl" in run({**base, "dataset": str(missing)}, "--dataset", str(other))
+    assert "--coefs" in run({**base, "dataset": str(data), "coefs": [1, "x"]})  # list → 1,x
+    assert "unknown option 'coef'" in run({**base, "coef": 1})
+    assert "needs --dataset" in run({"vector": str(vector)})
+    assert not (tmp_path / "run").exists()

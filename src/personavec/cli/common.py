@@ -10,7 +10,9 @@ CLI has no import cycle (``python -m personavec`` and ``python -m personavec.cli
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -80,3 +82,33 @@ def print_answers(
             console.print(plain[index], highlight=False, markup=False)
         console.print(f"[bold green]{label}:[/] ", end="")
         console.print(answers[index], highlight=False, markup=False)
+
+
+def merge_config_file(
+    ctx: typer.Context, path: Path | None, values: dict[str, Any], *, paths: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """``values`` (a command's options) with those a JSON file sets, where the command line
+    left the default. Keys are option names (``max_new_tokens`` or ``max-new-tokens``); a list
+    becomes a comma-separated string; names in ``paths`` become :class:`Path` s. Unknown keys
+    and unreadable files are one-line errors."""
+    if path is None:
+        return values
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PersonavecError(f"cannot read --config {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise PersonavecError(f"--config {path} must hold a JSON object of option names")
+    merged = dict(values)
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in values:
+            known = ", ".join(sorted(values))
+            raise PersonavecError(f"--config {path}: unknown option {key!r}; use one of {known}")
+        source = ctx.get_parameter_source(name)  # typer's own click: compare by name
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            continue  # the command line wins
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        merged[name] = Path(value) if name in paths and value is not None else value
+    return merged

@@ -25,6 +25,7 @@ from personavec.cli.common import (
     console,
     err_console,
     friendly_errors,
+    merge_config_file,
 )
 from personavec.errors import PersonavecError
 
@@ -160,9 +161,16 @@ def with_training_options(command: Any) -> Any:
 
 @friendly_errors
 def prevent_study_command(
-    dataset: Annotated[Path, typer.Option(help="Trait-inducing chat JSONL (e.g. evil strong).")],
-    vector: Annotated[Path, typer.Option(help="Persona-vector file of the trait.")],
-    out: Annotated[Path, typer.Option(help="Run directory (resumable).")],
+    ctx: typer.Context,
+    config_file: Annotated[
+        Path | None,
+        typer.Option("--config", help="JSON file of these options (the command line wins)."),
+    ] = None,
+    dataset: Annotated[
+        Path | None, typer.Option(help="Trait-inducing chat JSONL (e.g. evil strong).")
+    ] = None,
+    vector: Annotated[Path | None, typer.Option(help="Persona-vector file of the trait.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (resumable).")] = None,
     coefs: Annotated[str, typer.Option(help="Preventative coefficients, e.g. 1,2,4.")] = "1,2,4",
     posthoc_coefs: Annotated[
         str | None, typer.Option(help="Post-hoc subtraction strengths (default: --coefs).")
@@ -198,6 +206,47 @@ def prevent_study_command(
 ) -> None:
     """Plain finetune vs preventative steering (grid), ablation, projection penalty and
     post-hoc subtraction: trait, coherence, capability and shift; report and plot."""
+    options = {k: v for k, v in locals().items() if k not in ("ctx", "config_file")}
+    merged = merge_config_file(ctx, config_file, options, paths=_PATH_OPTIONS)
+    missing = [f"--{name}" for name in ("dataset", "vector", "out") if merged[name] is None]
+    if missing:
+        raise PersonavecError(f"prevent-study needs {', '.join(missing)} (or in --config)")
+    _prevent_study(**merged)
+
+
+_PATH_OPTIONS = ("dataset", "vector", "out", "mc_file", "heldout_text")
+
+
+def _prevent_study(
+    *,
+    dataset: Path,
+    vector: Path,
+    out: Path,
+    coefs: str,
+    posthoc_coefs: str | None,
+    penalty: str,
+    ablate: bool,
+    layer: int | None,
+    relative: bool,
+    positions: str,
+    questions: int,
+    samples: int,
+    max_new_tokens: int,
+    judge: str,
+    judge_pairs: int | None,
+    coherence_judge: str,
+    mc_file: Path | None,
+    mc_questions: int | None,
+    heldout_text: Path | None,
+    lr: float | None,
+    epochs: float | None,
+    seed: int,
+    model: str,
+    overwrite: bool,
+    device: str,
+    dtype: str,
+    quiet: bool,
+) -> None:
     from personavec.core.models import load_model
     from personavec.core.vector import PersonaVector
     from personavec.pipeline.prevent_study import StudySettings, load_capability, prevent_study
