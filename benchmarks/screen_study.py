@@ -50,9 +50,14 @@ def answer_pool(loaded: Any, trait: Any, n: int, tokens: int, out: Path) -> list
     engine = HFEngine(loaded, show_progress=True)
     config = SamplingConfig(max_new_tokens=tokens, temperature=0.0, batch_size=16)
     evil = engine.generate(
-        [GenerationRequest([{"role": "system", "content": system}, {"role": "user", "content": q}])
-         for q in questions], config,
-    )  # fmt: skip
+        [
+            GenerationRequest(
+                [{"role": "system", "content": system}, {"role": "user", "content": q}]
+            )
+            for q in questions
+        ],
+        config,
+    )
     normal = engine.generate(
         [GenerationRequest([{"role": "user", "content": q}]) for q in questions], config
     )
@@ -107,11 +112,15 @@ def run_mixes(args: argparse.Namespace) -> dict[str, Any]:
         entry: dict[str, Any] = {"ratio": ratio}
         for mode in ("full", "prompt"):
             config = ScreenConfig(
-                data=str(data), vectors=[str(args.vector)], mode=mode, batch_size=16,
+                data=str(data),
+                vectors=[str(args.vector)],
+                mode=mode,
+                batch_size=16,
                 own_column="own" if mode == "full" else None,
-            )  # fmt: skip
-            done = screen(config, args.out / f"screen-{mode}-{ratio:.2f}", loaded=loaded,
-                          show_progress=False)  # fmt: skip
+            )
+            done = screen(
+                config, args.out / f"screen-{mode}-{ratio:.2f}", loaded=loaded, show_progress=False
+            )
             (summary,) = done.summary["vectors"].values()
             entry[mode] = summary["delta"]
             if mode == "full":
@@ -133,18 +142,17 @@ def run_mixes(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def trait_score(loaded: Any, trait: Any, n: int, tokens: int) -> float:
-    """Mean offline (contrast-judge) trait score of greedy answers to evaluation questions."""
+def trait_score(loaded: Any, trait: Any, judge: Any, n: int, tokens: int) -> float:
+    """Mean trait score (``judge``, built on the base model) of greedy answers to the trait's
+    evaluation questions."""
     from personavec.engines.generation import GenerationRequest, HFEngine, SamplingConfig
     from personavec.judges.base import JudgeItem
-    from personavec.judges.factory import make_judge
 
     questions = list(trait.evaluation_questions)[:n]
     config = SamplingConfig(max_new_tokens=tokens, temperature=0.0, batch_size=16)
     answers = HFEngine(loaded).generate(
         [GenerationRequest([{"role": "user", "content": q}]) for q in questions], config
     )
-    judge = make_judge("contrast", aspect="trait", trait=trait, loaded_model=loaded)
     pairs = zip(questions, answers, strict=True)
     scores = judge.score([JudgeItem(q, a.response_text) for q, a in pairs])
     kept = [s for s in scores if s is not None]
@@ -152,32 +160,49 @@ def trait_score(loaded: Any, trait: Any, n: int, tokens: int) -> float:
 
 
 def finetune_and_score(
-    base: Any, trait: Any, vector: Any, data: Path, out: Path, args: Any
+    base: Any, trait: Any, judge: Any, vector: Any, data: Path, out: Path, args: Any
 ) -> dict:
+    """Finetune on ``data`` (a finished finetune in ``out`` is reused) and measure the trait
+    score and the shift; the measurement is cached in ``out/score.json``."""
     from personavec.training.chat_data import read_chat_dataset
     from personavec.training.finetune import FinetuneConfig, finetune
     from personavec.training.finetuned import load_finetuned
     from personavec.training.shift import finetuning_shift
 
-    done = finetune(base, read_chat_dataset(data), out, FinetuneConfig(epochs=args.epochs),
-                    dataset_path=data)  # fmt: skip
+    cached = out / "score.json"
+    if cached.is_file():
+        return dict(json.loads(cached.read_text()))
+    config = FinetuneConfig(epochs=args.epochs, learning_rate=args.lr)
+    done = finetune(
+        base, read_chat_dataset(data), out, config, dataset_path=data, show_progress=False
+    )
     tuned = load_finetuned(done.path, base=base)
-    shift = finetuning_shift(base, tuned, [vector]).shifts[0].shift
-    return {"trait_score": trait_score(tuned, trait, args.eval_questions, args.max_new_tokens),
-            "shift": shift}  # fmt: skip
+    shift = finetuning_shift(base, tuned, [vector], n_questions=args.eval_questions)
+    scores = {
+        "trait_score": trait_score(tuned, trait, judge, args.eval_questions, args.max_new_tokens),
+        "shift": shift.shifts[0].shift,
+    }
+    cached.write_text(json.dumps(scores))
+    print(json.dumps({"finetune": out.name, **scores}), flush=True)
+    return scores
 
 
 def as_messages(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
-        {"messages": [{"role": "user", "content": r["prompt"]},
-                      {"role": "assistant", "content": r["response"]}]}
+        {
+            "messages": [
+                {"role": "user", "content": r["prompt"]},
+                {"role": "assistant", "content": r["response"]},
+            ]
+        }
         for r in rows
-    ]  # fmt: skip
+    ]
 
 
 def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
     from personavec.core.models import load_model
     from personavec.core.vector import PersonaVector
+    from personavec.judges.contrast import ContrastJudge
     from personavec.metrics.stats import pearson
     from personavec.store import read_jsonl
     from personavec.traits.library import load_trait
@@ -185,13 +210,16 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
     base = load_model("smollm2")
     vector = PersonaVector.load(args.vector, model=base.model)
     trait = load_trait(vector.meta.trait)
+    judge = ContrastJudge(base, trait, max_pairs=args.judge_pairs)
+    result_base = trait_score(base, trait, judge, args.eval_questions, args.max_new_tokens)
     summary = read_jsonl(args.out / "mixes_summary.jsonl")[0]  # run `mixes` first
-    result: dict[str, Any] = {"datasets": []}
+    result: dict[str, Any] = {"base_trait_score": result_base, "datasets": []}
     for mix in summary["mixes"]:
         ratio = mix["ratio"]
         rows = read_jsonl(args.out / f"mix-{ratio:.2f}.jsonl")
         data = write_rows(args.out / f"train-{ratio:.2f}.jsonl", as_messages(rows))
-        scores = finetune_and_score(base, trait, vector, data, args.out / f"ft-{ratio:.2f}", args)
+        out = args.out / f"ft-{ratio:.2f}"
+        scores = finetune_and_score(base, trait, judge, vector, data, out, args)
         result["datasets"].append({"ratio": ratio, "delta": mix["full"]["mean"], **scores})
     deltas = [d["delta"] for d in result["datasets"]]
     result["pearson_delta_vs_trait"] = pearson(
@@ -209,7 +237,8 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
     for name, removed in (("top_removed", top), ("random_removed", rand)):
         kept = [r for i, r in enumerate(rows) if i not in removed]
         data = write_rows(args.out / f"train-{name}.jsonl", as_messages(kept))
-        result[name] = finetune_and_score(base, trait, vector, data, args.out / f"ft-{name}", args)
+        out = args.out / f"ft-{name}"
+        result[name] = finetune_and_score(base, trait, judge, vector, data, out, args)
     write_rows(args.out / "finetune_summary.jsonl", [result])
     return result
 
@@ -223,6 +252,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--lr", type=float, default=2e-4, help="LoRA learning rate.")
+    parser.add_argument("--judge-pairs", type=int, default=1, help="Contrast-judge pairs.")
     parser.add_argument("--eval-questions", type=int, default=20)
     parser.add_argument("--remove-fraction", type=float, default=0.2)
     args = parser.parse_args()

@@ -185,9 +185,10 @@ def _add_routes(app: FastAPI, server: Server) -> None:
         return await _complete(server, request, parse_body(raw, CompletionRequest), "completion")
 
 
-async def _complete(
-    server: Server, request: Request, body: ChatCompletionRequest | CompletionRequest, kind: Kind
-) -> Response:
+def _checked_prompts(
+    server: Server, body: ChatCompletionRequest | CompletionRequest, kind: Kind
+) -> tuple[list[list[int]], int]:
+    """The request's prompt ids and ``max_tokens``, or a 4xx :class:`ApiError`."""
     config, tokenizer = server.config, server.loaded.tokenizer
     if body.model not in server.model_names:
         raise ApiError(
@@ -228,6 +229,15 @@ async def _complete(
         check_context_length(server.loaded, prompts, max_tokens)
     except PersonavecError as exc:
         raise ApiError(400, str(exc), param="messages" if kind == "chat" else "prompt") from None
+    return prompts, max_tokens
+
+
+async def _complete(
+    server: Server, request: Request, body: ChatCompletionRequest | CompletionRequest, kind: Kind
+) -> Response:
+    """Validate, queue one job per (prompt, choice), then answer whole or as a stream."""
+    config, tokenizer = server.config, server.loaded.tokenizer
+    prompts, max_tokens = _checked_prompts(server, body, kind)
     interventions = server.vectors.interventions(body.steering)
     readout = server.vectors.readout(body.monitor_items(), body.guard)
     seed = body.seed if body.seed is not None else secrets.randbits(62)
