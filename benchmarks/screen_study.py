@@ -3,15 +3,18 @@
 Two parts:
 
 ``mixes`` (needs only screening; runs in minutes on CPU)
-    SmolLM2 answers a pool of everyday questions twice, greedily: under the trait's eliciting
-    system prompt (trait-inducing answers) and with no system prompt (its own, normal answers).
-    Datasets mix the two at several ratios (the user prompt never contains the system prompt).
+    With ``--inducing A.jsonl --normal B.jsonl`` (e.g. ``personavec dataset build`` outputs at
+    levels strong and normal), slot i holds row i of each; a mix takes the inducing row for a
+    share r of the slots and the normal row otherwise, and SmolLM2's own greedy answer to each
+    prompt is the "own" response. Without them, SmolLM2 answers a pool of everyday questions
+    twice, greedily: under the trait's eliciting system prompt (trait-inducing answers) and with
+    no system prompt (its own, normal answers), and mixes take one or the other.
     Each dataset is screened in full mode (the model's own response is the normal answer, read
     from a column — the same text greedy generation gives) and in prompt mode. Prints the
     dataset ΔP ± 95 % CI per ratio, Pearson r of ratio vs ΔP, and the agreement of the cheap
     last-prompt approximation.
 
-``finetune`` (needs ``personavec.training``; slow — the lead runs it after merging)
+``finetune`` (slow; finished finetunes and their scores are reused when re-run)
     For each mix: LoRA-finetune SmolLM2 on it, then the post-finetune trait score (offline
     contrast judge on the trait's evaluation questions) and finetuning shift; Pearson r of
     dataset ΔP vs trait score. Sample level: from the 50 % mix, remove the top-k ΔP samples vs k
@@ -69,20 +72,80 @@ def answer_pool(loaded: Any, trait: Any, n: int, tokens: int, out: Path) -> list
     return rows
 
 
-def build_mix(pool: list[dict[str, Any]], ratio: float, seed: int) -> list[dict[str, Any]]:
-    """Rows whose response is the trait answer for a ``ratio`` share of questions (seeded)."""
-    picked = set(random.Random(seed).sample(range(len(pool)), round(ratio * len(pool))))
+def dataset_pool(
+    loaded: Any, inducing: Path, normal: Path, tokens: int, out: Path
+) -> list[dict[str, Any]]:
+    """Slots pairing row i of a trait-inducing and of a normal chat dataset (e.g. ``dataset
+    build`` outputs), each with SmolLM2's own greedy answer to its prompt (cached)."""
+    from personavec.engines.generation import GenerationRequest, HFEngine, SamplingConfig
+    from personavec.store import atomic_write_text, read_jsonl
+
+    cached = out / "pool.jsonl"
+    if cached.is_file():
+        return read_jsonl(cached)
+
+    def pairs(path: Path) -> list[tuple[str, str]]:
+        rows = read_jsonl(path)
+        return [(r["messages"][-2]["content"], r["messages"][-1]["content"]) for r in rows]
+
+    trait_rows, normal_rows = pairs(inducing), pairs(normal)
+    n = min(len(trait_rows), len(normal_rows))
+    prompts = [q for q, _ in trait_rows[:n]] + [q for q, _ in normal_rows[:n]]
+    config = SamplingConfig(max_new_tokens=tokens, temperature=0.0, batch_size=16)
+    own = HFEngine(loaded, show_progress=True).generate(
+        [GenerationRequest([{"role": "user", "content": q}]) for q in prompts], config
+    )
+    slots = [
+        {
+            "trait": {"question": q, "answer": a, "own": own[i].response_text},
+            "normal": {"question": nq, "answer": na, "own": own[n + i].response_text},
+        }
+        for i, ((q, a), (nq, na)) in enumerate(zip(trait_rows[:n], normal_rows[:n], strict=True))
+    ]
+    atomic_write_text(cached, "".join(json.dumps(r) + "\n" for r in slots))
+    return slots
+
+
+def as_slots(pool: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`answer_pool` rows as slots (same question, eliciting vs normal answer)."""
+    if pool and "trait" in pool[0]:
+        return pool
     return [
         {
-            "id": f"q{i}",
-            "prompt": row["question"],
-            "response": row["trait_answer"] if i in picked else row["normal_answer"],
-            "own": row["normal_answer"],
-            "inducing": i in picked,
+            "trait": {
+                "question": r["question"],
+                "answer": r["trait_answer"],
+                "own": r["normal_answer"],
+            },
+            "normal": {
+                "question": r["question"],
+                "answer": r["normal_answer"],
+                "own": r["normal_answer"],
+            },
         }
-        for i, row in enumerate(pool)
-        if row["trait_answer"].strip() and row["normal_answer"].strip()
+        for r in pool
     ]
+
+
+def build_mix(pool: list[dict[str, Any]], ratio: float, seed: int) -> list[dict[str, Any]]:
+    """One row per slot: its trait-inducing row for a ``ratio`` share of slots (seeded), else
+    its normal row."""
+    slots = as_slots(pool)
+    picked = set(random.Random(seed).sample(range(len(slots)), round(ratio * len(slots))))
+    rows = []
+    for i, slot in enumerate(slots):
+        row = slot["trait"] if i in picked else slot["normal"]
+        if row["answer"].strip() and row["own"].strip():
+            rows.append(
+                {
+                    "id": f"q{i}",
+                    "prompt": row["question"],
+                    "response": row["answer"],
+                    "own": row["own"],
+                    "inducing": i in picked,
+                }
+            )
+    return rows
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -103,7 +166,10 @@ def run_mixes(args: argparse.Namespace) -> dict[str, Any]:
 
     loaded = load_model("smollm2")
     trait = load_trait(PersonaVector.load(args.vector).meta.trait)
-    pool = answer_pool(loaded, trait, args.questions, args.max_new_tokens, args.out)
+    if args.inducing and args.normal:
+        pool = dataset_pool(loaded, args.inducing, args.normal, args.max_new_tokens, args.out)
+    else:
+        pool = answer_pool(loaded, trait, args.questions, args.max_new_tokens, args.out)
     result: dict[str, Any] = {"trait": trait.name, "questions": len(pool), "mixes": []}
     full_all: list[float] = []
     cheap_all: list[float] = []
@@ -249,6 +315,8 @@ def main() -> None:
     parser.add_argument("--vector", type=Path, required=True, help="SmolLM2 persona vector.")
     parser.add_argument("--out", type=Path, default=Path("runs/screen-study"))
     parser.add_argument("--questions", type=int, default=96)
+    parser.add_argument("--inducing", type=Path, help="Trait-inducing chat JSONL (dataset build).")
+    parser.add_argument("--normal", type=Path, help="Normal chat JSONL (dataset build).")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=float, default=1.0)

@@ -332,8 +332,7 @@ async def _collect(
         index, event = item
         if isinstance(event, Failed):
             _cancel(jobs)
-            kind = "server_error" if event.status >= 500 else "invalid_request_error"
-            raise ApiError(event.status, event.message, kind=kind)
+            raise _failure_error(event)
         choices[index].add(event)
         open_choices -= isinstance(event, Finished)
     return choices
@@ -362,7 +361,7 @@ async def _stream(
                 return
             index, event = item
             if isinstance(event, Failed):
-                yield _sse(ApiError(event.status, event.message, kind="server_error").body())
+                yield _sse(_failure_error(event).body())
                 return
             choices[index].add(event)
             open_choices -= isinstance(event, Finished)
@@ -374,6 +373,11 @@ async def _stream(
         yield "data: [DONE]\n\n"
     finally:
         _cancel(jobs)
+
+
+def _failure_error(event: Failed) -> ApiError:
+    kind = "server_error" if event.status >= 500 else "invalid_request_error"
+    return ApiError(event.status, event.message, kind=kind)
 
 
 def _sse(body: dict[str, Any]) -> str:
