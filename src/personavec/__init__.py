@@ -13,6 +13,8 @@ block-output convention (0 = embedding output, L = output of decoder block L).
 * Generation: :class:`HFEngine`, :class:`SamplingConfig`, :class:`GenerationRequest`.
 * Judges: :func:`make_judge`.
 * Pipelines: :func:`extract`, :func:`evaluate_steering`, :func:`sweep`, :func:`screen`.
+* Serving: :class:`ServeConfig`, :func:`create_app` (the OpenAI-compatible app),
+  :func:`serve_in_thread`.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ _EXPORTS: dict[str, str] = {
     "evaluate_steering": "personavec.pipeline.evaluate",
     "sweep": "personavec.pipeline.sweep",
     "screen": "personavec.screening.api",
+    "ServeConfig": "personavec.serve.config",
+    "create_app": "personavec.serve.app",
+    "serve_in_thread": "personavec.serve.server",
 }
 
 __all__ = ["__version__", *_EXPORTS]
