@@ -10,7 +10,8 @@ Prints one JSON object with the median seconds of one training step (forward + b
 * ``penalty``: the projection penalty at one layer (a second, adapter-free forward pass).
 
 ``overhead`` = condition / plain − 1 (target for ``prevent``: ≤ 0.05). Timings are medians of
-interleaved repeats, so drift on a shared machine hits every condition alike.
+interleaved repeats whose order rotates, so drift on a shared machine, and whatever one
+condition leaves behind for the next, hit every condition alike.
 Run: ``python benchmarks/bench_prevent.py [--repeats N] [--rows N] [--batch N]``.
 """
 
@@ -100,8 +101,10 @@ def main() -> None:
     conditions = ["plain", "prevent", "prevent_all_layers", "penalty", "plain_checkpointed"]
     run("plain")  # warm-up
     times: dict[str, list[float]] = {c: [] for c in conditions}
-    for _ in range(args.repeats):
-        for condition in conditions:
+    for repeat in range(args.repeats):
+        # Rotate the order each repeat, so no condition always follows the same one.
+        shift = repeat % len(conditions)
+        for condition in conditions[shift:] + conditions[:shift]:
             times[condition].append(run(condition) / len(batches))
     medians = {c: statistics.median(t) for c, t in times.items()}
     out = {
