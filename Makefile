@@ -29,7 +29,7 @@ $(DEV_STAMP): $(RUNTIME_STAMP)
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -q $(FIND_LINKS) -e '.[dev]'
 	# Debian's Chromium and ChromeDriver, for the dashboard's real-browser test.
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-		($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver)
+		($(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver)
 	touch $(DEV_STAMP)
 
 install: $(RUNTIME_STAMP)
