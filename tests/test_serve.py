@@ -397,7 +397,7 @@ def test_a_request_whose_steering_overflows_fails_alone(
         fingerprint=config_fingerprint(smollm2.model.config),
         layer=LAYER,
     ).save(tmp_path / "raw.safetensors")
-    with running_server(smollm2, tmp_path, batch_wait_ms=200) as (url, app):
+    with running_server(smollm2, tmp_path, batch_wait_ms=1000) as (url, app):
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
         outcomes: dict[str, Any] = {}
 
