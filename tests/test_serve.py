@@ -480,3 +480,22 @@ def test_requests_joining_a_running_batch_get_the_tokens_they_get_alone(
             joined[name].choices[0].model_extra.get("persona"),
             alone[name].choices[0].model_extra.get("persona"),
         )
+
+
+def test_chat_logprobs_follow_the_openai_shape(client: openai.OpenAI) -> None:
+    response = client.chat.completions.create(
+        model="smollm2",
+        messages=QUESTION,  # type: ignore[arg-type]
+        max_tokens=TOKENS,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    content = response.choices[0].logprobs.content
+    assert len(content) == response.usage.completion_tokens == TOKENS
+    assert "".join(entry.token for entry in content) == response.choices[0].message.content
+    for entry in content:
+        assert len(entry.top_logprobs) == 2
+        assert entry.top_logprobs[0].token == entry.token  # greedy: the chosen token is the top
+        assert entry.logprob == pytest.approx(entry.top_logprobs[0].logprob)
+        assert entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob
