@@ -6,6 +6,7 @@
   ``loss.backward()`` into the input embeddings (the backward pass any adapter needs, with no
   peft, TRL or Trainer code). ``ratio`` = trainer / plain (target ≥ 0.9). Steps are timed one
   by one after a warm-up step; the plain loop runs before and after the trainer (mean).
+  ``training_without_checkpointing``: the same with TRL's activation checkpointing off.
 * ``end_to_end`` (with ``--e2e``): wall time of ``personavec dataset build`` (``--n`` answers)
   plus ``personavec finetune`` (1 epoch) as subprocesses (target: under 15 minutes together).
 
@@ -29,7 +30,7 @@ from transformers import TrainerCallback
 
 from personavec.core.models import load_model
 from personavec.training.chat_data import ChatRow
-from personavec.training.finetune import FinetuneConfig, build_trainer
+from personavec.training.finetune import FinetuneConfig, TrainerExtras, build_trainer
 from personavec.training.prompt_pool import load_prompt_pool
 from personavec.traits.library import load_trait
 
@@ -54,12 +55,16 @@ def _rows(n: int) -> list[ChatRow]:
     ]
 
 
-def bench_training(steps: int, batch: int) -> dict[str, Any]:
+def bench_training(steps: int, batch: int, *, checkpointing: bool = True) -> dict[str, Any]:
+    """Trainer vs plain tokens/s; ``checkpointing=False`` turns off TRL's default activation
+    checkpointing (as preventative finetunes do) to show its share of the gap."""
     loaded = load_model("smollm2", device="cpu")
     config = FinetuneConfig(batch_size=batch, max_steps=steps + 1, save_steps=10_000)
     timer = _StepTimer()
+    extras = None if checkpointing else TrainerExtras(args={"activation_checkpointing": False})
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = build_trainer(loaded, _rows(batch * (steps + 1)), config, tmp, callbacks=[timer])
+        rows = _rows(batch * (steps + 1))
+        trainer = build_trainer(loaded, rows, config, tmp, callbacks=[timer], extras=extras)
         batches = list(trainer.get_train_dataloader())[: steps + 1]
         before = _plain_times(loaded.model, batches)  # plain loop before and after the trainer,
         trainer.train()  # so load drift on a shared machine hits both sides alike
@@ -137,6 +142,9 @@ def main() -> None:
     result: dict[str, Any] = {
         "threads": args.threads,
         "training": bench_training(args.steps, args.batch),
+        "training_without_checkpointing": bench_training(
+            args.steps, args.batch, checkpointing=False
+        ),
     }
     if args.e2e:
         result["end_to_end"] = bench_end_to_end(args.n)
