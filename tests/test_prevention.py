@@ -258,6 +258,43 @@ def test_penalty_through_the_trainers_loss_has_a_gradient(tmp_path: Path) -> Non
     assert (penalised - plain).abs().max() > 1e-4  # the penalty moves the update
 
 
+def test_penalty_finetune_through_train_differs_from_the_plain_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """End to end through ``trainer.train()`` (the path ``prevent-study`` takes): the activations
+    the penalty is built on carry a gradient in every training step, and a large λ gives other
+    LoRA weights than λ = 0 (same seed and data; a second λ = 0 run is identical). Before the fix
+    the penalty finetune's weights equalled the plain finetune's."""
+    import personavec.training.projection_penalty as pp
+
+    recorded: list[bool] = []
+    original = pp.projection_penalty
+
+    def spy(trained: dict[int, torch.Tensor], *args: Any) -> torch.Tensor:
+        recorded.append(all(t.requires_grad and t.grad_fn is not None for t in trained.values()))
+        return original(trained, *args)
+
+    monkeypatch.setattr(pp, "projection_penalty", spy)
+    loaded = tiny_model("llama")
+    unit = torch.nn.functional.normalize(torch.randn(loaded.hidden_size), dim=0)
+    lora: list[dict[str, torch.Tensor]] = []
+    from personavec.training.finetune import TrainerExtras
+
+    for run, weight in enumerate((0.0, 0.0, 1000.0)):
+        cls = penalty_trainer_class([PenaltyTerm(unit, LAYER, weight)])
+        extras = TrainerExtras(trainer_class=cls, args={"activation_checkpointing": False})
+        trainer = build_trainer(loaded, ROWS, CONFIG, tmp_path / f"ck{run}", extras=extras)
+        trainer.train()
+        lora.append(
+            {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
+        )
+    assert len(recorded) == 3 * CONFIG.max_steps and all(recorded)
+    plain, again, penalised = lora
+    assert all(torch.equal(plain[n], again[n]) for n in plain)  # deterministic
+    diff = max(float((penalised[n] - plain[n]).abs().max()) for n in plain)
+    assert diff > 1e-4  # the penalty changed the update
+
+
 def test_penalty_finetune_runs_and_logs(tmp_path: Path) -> None:
     loaded = tiny_model("llama")
     trainer = _penalty_trainer(loaded, tmp_path, weight=1.0)
