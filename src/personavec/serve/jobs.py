@@ -63,15 +63,15 @@ class Job:
     Attributes:
         prompt_ids: the (chat-formatted) prompt's token ids.
         max_tokens: most answer tokens.
-        temperature, top_p: sampling (jobs share a batch only when these are equal).
+        temperature, top_p: sampling (``temperature == 0``: greedy); each row samples alone.
         seed: the row's private random stream (unused when greedy).
-        interventions: steering for this row (``rows`` unset; the scheduler sets it).
+        interventions: steering for this row (``rows`` unset; the decoder sets it).
         readout: what to monitor and guard.
         stops: stop strings (excluded from the answer).
         logprobs: ``None`` or how many alternatives per token.
         report: receives the events, from the scheduler's thread.
         cancelled: set to stop decoding at the next step (a client that went away, a timeout).
-        started: set by the scheduler once the job reported its first event.
+        started: set once the job reported its first event.
     """
 
     prompt_ids: list[int]
@@ -85,12 +85,8 @@ class Job:
     logprobs: int | None
     report: Callable[[JobEvent], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
-    started: bool = False  # set once decoding reported its first event
+    started: bool = False
 
     @property
     def monitored(self) -> bool:
         return bool(self.readout.specs)
-
-    @property
-    def sampling_key(self) -> tuple[float, float]:
-        return (self.temperature, self.top_p if self.temperature > 0 else 1.0)
