@@ -27,13 +27,15 @@ from transformers.cache_utils import DynamicLayer
 
 from personavec.core.models import LoadedModel
 from personavec.core.padding import left_pad
-from personavec.core.steering import steer
+from personavec.core.steering import Intervention, steer
 from personavec.engines.generation import GumbelSampler, context_length
 from personavec.errors import PersonavecError
 from personavec.monitor.monitor import ConditionalSteering, MonitorSpec, TokenMonitor
 from personavec.monitor.specs import Reading
 from personavec.serve.jobs import Job
 from personavec.serve.rows import RowState
+
+_HookPlan = tuple[list[Intervention], list[MonitorSpec], list[ConditionalSteering]]
 
 
 @dataclasses.dataclass
@@ -57,6 +59,7 @@ class Decoder:
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None  # long [batch, seq] over the cache + next token
         self.steps = 0
+        self._plan: tuple[list[_Live], _HookPlan] | None = None
 
     @property
     def size(self) -> int:
@@ -104,27 +107,13 @@ class Decoder:
     ) -> torch.Tensor:
         """Logits ``[batch, vocab]`` (float32) of the last position, with every row's hooks."""
         model = self.loaded.model
-        interventions = [
-            dataclasses.replace(item, rows=(index,))
-            for index, row in enumerate(rows)
-            for item in row.state.job.interventions
-        ]
-        specs: dict[str, MonitorSpec] = {}
-        guards: list[ConditionalSteering] = []
-        for index, row in enumerate(rows):
-            readout = row.state.job.readout
-            for spec in readout.specs:
-                specs.setdefault(spec.name, spec)
-            guards += [
-                dataclasses.replace(g, spec=specs[g.spec.name], rows=(index,))
-                for g in readout.guards
-            ]
+        interventions, specs, guards = self._hook_plan(rows)
         monitor = None
         with contextlib.ExitStack() as stack, torch.no_grad():
             if interventions:
                 stack.enter_context(steer(model, interventions))
             if specs:
-                monitor = TokenMonitor(model, list(specs.values()), conditional=guards, stop_ids=())
+                monitor = TokenMonitor(model, specs, conditional=guards, stop_ids=())
                 stack.enter_context(monitor)
             out = model(
                 input_ids=ids,
@@ -140,6 +129,30 @@ class Decoder:
             steered: list[int] = monitor.steered[index] if monitor else []
             row.state.add_readings(readings, steered)
         return out.logits[:, -1, :].float()
+
+    def _hook_plan(self, rows: Sequence[_Live]) -> _HookPlan:
+        """Every row's steering and guards restricted to its row, and the union of monitored
+        specs; rebuilt only when the rows (or their order) change, not at every step."""
+        if self._plan is not None and _same_rows(self._plan[0], rows):
+            return self._plan[1]
+        interventions = [
+            dataclasses.replace(item, rows=(index,))
+            for index, row in enumerate(rows)
+            for item in row.state.job.interventions
+        ]
+        specs: dict[str, MonitorSpec] = {}
+        guards: list[ConditionalSteering] = []
+        for index, row in enumerate(rows):
+            readout = row.state.job.readout
+            for spec in readout.specs:
+                specs.setdefault(spec.name, spec)
+            guards += [
+                dataclasses.replace(g, spec=specs[g.spec.name], rows=(index,))
+                for g in readout.guards
+            ]
+        plan = (interventions, list(specs.values()), guards)
+        self._plan = (list(rows), plan)  # holding the rows keeps the identity check sound
+        return plan
 
     def _choose(self, rows: Sequence[_Live], logits: torch.Tensor) -> None:
         """Pick each row's token (greedy or its own sampler) and hand it to the row."""
@@ -189,7 +202,7 @@ class Decoder:
             return
         self.live = [self.live[i] for i in keep]
         if not self.live:
-            self.cache, self.mask = None, None
+            self.cache, self.mask, self._plan = None, None, None
             return
         assert self.cache is not None and self.mask is not None
         index = torch.tensor(keep, device=self.mask.device)
@@ -202,6 +215,10 @@ class Decoder:
                 layer.keys = layer.keys[..., start:, :]
                 layer.values = layer.values[..., start:, :]
         self.mask = mask
+
+
+def _same_rows(a: Sequence[_Live], b: Sequence[_Live]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
 def _sampler(job: Job) -> GumbelSampler | None:
