@@ -31,7 +31,9 @@ class RowState:
         self.stop_ids = stop_ids
         self.prompt_len = len(job.prompt_ids)
         self.tokens: list[int] = []
-        self.texts: list[str] = []  # decoded answer after each token
+        self.text = ""  # the decoded answer so far
+        self.ends: list[int] = []  # length of the decoded answer after each token
+        self.partial: list[bool] = []  # the decode after this token ends in a split character
         self.logprobs: list[tuple[float, list[tuple[int, float]]]] = []
         self.readings: list[Reading] = []  # prompt tokens, then fed answer tokens
         self.guarded: set[int] = set()  # positions the guard changed
@@ -86,9 +88,11 @@ class RowState:
             )
             self.logprobs.append((float(log_probs[token]), alternatives))
         text = str(self.tokenizer.decode(self.tokens, skip_special_tokens=True))
-        self.texts.append(text)
+        self.text = text
+        self.ends.append(len(text))
+        self.partial.append(text.endswith("\ufffd"))
         if job.stops:
-            previous = len(self.texts[-2]) if len(self.texts) > 1 else 0
+            previous = self.ends[-2] if len(self.ends) > 1 else 0
             start = max(0, previous - max(len(s) for s in job.stops) + 1)
             hits = [found for s in job.stops if (found := text.find(s, start)) >= 0]
             if hits:
@@ -111,26 +115,26 @@ class RowState:
         """Answer tokens: those starting before a stop string's cut."""
         if self.cut is None:
             return len(self.tokens)
-        starts = [0] + [len(t) for t in self.texts[:-1]]
+        starts = [0, *self.ends[:-1]]
         return sum(1 for start in starts if start < self.cut)
 
     def _emit(self, *, final: bool) -> None:
         """Report answer tokens not yet reported whose reading (and text) is settled."""
         job = self.job
-        if not self.texts:
+        if not self.ends:
             return
-        text = self.texts[-1] if self.cut is None else self.texts[-1][: self.cut]
+        text = self.text if self.cut is None else self.text[: self.cut]
         ready = self._kept() if final else len(self.tokens)
         if not final and job.monitored:
             ready = min(ready, len(self.readings) - self.prompt_len)
         if not final and job.stops:
             safe = len(text) - max(len(s) for s in job.stops) + 1
-            while ready > self.emitted and len(self.texts[ready - 1]) > safe:
+            while ready > self.emitted and self.ends[ready - 1] > safe:
                 ready -= 1
         for i in range(self.emitted, ready):
             last = final and i == ready - 1
-            end = len(text) if last else min(len(self.texts[i]), len(text))
-            if self.texts[i].endswith("\ufffd") and not last:
+            end = len(text) if last else min(self.ends[i], len(text))
+            if self.partial[i] and not last:
                 end = self.emitted_chars  # a partial character: its text comes with a later token
             piece = text[self.emitted_chars : max(end, self.emitted_chars)]
             self.emitted_chars += len(piece)
