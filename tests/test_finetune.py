@@ -118,3 +118,36 @@ def test_bad_datasets(tmp_path: Path) -> None:
     with pytest.raises(PersonavecError, match="chat template"):
         finetune(loaded, ROWS, tmp_path / "ft", CONFIG, show_progress=False)
     assert not (tmp_path / "ft").exists()
+
+
+def test_cpu_loss_equals_trls_fused_loss(tmp_path: Path) -> None:
+    """PersonaSFTTrainer's CPU loss (the model's own head) is TRL's fused-head loss: same value
+    and same LoRA gradients, with and without ``num_items_in_batch``, prompt tokens masked."""
+    from trl import SFTTrainer
+
+    loaded = tiny_model("llama")
+    trainer = build_trainer(loaded, ROWS, CONFIG, tmp_path / "ck")
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    assert (batch["labels"] == -100).any() and (batch["labels"] != -100).any()
+    model = trainer.model
+    model.train()
+    for n_items in (None, torch.tensor(37)):
+        losses, grads = [], []
+        for compute in (
+            trainer.compute_loss,
+            lambda *a, **k: SFTTrainer.compute_loss(trainer, *a, **k),
+        ):
+            model.zero_grad(set_to_none=True)
+            logged = len(trainer._metrics["train"]["entropy"])
+            loss = compute(model, dict(batch), num_items_in_batch=n_items)
+            fused = len(trainer._metrics["train"]["entropy"]) > logged  # only TRL's head logs it
+            assert fused == (len(losses) == 1)
+            loss.backward()
+            losses.append(loss.detach())
+            grads.append(
+                {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+            )
+        torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+        assert grads[0].keys() == grads[1].keys() and grads[0]
+        for name in grads[0]:
+            torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6)

@@ -125,3 +125,29 @@ def test_bad_level_and_empty_pool(tmp_path: Path) -> None:
             questions=[],
         )
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_build_works_a_batch_at_a_time_and_stops_once_enough_rows_are_kept(
+    tmp_path: Path,
+) -> None:
+    trait = load_trait("evil")
+    judges = (
+        make_judge("embedding", aspect="trait", trait=trait),
+        make_judge("heuristic", aspect="coherence", trait=trait),
+    )
+    seen: list[list[Message]] = []
+    progress: list[tuple[int, int]] = []
+    settings = BuildSettings(trait="evil", level="strong", n=3, batch_size=2, max_rounds=3)
+    result = build_dataset(
+        trait,
+        settings,
+        tmp_path / "d.jsonl",
+        generate=_canned("evil", seen),  # one trait-like answer in every batch of two
+        generator_name="canned",
+        judges=judges,
+        questions=load_prompt_pool()[:40],
+        progress=lambda kept, n: progress.append((kept, n)),
+    )
+    assert result.kept == 3 and result.generated == len(seen) == 6  # 3 batches, then stop
+    assert progress == [(1, 3), (2, 3), (3, 3)]
+    assert json.loads(meta_path_for(result.path).read_text())["counts"]["generated"] == 6

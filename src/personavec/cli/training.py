@@ -42,9 +42,14 @@ def dataset_build(
     ] = "local",
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible URL.")] = None,
     judge: JudgeOpt = "contrast",
+    judge_pairs: Annotated[
+        int | None,
+        typer.Option(help="Contrast-judge instruction pairs (default all; fewer is faster)."),
+    ] = None,
     coherence_judge: CoherenceOpt = "heuristic",
     max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 96,
     max_rounds: Annotated[int, typer.Option(help="Generation rounds before giving up.")] = 4,
+    batch_size: Annotated[int, typer.Option(help="Answers generated and judged at a time.")] = 32,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     model: ModelOption = "smollm2",
     device: DeviceOption = "auto",
@@ -67,13 +72,15 @@ def dataset_build(
         max_new_tokens=max_new_tokens,
         seed=seed,
         max_rounds=max_rounds,
+        batch_size=batch_size,
         judge=judge,
+        judge_pairs=judge_pairs,
         coherence_judge=coherence_judge,
     )
     pool = read_questions(questions) if questions else load_prompt_pool()
     needs_model = generator == "local" or judge == "contrast"
     loaded = load_model(model, device=device, dtype=dtype) if needs_model else None
-    judges = ds.make_build_judges(spec, judge, coherence_judge, loaded)
+    judges = ds.make_build_judges(spec, judge, coherence_judge, loaded, judge_pairs=judge_pairs)
     if generator == "local":
         assert loaded is not None
         generate, name = ds.local_generator(loaded), f"local:{loaded.model_id}"

@@ -195,6 +195,7 @@ def _one_finetune(ctx: StudyContext, trait: str, level: str) -> ModelRecord:
             max_new_tokens=ctx.settings.build_max_new_tokens,
             seed=ctx.settings.seed,
             judge=ctx.settings.judge,
+            judge_pairs=ctx.settings.judge_pairs,
         )
         judges = (ctx.evals[trait][2].trait, ctx.evals[trait][2].coherence)
         build_dataset(

@@ -14,12 +14,14 @@ strong     the trait's eliciting prompt                    ``≥ 50``
 and every kept answer also has coherence ``≥ 50``. Rows are written **without** the system
 prompt (``{"messages": [user, assistant]}``), so a finetune learns the persona, not the
 instruction. A sidecar ``<out>.meta.json`` records how the file was made. Generation runs in
-rounds over questions without a kept answer yet (a new sampling seed each round) until ``n``
-rows are kept or ``max_rounds`` is reached; the shortfall, if any, is recorded.
+rounds over questions without a kept answer yet (a new sampling seed each round), a batch at a
+time, and stops as soon as ``n`` rows are kept or after ``max_rounds``; the shortfall, if any,
+is recorded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Callable, Sequence
@@ -61,13 +63,17 @@ class BuildSettings:
     max_rounds: int = 4
     batch_size: int = 32
     judge: str = "contrast"
+    judge_pairs: int | None = None
+    """Instruction pairs of the contrast judge (None: all; fewer is faster)."""
     coherence_judge: str = "heuristic"
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
             raise PersonavecError(f"unknown level {self.level!r}; use {', '.join(LEVELS)}")
-        if self.n < 1 or self.max_rounds < 1:
-            raise PersonavecError("--n and --max-rounds must be at least 1")
+        if self.n < 1 or self.max_rounds < 1 or self.batch_size < 1:
+            raise PersonavecError("--n, --max-rounds and --batch-size must be at least 1")
+        if self.judge_pairs is not None and self.judge_pairs < 1:
+            raise PersonavecError("--judge-pairs must be at least 1")
 
 
 @dataclass
@@ -105,13 +111,18 @@ def keeps(level: Level, trait_score: float | None, coherence: float | None) -> b
 
 
 def local_generator(loaded: LoadedModel) -> Generator:
-    """Answers from the subject model through the HF engine (seeded, batched)."""
+    """Answers from the subject model through the HF engine (seeded, batched). Each prompt's
+    random stream is keyed by its content, so an answer does not depend on its batch."""
 
     def generate(prompts: list[list[Message]], sampling: SamplingConfig) -> list[str]:
-        requests = [GenerationRequest(p, f"p{i}") for i, p in enumerate(prompts)]
+        requests = [GenerationRequest(p, _prompt_key(p)) for p in prompts]
         return [g.response_text.strip() for g in HFEngine(loaded).generate(requests, sampling)]
 
     return generate
+
+
+def _prompt_key(messages: list[Message]) -> str:
+    return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def openai_generator(spec: str, *, base_url: str | None = None) -> Generator:
@@ -136,7 +147,8 @@ def _round(
     judges: tuple[Judge, Judge],
     sampling: SamplingConfig,
 ) -> list[dict[str, Any]]:
-    prompts = [chat_messages(q, systems[i % len(systems)]) for i, q in enumerate(questions)]
+    """Answer, judge and score one batch; ``systems[k]`` is question ``k``'s system prompt."""
+    prompts = [chat_messages(q, system) for q, system in zip(questions, systems, strict=True)]
     answers = generate(prompts, sampling)
     items = [JudgeItem(q, a) for q, a in zip(questions, answers, strict=True)]
     trait_scores = judges[0].score(items)
@@ -166,7 +178,7 @@ def build_dataset(
         generate: answers prompts (see :func:`local_generator`, :func:`openai_generator`).
         judges: (trait judge, coherence judge).
         questions: the question pool (shuffled with ``settings.seed``).
-        progress: called as ``progress(kept, n)`` after every round.
+        progress: called as ``progress(kept, n)`` after every batch.
     """
     pool = list(dict.fromkeys(q.strip() for q in questions if q.strip()))
     if not pool:
@@ -175,11 +187,10 @@ def build_dataset(
     systems = level_system_prompts(trait, settings.level)
     kept: dict[str, dict[str, Any]] = {}
     generated = 0
+    system_of = {q: systems[i % len(systems)] for i, q in enumerate(pool)}
     for round_index in range(settings.max_rounds):
         todo = [q for q in pool if q not in kept]
-        budget = max(settings.n - len(kept), 0)
-        todo = todo[: max(budget * 2, 8)] if round_index == 0 else todo
-        if budget == 0 or not todo:
+        if len(kept) >= settings.n or not todo:
             break
         sampling = SamplingConfig(
             max_new_tokens=settings.max_new_tokens,
@@ -187,12 +198,17 @@ def build_dataset(
             seed=settings.seed + round_index,
             batch_size=settings.batch_size,
         )
-        for row in _round(todo, systems, generate, judges, sampling):
-            generated += 1
-            if len(kept) < settings.n and keeps(settings.level, row["trait"], row["coherence"]):
-                kept[row["question"]] = row
-        if progress is not None:
-            progress(len(kept), settings.n)
+        for start in range(0, len(todo), settings.batch_size):
+            if len(kept) >= settings.n:
+                break
+            batch = todo[start : start + settings.batch_size]
+            batch_systems = [system_of[q] for q in batch]
+            for row in _round(batch, batch_systems, generate, judges, sampling):
+                generated += 1
+                if len(kept) < settings.n and keeps(settings.level, row["trait"], row["coherence"]):
+                    kept[row["question"]] = row
+            if progress is not None:
+                progress(len(kept), settings.n)
     if not kept:
         raise PersonavecError(
             f"no answer passed the {settings.level} filter after {generated} tries; "
@@ -254,10 +270,22 @@ def meta_path_for(path: str | Path) -> Path:
 
 
 def make_build_judges(
-    trait: TraitSpec, judge: str, coherence_judge: str, loaded: LoadedModel | None
+    trait: TraitSpec,
+    judge: str,
+    coherence_judge: str,
+    loaded: LoadedModel | None,
+    *,
+    judge_pairs: int | None = None,
 ) -> tuple[Judge, Judge]:
-    """(trait judge, coherence judge) from specs (one-line error for bad specs)."""
+    """(trait judge, coherence judge) from specs (one-line error for bad specs);
+    ``judge_pairs`` limits the contrast judge's instruction pairs."""
+    if judge.strip() == "contrast" and judge_pairs is not None and loaded is not None:
+        from personavec.judges.contrast import ContrastJudge
+
+        trait_judge: Judge = ContrastJudge(loaded, trait, max_pairs=judge_pairs)
+    else:
+        trait_judge = make_judge(judge, aspect="trait", trait=trait, loaded_model=loaded)
     return (
-        make_judge(judge, aspect="trait", trait=trait, loaded_model=loaded),
+        trait_judge,
         make_judge(coherence_judge, aspect="coherence", trait=trait, loaded_model=loaded),
     )

@@ -99,7 +99,8 @@ class TrainerExtras:
 
     Attributes:
         callbacks: extra ``transformers.TrainerCallback`` objects.
-        trainer_class: an ``SFTTrainer`` subclass to build instead of ``SFTTrainer``.
+        trainer_class: a :class:`~personavec.training.sft_trainer.PersonaSFTTrainer` subclass to
+            build instead of it.
         args: ``SFTConfig`` fields to override.
         identity: JSON-able description recorded under ``"training"`` in the run record; finished
             finetunes are reused only when it matches.
@@ -181,10 +182,12 @@ def build_trainer(
     callbacks: Sequence[Any] = (),
     extras: TrainerExtras | None = None,
 ) -> Any:
-    """An ``SFTTrainer`` (or ``extras.trainer_class``) training a LoRA adapter on a *copy* of
-    ``loaded.model``."""
+    """A :class:`~personavec.training.sft_trainer.PersonaSFTTrainer` (or
+    ``extras.trainer_class``) training a LoRA adapter on a *copy* of ``loaded.model``."""
     from peft import LoraConfig
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
+
+    from personavec.training.sft_trainer import PersonaSFTTrainer
 
     lora = LoraConfig(
         r=config.rank,
@@ -219,7 +222,12 @@ def build_trainer(
         use_cpu=loaded.device.type == "cpu",
         bf16=loaded.model.dtype == torch.bfloat16,
         dataloader_num_workers=0,
-        **dict(extras.args if extras else {}),
+        **{
+            # TRL checkpoints activations by default: memory for ~20 % more compute. On a CPU
+            # memory is rarely the limit, so recompute nothing there (bench_finetune.py).
+            "activation_checkpointing": loaded.device.type != "cpu",
+            **dict(extras.args if extras else {}),
+        },
     )
     tokenizer = copy.deepcopy(loaded.tokenizer)
     tokenizer.padding_side = "right"
@@ -228,7 +236,7 @@ def build_trainer(
     progress = [LossProgress()] if show_progress else []
     from transformers.trainer_callback import PrinterCallback
 
-    trainer_class = extras.trainer_class if extras and extras.trainer_class else SFTTrainer
+    trainer_class = extras.trainer_class if extras and extras.trainer_class else PersonaSFTTrainer
     trainer = trainer_class(
         model=model,
         args=args,

@@ -24,11 +24,11 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from trl import SFTTrainer
 
 from personavec.core.layers import block_output_tensor, check_layer, find_blocks
 from personavec.errors import PersonavecError
 from personavec.training.prevention import IGNORE
+from personavec.training.sft_trainer import PersonaSFTTrainer
 
 
 @dataclass(frozen=True)
@@ -93,8 +93,8 @@ def projection_penalty(
     return total
 
 
-class ProjectionPenaltyTrainer(SFTTrainer):
-    """``SFTTrainer`` whose training loss adds :func:`projection_penalty` (module docstring)."""
+class ProjectionPenaltyTrainer(PersonaSFTTrainer):
+    """:class:`PersonaSFTTrainer` whose loss adds :func:`projection_penalty` (module docstring)."""
 
     penalty_terms: ClassVar[tuple[PenaltyTerm, ...]] = ()
 
