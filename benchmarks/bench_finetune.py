@@ -8,11 +8,15 @@
   by one after a warm-up step; the plain loop runs before and after the trainer (mean). The
   trainer is what ``personavec finetune`` runs on a CPU (model's own loss, no activation
   checkpointing); ``training_trl_defaults`` times TRL's own loss path (fused, chunked LM head)
-  with its default activation checkpointing, for comparison.
-* ``end_to_end`` (with ``--e2e``): wall time of ``personavec dataset build`` (``--n`` answers)
-  plus ``personavec finetune`` (1 epoch) as subprocesses (target: under 15 minutes together).
+  with its default activation checkpointing, for comparison. ``lora_loop_ratio``: a bare
+  forward + backward of the trainer's peft model over the same batches, against plain (LoRA's
+  own compute, without the Trainer).
+* ``end_to_end`` (with ``--e2e``): wall time of ``personavec dataset build`` (``--n`` answers at
+  ``--level``, default normal) plus ``personavec finetune`` (1 epoch, default settings) as
+  subprocesses (target: under 15 minutes together).
 
-Run: ``python benchmarks/bench_finetune.py [--threads 2] [--steps 6] [--e2e --n 300]``.
+Run: ``python benchmarks/bench_finetune.py [--threads 2] [--steps 6] [--e2e --n 300 --level normal
+[--judge-pairs 1] [--skip-training]]``.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ def bench_training(steps: int, batch: int, *, trl_defaults: bool = False) -> dic
         before = _plain_times(loaded.model, batches)  # plain loop before and after the trainer,
         trainer.train()  # so load drift on a shared machine hits both sides alike
         after = _plain_times(loaded.model, batches)
+        lora = _lora_times(trainer.model, batches)
     tokens = [int(b["attention_mask"].sum()) for b in batches]
     trainer_rate = sum(tokens[1:]) / sum(timer.times[1:])
     plain_rate = sum(tokens[1:]) / statistics.mean([sum(before[1:]), sum(after[1:])])
@@ -88,6 +93,8 @@ def bench_training(steps: int, batch: int, *, trl_defaults: bool = False) -> dic
         "plain_before_after_tokens_per_s": [sum(tokens[1:]) / sum(t[1:]) for t in (before, after)],
         "ratio": trainer_rate / plain_rate,
         "target": 0.9,
+        "lora_loop_tokens_per_s": sum(tokens[1:]) / sum(lora[1:]),
+        "lora_loop_ratio": sum(tokens[1:]) / sum(lora[1:]) / plain_rate,
     }
 
 
@@ -107,31 +114,46 @@ def _plain_times(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]])
     return times
 
 
-def bench_end_to_end(n: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"n": n}
+def _lora_times(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> list[float]:
+    """Seconds per batch of a bare forward + backward of the trained peft model (LoRA compute,
+    no Trainer): splits the trainer's gap into LoRA's own work and the Trainer's."""
+    model.train()
+    times = []
+    for b in batches:
+        start = time.perf_counter()
+        out = model(
+            input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]
+        )
+        out.loss.backward()
+        model.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    model.eval()
+    return times
+
+
+def bench_end_to_end(n: int, level: str, judge_pairs: int | None) -> dict[str, Any]:
+    """Wall time of ``dataset build`` (``n`` rows at ``level``) + ``finetune`` (1 epoch)."""
+    out: dict[str, Any] = {"n": n, "level": level, "judge_pairs": judge_pairs}
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "evil-strong.jsonl"
+        data = Path(tmp) / f"evil-{level}.jsonl"
+        build = ["dataset", "build", "--trait", "evil", "--level", level, "--n", str(n)]
+        build += ["--out", str(data), "--quiet"]
+        build += ["--judge-pairs", str(judge_pairs)] if judge_pairs else []
         commands = {
-            "dataset_build_s": [
-                "dataset",
-                "build",
-                "--trait",
-                "evil",
-                "--level",
-                "strong",
-                "--n",
-                str(n),
-                "--out",
-                str(data),
-                "--quiet",
-            ],
+            "dataset_build_s": build,
             "finetune_s": ["finetune", str(data), "--out", str(Path(tmp) / "ft"), "--quiet"],
         }
         for key, args in commands.items():
             start = time.perf_counter()
             subprocess.run([sys.executable, "-m", "personavec", *args], check=True)
             out[key] = time.perf_counter() - start
-        out["rows_kept"] = sum(1 for _ in data.open())
+        meta = json.loads(data.with_name(data.stem + ".meta.json").read_text())
+        out["rows_kept"], out["answers_generated"] = (
+            meta["counts"]["kept"],
+            meta["counts"]["generated"],
+        )
+        record = json.loads((Path(tmp) / "ft" / "personavec_finetune.json").read_text())
+        out["finetune_steps"] = record["metrics"]["steps"]
     out["total_s"] = out["dataset_build_s"] + out["finetune_s"]
     out["target_s"] = 15 * 60
     return out
@@ -144,15 +166,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--e2e", action="store_true")
     parser.add_argument("--n", type=int, default=300)
+    parser.add_argument("--level", default="normal", choices=["normal", "mild", "strong"])
+    parser.add_argument("--judge-pairs", type=int, default=None)
+    parser.add_argument("--skip-training", action="store_true", help="only the --e2e part")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    result: dict[str, Any] = {
-        "threads": args.threads,
-        "training": bench_training(args.steps, args.batch),
-        "training_trl_defaults": bench_training(args.steps, args.batch, trl_defaults=True),
-    }
+    result: dict[str, Any] = {"threads": args.threads}
+    if not args.skip_training:
+        result["training"] = bench_training(args.steps, args.batch)
+        result["training_trl_defaults"] = bench_training(args.steps, args.batch, trl_defaults=True)
     if args.e2e:
-        result["end_to_end"] = bench_end_to_end(args.n)
+        result["end_to_end"] = bench_end_to_end(args.n, args.level, args.judge_pairs)
     print(json.dumps(result, indent=2))
 
 
