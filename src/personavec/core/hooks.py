@@ -145,6 +145,15 @@ def _cache_length(past: Any) -> int:
     return 0
 
 
+def _cache_argument(kwargs: Mapping[str, Any]) -> Any:
+    """The KV cache a forward call received: ``cache`` (transformers' name since 5.2x, which
+    also drops an all-ones ``attention_mask``) or the older ``past_key_values``."""
+    for name in ("cache", "past_key_values", "past_key_value"):
+        if kwargs.get(name) is not None:
+            return kwargs[name]
+    return None
+
+
 def read_call(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> ForwardCall | None:
     """A :class:`ForwardCall` from the block owner's forward arguments; None without tokens."""
     ids = kwargs.get("input_ids", args[0] if args else None)
@@ -154,7 +163,7 @@ def read_call(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> ForwardCall |
         return None
     batch, seq = int(reference.shape[0]), int(reference.shape[1])
     attention = kwargs.get("attention_mask")
-    past_len = _cache_length(kwargs.get("past_key_values", kwargs.get("past_key_value")))
+    past_len = _cache_length(_cache_argument(kwargs))
     if isinstance(attention, torch.Tensor) and attention.ndim == 2:
         current: torch.Tensor | None = attention[:, -seq:]
         past_len = max(past_len, int(attention.shape[1]) - seq)
