@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,6 +61,9 @@ class Decoder:
         self.mask: torch.Tensor | None = None  # long [batch, seq] over the cache + next token
         self.steps = 0
         self._plan: tuple[list[_Live], _HookPlan] | None = None
+        # transformers 5.2x renamed the forward's `past_key_values` to `cache` (old name deprecated)
+        forward = inspect.signature(type(loaded.model).forward).parameters
+        self._cache_kwarg = "cache" if "cache" in forward else "past_key_values"
 
     @property
     def size(self) -> int:
@@ -119,8 +123,8 @@ class Decoder:
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=cache,
                 use_cache=True,
+                **{self._cache_kwarg: cache},
                 logits_to_keep=1,
             )
         self.steps += 1
