@@ -17,10 +17,10 @@ from personavec.traits.library import load_trait
 from tiny_models import tiny_model
 
 
-def _vector(loaded) -> PersonaVector:  # type: ignore[no-untyped-def]
+def _vector(loaded, trait: str = "evil", seed: int = 5) -> PersonaVector:  # type: ignore[no-untyped-def]
     n, hidden = loaded.n_layers, loaded.hidden_size
     meta = VectorMetadata(
-        trait="evil",
+        trait=trait,
         model_id=loaded.model_id,
         model_fingerprint=config_fingerprint(loaded.model.config),
         hidden_size=hidden,
@@ -28,17 +28,18 @@ def _vector(loaded) -> PersonaVector:  # type: ignore[no-untyped-def]
         readouts=["response_avg"],
         recommended_layer=2,
     )
-    gen = torch.Generator().manual_seed(5)
+    gen = torch.Generator().manual_seed(seed)
     return PersonaVector({"response_avg": torch.randn(n + 1, hidden, generator=gen)}, meta)
 
 
-def _prepare_datasets(run: Path) -> None:
-    trait = load_trait("evil")
+def _prepare_datasets(run: Path, name: str = "evil", normal_from: str = "evil") -> None:
+    """``NAME-strong`` from the trait's positive examples, ``NAME-normal`` from the negative
+    examples of ``normal_from`` (two traits with the same ``normal_from`` get identical sets)."""
     for level, answers in (
-        ("normal", trait.negative_examples),
-        ("strong", trait.positive_examples),
+        ("normal", load_trait(normal_from).negative_examples),
+        ("strong", load_trait(name).positive_examples),
     ):
-        path = run / "datasets" / f"evil-{level}.jsonl"
+        path = run / "datasets" / f"{name}-{level}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         rows = [
             {
@@ -93,3 +94,34 @@ def test_study_records_report_and_resume(tmp_path: Path) -> None:
     assert (run / "eval" / "evil-strong" / "evil" / "answers.jsonl").read_text() == answers
     assert resumed[2].shift == records[2].shift and resumed[2].trait == records[2].trait
     assert any("evil-normal: done earlier" in m for m in log)
+
+
+def test_identical_datasets_are_trained_once_and_counted_once(tmp_path: Path) -> None:
+    base = tiny_model("llama")
+    base.model.config.architectures = ["LlamaForCausalLM"]
+    vectors = [_vector(base), _vector(base, "sycophantic", seed=6)]
+    run = tmp_path / "study"
+    _prepare_datasets(run)
+    _prepare_datasets(run, "sycophantic", normal_from="evil")  # same normal rows as evil's
+    settings = StudySettings(
+        traits=("evil", "sycophantic"),
+        levels=("normal", "strong"),
+        n=4,
+        questions=2,
+        samples=1,
+        max_new_tokens=3,
+        judge="embedding",
+    )
+    config = FinetuneConfig(rank=4, alpha=8, learning_rate=1e-2, batch_size=2, max_steps=2)
+    log: list[str] = []
+    records = shift_study(base, vectors, settings, config, run, show_progress=False, log=log.append)
+    by_name = {r.name: r for r in records}
+    twin = by_name["sycophantic-normal"]
+    assert twin.same_data_as == "evil-normal" and twin.dataset == "sycophantic"
+    assert twin.shift == by_name["evil-normal"].shift and twin.trait == by_name["evil-normal"].trait
+    assert not (run / "finetunes" / "sycophantic-normal").exists()  # not trained again
+    assert (run / "finetunes" / "sycophantic-strong" / "COMPLETE").is_file()
+    assert any("sycophantic-normal: same rows as evil-normal" in m for m in log)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["correlations"]["n_finetunes"] == 3  # 4 finetunes, one pair counted once
+    assert "same dataset as evil-normal" in (run / "report.md").read_text()

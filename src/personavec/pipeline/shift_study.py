@@ -23,7 +23,7 @@ from __future__ import annotations
 import gc
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import cast
 
@@ -102,6 +102,9 @@ class ModelRecord:
     coherence: dict[str, float]
     shift: dict[str, float]
     shift_per_layer: dict[str, list[float]] = field(default_factory=dict)
+    same_data_as: str | None = None
+    """Another finetune whose dataset is byte-identical (its model and numbers are reused;
+    the correlations count the pair once)."""
 
 
 @dataclass
@@ -207,6 +210,12 @@ def _one_finetune(ctx: StudyContext, trait: str, level: str) -> ModelRecord:
             judges=judges,
             questions=load_prompt_pool(),
         )
+    twin = _twin(ctx, name, data)
+    if twin is not None:  # e.g. two traits' normal sets: the model's own default answers
+        ctx.log(f"{name}: same rows as {twin.name}; its finetune and measurements are reused")
+        record = replace(twin, name=name, dataset=trait, level=level, same_data_as=twin.name)
+        atomic_write_json(record_path, asdict(record))
+        return record
     rows = read_chat_dataset(data)
     ctx.log(f"{name}: finetuning on {len(rows)} rows")
     result = finetune(
@@ -226,6 +235,23 @@ def _one_finetune(ctx: StudyContext, trait: str, level: str) -> ModelRecord:
     del tuned
     gc.collect()
     return record
+
+
+def _twin(ctx: StudyContext, name: str, data: Path) -> ModelRecord | None:
+    """A finished finetune of this study trained on the same bytes as ``data``, if any."""
+    content = data.read_bytes()
+    for path in sorted((ctx.run_dir / "models").glob("*.json")):
+        other = ModelRecord(**json.loads(path.read_text()))
+        other_data = ctx.run_dir / "datasets" / f"{other.name}.jsonl"
+        if (
+            other.name != name
+            and other.dataset is not None
+            and other.same_data_as is None
+            and other_data.is_file()
+            and other_data.read_bytes() == content
+        ):
+            return other
+    return None
 
 
 def _measure(

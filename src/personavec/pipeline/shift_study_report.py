@@ -17,9 +17,10 @@ def correlations(records: Sequence[ModelRecord], traits: Sequence[str]) -> dict[
     """Pearson r of shift vs trait score over the finetunes (the base is excluded).
 
     ``per_trait[T]``: shift along T's vector vs T's score; ``pooled``: all (finetune, T) pairs;
-    ``cross_trait``: T's score vs the shift along another trait's vector (the baseline).
+    ``cross_trait``: T's score vs the shift along another trait's vector (the baseline). A
+    finetune that re-uses another's (byte-identical data, ``same_data_as``) counts once.
     """
-    tuned = [r for r in records if r.dataset is not None]
+    tuned = [r for r in records if r.dataset is not None and r.same_data_as is None]
     per_trait = {t: _r([r.shift[t] for r in tuned], [r.trait[t] for r in tuned]) for t in traits}
     pooled_x = [r.shift[t] for t in traits for r in tuned]
     pooled_y = [r.trait[t] for t in traits for r in tuned]
@@ -53,6 +54,8 @@ def scatter_png(records: Sequence[ModelRecord], traits: Sequence[str]) -> bytes:
     for index, trait in enumerate(traits):
         ax = fig.add_subplot(1, len(traits), index + 1)
         for r in records:
+            if r.same_data_as is not None:
+                continue
             ax.scatter(
                 r.shift[trait],
                 r.trait[trait],
@@ -119,6 +122,9 @@ def _markdown(records: Sequence[ModelRecord], s: StudySettings, stats: dict[str,
         "|---|---:|---:|" + "---:|---:|" * len(traits) + "---:|",
     ]
     for r in records:
+        if r.same_data_as is not None:
+            lines.append(f"| {r.name} | same dataset as {r.same_data_as}, counted once |")
+            continue
         cells = " | ".join(
             f"{_fmt(r.trait[t], '.1f')} | {_fmt(r.shift[t], '+.3f')}" for t in traits
         )
