@@ -5,12 +5,13 @@
   batches*: the bare transformers model, base weights frozen, forward with labels and
   ``loss.backward()`` into the input embeddings (the backward pass any adapter needs, with no
   peft, TRL or Trainer code). ``ratio`` = trainer / plain (target ≥ 0.9). Steps are timed one
-  by one after a warm-up step; the plain loop runs before and after the trainer (mean). The
+  by one after a warm-up step, each trainer step right after a plain pass over its batch (so
+  both meet the same machine load). The
   trainer is what ``personavec finetune`` runs on a CPU (model's own loss, no activation
   checkpointing); ``training_trl_defaults`` times TRL's own loss path (fused, chunked LM head)
   with its default activation checkpointing, for comparison. ``lora_loop_ratio``: a bare
-  forward + backward of the trainer's peft model over the same batches, against plain (LoRA's
-  own compute, without the Trainer).
+  forward + backward of the trainer's peft model over the same batches, interleaved with plain
+  passes (LoRA's own compute, without the Trainer).
 * ``end_to_end`` (with ``--e2e``): wall time of ``personavec dataset build`` (``--n`` answers at
   ``--level``, default normal) plus ``personavec finetune`` (1 epoch, default settings) as
   subprocesses (target: under 15 minutes together).
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,16 +42,25 @@ from personavec.training.prompt_pool import load_prompt_pool
 from personavec.traits.library import load_trait
 
 
-class _StepTimer(TrainerCallback):
-    def __init__(self) -> None:
-        self.times: list[float] = []
+class _InterleavedTimer(TrainerCallback):
+    """Before each trainer step, a plain forward + backward of the same batch; then the step.
+
+    Interleaving puts both sides under the same machine load at the same moment, which a
+    before/after comparison on a shared 2-core machine does not (passes there vary ~10 %).
+    """
+
+    def __init__(self, plain_model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]):
+        self.plain_model, self.batches = plain_model, batches
+        self.plain: list[float] = []
+        self.trainer: list[float] = []
         self._start = 0.0
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.plain.append(_plain_step(self.plain_model, self.batches[state.global_step]))
         self._start = time.perf_counter()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.times.append(time.perf_counter() - self._start)
+        self.trainer.append(time.perf_counter() - self._start)
 
 
 def _rows(n: int) -> list[ChatRow]:
@@ -63,11 +72,12 @@ def _rows(n: int) -> list[ChatRow]:
 
 
 def bench_training(steps: int, batch: int, *, trl_defaults: bool = False) -> dict[str, Any]:
-    """Trainer vs plain tokens/s; ``trl_defaults`` swaps in TRL's ``SFTTrainer`` loss (fused,
-    chunked LM head) and turns its default activation checkpointing back on."""
+    """Trainer vs plain tokens/s, step by step interleaved; ``trl_defaults`` swaps in TRL's
+    ``SFTTrainer`` loss (fused, chunked LM head) and turns its activation checkpointing on."""
     loaded = load_model("smollm2", device="cpu")
+    for p in loaded.model.parameters():  # the plain side: base weights frozen
+        p.requires_grad_(False)
     config = FinetuneConfig(batch_size=batch, max_steps=steps + 1, save_steps=10_000)
-    timer = _StepTimer()
     extras = (
         TrainerExtras(trainer_class=SFTTrainer, args={"activation_checkpointing": True})
         if trl_defaults
@@ -75,60 +85,63 @@ def bench_training(steps: int, batch: int, *, trl_defaults: bool = False) -> dic
     )
     with tempfile.TemporaryDirectory() as tmp:
         rows = _rows(batch * (steps + 1))
-        trainer = build_trainer(loaded, rows, config, tmp, callbacks=[timer], extras=extras)
+        trainer = build_trainer(loaded, rows, config, tmp, extras=extras)
         batches = list(trainer.get_train_dataloader())[: steps + 1]
-        before = _plain_times(loaded.model, batches)  # plain loop before and after the trainer,
-        trainer.train()  # so load drift on a shared machine hits both sides alike
-        after = _plain_times(loaded.model, batches)
-        lora = _lora_times(trainer.model, batches)
-    tokens = [int(b["attention_mask"].sum()) for b in batches]
-    trainer_rate = sum(tokens[1:]) / sum(timer.times[1:])
-    plain_rate = sum(tokens[1:]) / statistics.mean([sum(before[1:]), sum(after[1:])])
+        timer = _InterleavedTimer(loaded.model, batches)
+        trainer.add_callback(timer)
+        trainer.train()
+        plain_again, lora = _lora_vs_plain(loaded.model, trainer.model, batches)
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches[1:])  # step 0 is warm-up
+    trainer_rate = tokens / sum(timer.trainer[1:])
+    plain_rate = tokens / sum(timer.plain[1:])
     return {
         "steps_timed": steps,
         "batch": batch,
-        "tokens_per_step": statistics.mean(tokens[1:]),
+        "tokens_per_step": tokens / steps,
         "trainer_tokens_per_s": trainer_rate,
         "plain_tokens_per_s": plain_rate,
-        "plain_before_after_tokens_per_s": [sum(tokens[1:]) / sum(t[1:]) for t in (before, after)],
         "ratio": trainer_rate / plain_rate,
+        "step_ratios": [p / t for p, t in zip(timer.plain[1:], timer.trainer[1:], strict=True)],
         "target": 0.9,
-        "lora_loop_tokens_per_s": sum(tokens[1:]) / sum(lora[1:]),
-        "lora_loop_ratio": sum(tokens[1:]) / sum(lora[1:]) / plain_rate,
+        "lora_loop_ratio": sum(plain_again) / sum(lora),
     }
 
 
-def _plain_times(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> list[float]:
-    """Seconds per batch of a bare forward (with labels) + backward, base weights frozen."""
-    for p in model.parameters():
-        p.requires_grad_(False)
+def _plain_step(model: torch.nn.Module, b: dict[str, torch.Tensor]) -> float:
+    """Seconds of a bare forward (with labels) + backward into the input embeddings."""
     model.train()
-    times = []
-    for b in batches:
-        start = time.perf_counter()
-        embeds = model.get_input_embeddings()(b["input_ids"]).detach().requires_grad_(True)
-        out = model(inputs_embeds=embeds, attention_mask=b["attention_mask"], labels=b["labels"])
-        out.loss.backward()
-        times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    embeds = model.get_input_embeddings()(b["input_ids"]).detach().requires_grad_(True)
+    out = model(inputs_embeds=embeds, attention_mask=b["attention_mask"], labels=b["labels"])
+    out.loss.backward()
+    seconds = time.perf_counter() - start
     model.eval()
-    return times
+    return seconds
 
 
-def _lora_times(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> list[float]:
-    """Seconds per batch of a bare forward + backward of the trained peft model (LoRA compute,
-    no Trainer): splits the trainer's gap into LoRA's own work and the Trainer's."""
+def _lora_step(model: torch.nn.Module, b: dict[str, torch.Tensor]) -> float:
+    """Seconds of a bare forward + backward of the trained peft model (no Trainer)."""
     model.train()
-    times = []
-    for b in batches:
-        start = time.perf_counter()
-        out = model(
-            input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]
-        )
-        out.loss.backward()
-        model.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"])
+    out.loss.backward()
+    seconds = time.perf_counter() - start
+    model.zero_grad(set_to_none=True)
     model.eval()
-    return times
+    return seconds
+
+
+def _lora_vs_plain(
+    plain_model: torch.nn.Module,
+    lora_model: torch.nn.Module,
+    batches: list[dict[str, torch.Tensor]],
+) -> tuple[list[float], list[float]]:
+    """Interleaved plain and bare-LoRA seconds over ``batches[1:]``: LoRA's own compute."""
+    plain, lora = [], []
+    for b in batches[1:]:
+        plain.append(_plain_step(plain_model, b))
+        lora.append(_lora_step(lora_model, b))
+    return plain, lora
 
 
 def bench_end_to_end(n: int, level: str, judge_pairs: int | None) -> dict[str, Any]:
@@ -145,7 +158,9 @@ def bench_end_to_end(n: int, level: str, judge_pairs: int | None) -> dict[str, A
         }
         for key, args in commands.items():
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "personavec", *args], check=True)
+            subprocess.run(
+                [sys.executable, "-m", "personavec", *args], check=True, stdout=sys.stderr
+            )
             out[key] = time.perf_counter() - start
         meta = json.loads(data.with_name(data.stem + ".meta.json").read_text())
         out["rows_kept"], out["answers_generated"] = (
