@@ -127,6 +127,7 @@ def test_cpu_loss_equals_trls_fused_loss(tmp_path: Path) -> None:
 
     loaded = tiny_model("llama")
     trainer = build_trainer(loaded, ROWS, CONFIG, tmp_path / "ck")
+    assert not trainer.args.activation_checkpointing  # nothing recomputed on CPU
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     assert (batch["labels"] == -100).any() and (batch["labels"] != -100).any()
     model = trainer.model

@@ -65,3 +65,17 @@ def test_contrast_spec_builds_on_a_real_model() -> None:
     assert isinstance(judge, Judge)
     assert judge.aspect == "trait"
     assert judge.identity.startswith("contrast:")
+
+
+def test_contrast_pairs_limit_the_instruction_pairs() -> None:
+    from personavec.judges.contrast import ContrastJudge
+    from personavec.traits.library import load_trait
+    from tiny_models import tiny_model
+
+    loaded, trait = tiny_model("llama"), load_trait("evil")
+    assert len(trait.instructions) > 1
+    every = make_judge("contrast", aspect="trait", trait=trait, loaded_model=loaded)
+    one = make_judge("contrast", aspect="trait", trait=trait, loaded_model=loaded, contrast_pairs=1)
+    assert isinstance(every, ContrastJudge) and isinstance(one, ContrastJudge)
+    assert (every.n_pairs, one.n_pairs) == (len(trait.instructions), 1)
+    assert one.identity != every.identity

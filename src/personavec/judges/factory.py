@@ -47,6 +47,7 @@ def make_judge(
     api_key: str | None = None,
     concurrency: int = 8,
     timeout_s: float | None = None,
+    contrast_pairs: int | None = None,
 ) -> Judge:
     """The judge named by ``spec`` for ``aspect`` (table in the module docstring).
 
@@ -58,6 +59,8 @@ def make_judge(
         loaded_model: Required for ``contrast``.
         base_url, api_key, concurrency, timeout_s: For LLM judges (defaults from the
             environment; ``timeout_s`` seconds per request, see ``llm_client``).
+        contrast_pairs: For ``contrast``: use only the trait's first instruction pairs (None:
+            all; fewer is faster and noisier).
     """
     if aspect not in ("trait", "coherence"):
         raise PersonavecError(f"unknown judge aspect {aspect!r}; use 'trait' or 'coherence'")
@@ -79,7 +82,7 @@ def make_judge(
     if name == "heuristic":
         return _heuristic_judge(aspect)
     if name in ("embedding", "contrast"):
-        return _offline_trait_judge(name, aspect, trait, loaded_model)
+        return _offline_trait_judge(name, aspect, trait, loaded_model, contrast_pairs)
     raise _unknown(spec)
 
 
@@ -120,7 +123,11 @@ def _heuristic_judge(aspect: Aspect) -> Judge:
 
 
 def _offline_trait_judge(
-    name: str, aspect: Aspect, trait: TraitSpec | None, loaded_model: LoadedModel | None
+    name: str,
+    aspect: Aspect,
+    trait: TraitSpec | None,
+    loaded_model: LoadedModel | None,
+    contrast_pairs: int | None = None,
 ) -> Judge:
     """``embedding`` or ``contrast``: trait judges that run on this machine."""
     if aspect != "trait":
@@ -140,5 +147,5 @@ def _offline_trait_judge(
             f"the contrast judge is unavailable in this installation ({exc}); "
             "use embedding or openai:MODEL"
         ) from exc
-    judge: Judge = ContrastJudge(loaded_model, _need_trait(name, trait))
+    judge: Judge = ContrastJudge(loaded_model, _need_trait(name, trait), max_pairs=contrast_pairs)
     return judge

@@ -140,7 +140,7 @@ def openai_generator(spec: str, *, base_url: str | None = None) -> Generator:
     return generate
 
 
-def _round(
+def _answer_batch(
     questions: Sequence[str],
     systems: Sequence[str | None],
     generate: Generator,
@@ -203,7 +203,7 @@ def build_dataset(
                 break
             batch = todo[start : start + settings.batch_size]
             batch_systems = [system_of[q] for q in batch]
-            for row in _round(batch, batch_systems, generate, judges, sampling):
+            for row in _answer_batch(batch, batch_systems, generate, judges, sampling):
                 generated += 1
                 if len(kept) < settings.n and keeps(settings.level, row["trait"], row["coherence"]):
                     kept[row["question"]] = row
@@ -279,13 +279,9 @@ def make_build_judges(
 ) -> tuple[Judge, Judge]:
     """(trait judge, coherence judge) from specs (one-line error for bad specs);
     ``judge_pairs`` limits the contrast judge's instruction pairs."""
-    if judge.strip() == "contrast" and judge_pairs is not None and loaded is not None:
-        from personavec.judges.contrast import ContrastJudge
-
-        trait_judge: Judge = ContrastJudge(loaded, trait, max_pairs=judge_pairs)
-    else:
-        trait_judge = make_judge(judge, aspect="trait", trait=trait, loaded_model=loaded)
     return (
-        trait_judge,
+        make_judge(
+            judge, aspect="trait", trait=trait, loaded_model=loaded, contrast_pairs=judge_pairs
+        ),
         make_judge(coherence_judge, aspect="coherence", trait=trait, loaded_model=loaded),
     )
