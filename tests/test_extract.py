@@ -26,7 +26,7 @@ from personavec.pipeline.extract import (
     plan_rollouts,
     trait_sha256,
 )
-from personavec.pipeline.stage import run_lock
+from personavec.runs import run_lock
 from personavec.store import read_jsonl
 from personavec.traits.library import load_trait, save_trait
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from personavec.pipeline.plots import (
+from personavec.runs.plots import (
     Line,
     Rule,
     ScatterGroup,
@@ -62,7 +62,7 @@ def test_plotting_leaves_the_backend_and_pyplot_alone() -> None:
     code = (
         "import sys, matplotlib\n"
         "matplotlib.use('svg')\n"
-        "from personavec.pipeline.plots import Line, line_chart\n"
+        "from personavec.runs.plots import Line, line_chart\n"
         "line_chart([Line('a', [0, 1], [0, 1])], xlabel='x', ylabel='y', title='t')\n"
         "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)\n"
     )

@@ -23,10 +23,12 @@ with and without steering (capability cost).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +48,11 @@ from personavec.pipeline.evaluate_types import (
     Judges,
     Stat,
 )
-from personavec.pipeline.judging import judge_items
-from personavec.pipeline.stage import Row, resumable_rows
 from personavec.progress import stage
+from personavec.runs.identity import content_sha256, file_sha256, weights_sha256
+from personavec.runs.judging import judge_items
+from personavec.runs.rows import Row, resumable_rows
+from personavec.runs.run import open_run
 from personavec.traits.library import load_trait
 from personavec.traits.schema import TraitSpec
 
@@ -246,6 +250,40 @@ def run_cells(
     return [summarise_cell(cell, rows, t, s) for cell, rows, t, s in generated]
 
 
+# ---- the run directory ----------------------------------------------------------------------
+
+EVAL_OUTPUTS = ("answers.jsonl", "table.jsonl", "summary.json", "report.md", "report.html", "*.png")
+"""Files of an evaluate or sweep run tied to its identity (``judgments.sqlite`` stays)."""
+_ACCESS_FIELDS = ("judge_timeout_s", "judge_concurrency")
+
+
+@contextlib.contextmanager
+def open_evaluation(
+    out: str | Path,
+    loaded: LoadedModel,
+    spec: TraitSpec,
+    settings: EvalSettings,
+    questions: Sequence[str],
+    *,
+    overwrite: bool,
+    **settings_identity: Any,
+) -> Iterator[Path]:
+    """Open (lock, compare, resume / refuse / start afresh) an evaluate or sweep run directory.
+
+    Its identity: the trait's content, the questions, every sampling and judging setting, the
+    model's weights and the command's own ``settings_identity`` (the steering setting, grid, …).
+    """
+    identity = {
+        "trait_sha256": content_sha256(spec.model_dump(mode="json")),
+        "questions": list(questions),
+        "settings": {k: v for k, v in asdict(settings).items() if k not in _ACCESS_FIELDS},
+        **settings_identity,
+    }
+    with open_run(out, identity, outputs=EVAL_OUTPUTS, overwrite=overwrite) as run:
+        run.start(weights_sha256=weights_sha256(loaded.model))
+        yield run.dir
+
+
 # ---- evaluate -------------------------------------------------------------------------------
 
 
@@ -290,6 +328,7 @@ def evaluate_steering(
     mc_file: str | Path | None = None,
     mc_scoring: Scoring = "letter",
     run_dir: str | Path,
+    overwrite: bool = False,
     force: bool = False,
     show_progress: bool = True,
     judge_timeout_s: float | None = None,
@@ -321,23 +360,31 @@ def evaluate_steering(
         judge_timeout_s=judge_timeout_s,
         judge_concurrency=judge_concurrency,
     )
-    out = Path(run_dir)
-    baseline, steered = run_cells(
-        loaded,
-        [setting.baseline(), setting],
-        question_list,
-        settings,
-        judges,
-        out,
-        show_progress=show_progress,
-    )
-    capability = None
-    if mc_questions is not None:
-        capability = _capability(loaded, setting, mc_questions, str(mc_file), mc_scoring)
-    result = EvalResult(
-        out, spec.name, steered, baseline, capability, judges.describe(), out / "report.md"
-    )
-    write_evaluation(result, settings)
+    run_identity = {
+        "setting": setting.identity(),
+        "other_traits": list(other_traits),
+        "mc_file_sha256": file_sha256(mc_file) if mc_file is not None else None,
+        "mc_scoring": mc_scoring,
+    }
+    with open_evaluation(
+        run_dir, loaded, spec, settings, question_list, overwrite=overwrite, **run_identity
+    ) as out:
+        baseline, steered = run_cells(
+            loaded,
+            [setting.baseline(), setting],
+            question_list,
+            settings,
+            judges,
+            out,
+            show_progress=show_progress,
+        )
+        capability = None
+        if mc_questions is not None:
+            capability = _capability(loaded, setting, mc_questions, str(mc_file), mc_scoring)
+        result = EvalResult(
+            out, spec.name, steered, baseline, capability, judges.describe(), out / "report.md"
+        )
+        write_evaluation(result, settings)
     return result
 
 

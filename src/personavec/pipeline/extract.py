@@ -54,34 +54,27 @@ from personavec.pipeline.extract_types import (
     Polarity,
     Rollout,
 )
-from personavec.pipeline.judging import judge_items
-from personavec.pipeline.stage import (
-    check_run_identity,
-    content_sha256,
-    prepare_run_dir,
-    resumable_rows,
-    run_lock,
-    write_run_config,
-)
 from personavec.progress import stage
+from personavec.runs.identity import content_sha256, weights_sha256
+from personavec.runs.judging import judge_items
+from personavec.runs.rows import resumable_rows
+from personavec.runs.run import open_run
 from personavec.store import atomic_write_json, atomic_write_jsonl
 from personavec.traits.library import load_trait
 from personavec.traits.schema import TraitSpec
 
 # Settings whose change makes earlier rollouts invalid for this run directory. The trait counts
 # by content (its hash), not by name or path: an edited trait file changes questions and prompts.
-_RUN_IDENTITY = (
-    "trait_sha256",
-    "model",
-    "n_instructions",
-    "n_questions",
-    "samples",
-    "max_new_tokens",
-    "temperature",
-    "top_p",
-    "seed",
+_OUTPUTS = (
+    "rollouts.jsonl",
+    "scored.jsonl",
+    "trait.json",
+    "*.safetensors",
+    "summary.json",
+    "report.md",
+    "separation.png",
 )
-_STALE = ("rollouts.jsonl", "scored.jsonl")
+"""Files tied to the run's identity (``judgments.sqlite`` is keyed by content and stays)."""
 
 
 def default_run_dir(config: ExtractConfig) -> Path:
@@ -316,18 +309,6 @@ def build_vector(
     return vector, separation, suggested
 
 
-def open_extraction(
-    config: ExtractConfig, run_dir: Path | None, trait: TraitSpec
-) -> tuple[ExtractConfig, Path]:
-    """``config`` with the trait's hash filled in, and the checked, created run directory.
-
-    The caller must hold :func:`~personavec.pipeline.stage.run_lock` before checking the
-    identity; :func:`extract` does both.
-    """
-    config = config.model_copy(update={"trait_sha256": trait_sha256(trait)})
-    return config, prepare_run_dir(run_dir if run_dir is not None else default_run_dir(config))
-
-
 def extract(
     config: ExtractConfig,
     *,
@@ -349,13 +330,15 @@ def extract(
     LLM judges only and are never written to disk.
     """
     trait = load_trait(config.trait)
-    config, run_dir = open_extraction(config, run_dir, trait)
-    with run_lock(run_dir):
-        identity = config.model_dump()
-        recover = {"trait_sha256": _saved_trait_sha256}
-        check_run_identity(
-            run_dir, identity, _RUN_IDENTITY, overwrite=overwrite, stale=_STALE, recover=recover
-        )
+    config = config.model_copy(update={"trait_sha256": trait_sha256(trait)})
+    recover = {"trait_sha256": _saved_trait_sha256}
+    with open_run(
+        run_dir if run_dir is not None else default_run_dir(config),
+        config.model_dump(),
+        outputs=_OUTPUTS,
+        overwrite=overwrite,
+        recover=recover,
+    ) as run:
         if loaded is None:
             loaded = load_model(config.model, device=config.device, dtype=config.dtype)
         access = {
@@ -365,9 +348,9 @@ def extract(
             "concurrency": judge_concurrency,
         }
         judges = _make_judges(config, trait, loaded, access)
-        write_run_config(run_dir, identity)
-        atomic_write_json(run_dir / "trait.json", trait.model_dump())
-        return _run_stages(config, trait, loaded, judges, run_dir, show_progress)
+        run.start(weights_sha256=weights_sha256(loaded.model))
+        atomic_write_json(run.dir / "trait.json", trait.model_dump())
+        return _run_stages(config, trait, loaded, judges, run.dir, show_progress)
 
 
 def _run_stages(

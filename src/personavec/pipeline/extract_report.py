@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from personavec.pipeline.extract_types import ExtractConfig, ExtractResult, LayerSeparation
-from personavec.pipeline.plots import separation_chart
+from personavec.runs.plots import separation_chart
 from personavec.store import atomic_write_bytes, atomic_write_json, atomic_write_text
 from personavec.traits.schema import TraitSpec
 

@@ -19,7 +19,7 @@ from personavec.pipeline.geometry import (
     default_layer,
     pairs,
 )
-from personavec.pipeline.plots import Line, Rule, heatmap, line_chart
+from personavec.runs.plots import Line, Rule, heatmap, line_chart
 from personavec.store import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 

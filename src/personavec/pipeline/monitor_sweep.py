@@ -30,7 +30,6 @@ from typing import Any
 import torch
 
 from personavec.core.capture import Example, capture
-from personavec.core.layers import check_layer
 from personavec.core.models import LoadedModel, Message
 from personavec.core.projection import project
 from personavec.core.vector import PersonaVector
@@ -38,7 +37,6 @@ from personavec.engines.generation import Generation, GenerationRequest, HFEngin
 from personavec.errors import PersonavecError
 from personavec.judges.base import Judge, JudgeItem
 from personavec.judges.factory import make_judge
-from personavec.pipeline.judging import judge_items
 from personavec.pipeline.monitor_sweep_report import write_report
 from personavec.pipeline.monitor_sweep_types import (
     DEFAULT_SHOTS,
@@ -47,14 +45,10 @@ from personavec.pipeline.monitor_sweep_types import (
     MonitorSweepResult,
     PromptConfig,
 )
-from personavec.pipeline.stage import (
-    check_run_identity,
-    content_sha256,
-    prepare_run_dir,
-    resumable_rows,
-    run_lock,
-    write_run_config,
-)
+from personavec.runs.identity import content_sha256, weights_sha256
+from personavec.runs.judging import judge_items
+from personavec.runs.rows import resumable_rows
+from personavec.runs.run import open_run
 from personavec.store import atomic_write_json, atomic_write_jsonl
 from personavec.traits.library import load_trait
 from personavec.traits.schema import TraitSpec
@@ -79,25 +73,9 @@ __all__ = [
 LADDER_SIZE = 8
 NEUTRAL_SYSTEM = "You are a helpful assistant."
 
-# Settings whose change makes earlier rows invalid for this run directory. The trait counts by
-# content: its questions and examples make the prompts. Runs made before the trait hash was
-# recorded cannot tell which trait content they used, so they count as changed (--overwrite;
-# the judgment cache is kept).
-_RUN_IDENTITY = (
-    "trait_sha256",
-    "model",
-    "layer",
-    "readout",
-    "n_questions",
-    "samples",
-    "max_new_tokens",
-    "temperature",
-    "top_p",
-    "seed",
-    "shots",
-    "vector_sha256",
-    "ladder_sha256",
-)
+_OUTPUTS = ("rows.jsonl", "ladder.json", "summary.json", "report.md", "*.png")
+"""Files tied to the run's identity (every field of the config, the trait, vector and ladder
+by content, and the model's weights); ``judgments.sqlite`` is keyed by content and stays."""
 
 
 # ---- prompts -----------------------------------------------------------------------------------
@@ -220,12 +198,7 @@ def default_run_dir(config: MonitorSweepConfig, layer: int) -> Path:
 
 def resolve_layer(vector: PersonaVector, layer: int | None) -> int:
     """``layer``, or the vector's recommended layer; checked against the vector's depth."""
-    if layer is None:
-        layer = vector.meta.recommended_layer
-        if layer is None:
-            raise PersonavecError("the vector records no recommended layer; pass --layer")
-    check_layer(layer, vector.meta.n_layers)
-    return layer
+    return vector.layer_or_recommended(layer)
 
 
 def resolve_config(
@@ -361,11 +334,13 @@ def run_monitor_sweep(
     trait = load_trait(config.trait)
     config = resolve_config(config, trait, vector, loaded, layer)
     assert config.layer is not None
-    run_dir = prepare_run_dir(run_dir or default_run_dir(config, config.layer))
-    with run_lock(run_dir):
-        check_run_identity(
-            run_dir, config.model_dump(), _RUN_IDENTITY, overwrite=overwrite, stale=("rows.jsonl",)
-        )
+    with open_run(
+        run_dir or default_run_dir(config, config.layer),
+        config.model_dump(),
+        outputs=_OUTPUTS,
+        overwrite=overwrite,
+    ) as run:
+        run_dir = run.dir
         judge = make_judge(
             config.judge,
             aspect="trait",
@@ -374,7 +349,7 @@ def run_monitor_sweep(
             base_url=judge_base_url,
             api_key=judge_api_key,
         )
-        write_run_config(run_dir, config.model_dump())
+        run.start(weights_sha256=weights_sha256(loaded.model))
         atomic_write_json(run_dir / "ladder.json", config.ladder)
         direction = vector.direction(config.layer, config.readout)
         rows_path = run_dir / "rows.jsonl"

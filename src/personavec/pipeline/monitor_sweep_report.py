@@ -12,7 +12,7 @@ import numpy as np
 from personavec.core.vector import PersonaVector
 from personavec.metrics.stats import pearson
 from personavec.pipeline.monitor_sweep_types import MonitorSweepConfig
-from personavec.pipeline.plots import ScatterGroup, ScatterPanel, scatter_panels
+from personavec.runs.plots import ScatterGroup, ScatterPanel, scatter_panels
 from personavec.store import atomic_write_bytes, atomic_write_json, atomic_write_text
 from personavec.traits.schema import TraitSpec
 

@@ -15,12 +15,12 @@ the very end, atomically, in the unit the user swept (``calibration["relative"]`
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from personavec.core.grammar import parse_numbers
 from personavec.core.models import LoadedModel
 from personavec.core.setting import SteeringSetting
 from personavec.core.vector import PersonaVector
@@ -34,26 +34,20 @@ from personavec.pipeline.calibration import (
     pick_layer,
     refine_calibration,
 )
-from personavec.pipeline.evaluate import prepare_evaluation, run_cells
+from personavec.pipeline.evaluate import open_evaluation, prepare_evaluation, run_cells
 from personavec.pipeline.evaluate_types import CellResult, EvalSettings, Judges
 from personavec.pipeline.sweep_report import write_sweep_report
 from personavec.pipeline.sweep_types import SweepResult, calibration_record, recommended_coef
+from personavec.runs.identity import vector_sha256
 from personavec.traits.library import load_trait
 from personavec.traits.schema import TraitSpec
 
 
 def parse_grid(text: str) -> list[float]:
     """``"-2,-1,0,1,2"`` → sorted unique floats (0 is always added: the baseline)."""
-    try:
-        values = {float(part) for part in text.split(",") if part.strip()}
-    except ValueError:
-        raise PersonavecError(
-            f"cannot read coefficients {text!r}; write e.g. -2,-1,0,1,2"
-        ) from None
+    values = set(parse_numbers(text, float, "coefficients", "-2,-1,0,1,2"))
     if not values - {0.0}:
         raise PersonavecError("the coefficient grid is empty; pass e.g. --coefs -2,-1,0,1,2")
-    if any(not math.isfinite(v) for v in values):
-        raise PersonavecError(f"coefficients must be finite numbers, got {text!r}")
     return sorted(values | {0.0})
 
 
@@ -123,6 +117,7 @@ def sweep(
     refine_steps: int = 3,
     vector_path: str | Path | None = None,
     write: bool = True,
+    overwrite: bool = False,
     force: bool = False,
     show_progress: bool = True,
     judge_timeout_s: float | None = None,
@@ -169,20 +164,37 @@ def sweep(
         judge_timeout_s=judge_timeout_s,
         judge_concurrency=judge_concurrency,
     )
-    baseline_cell = run.cell(layer_list[0], 0.0, position_list[0])
-    results = run.run([baseline_cell, *steered], show_progress)
-    curves = _curves(results[0], results[1:], layer_list, position_list, grid)
-    best, reference = pick_layer(curves, coherence_floor)
-    calibration = _calibrate(
-        run, best, results, target_trait, target_change, coherence_floor, refine_steps
-    )
-    result = _result(
-        run, spec.name, results, curves, (best, reference), calibration, relative, coherence_floor
-    )
-    result.vector_written = Path(target) if write and target is not None else None
-    write_sweep_report(result)
-    if result.vector_written is not None:  # last, atomically: nothing half-written before it
-        result.vector_written = write_calibration(vector, result.vector_written, result)
+    grid_identity = {
+        "vector_sha256": vector_sha256(vector),
+        "layers": layer_list,
+        "coefs": grid,
+        "positions": position_list,
+        "unit": unit,
+        "targets": [target_trait, target_change, coherence_floor, refine_steps],
+    }
+    identity = (run.out, loaded, spec, run.settings, run.questions)
+    with open_evaluation(*identity, overwrite=overwrite, **grid_identity):
+        baseline_cell = run.cell(layer_list[0], 0.0, position_list[0])
+        results = run.run([baseline_cell, *steered], show_progress)
+        curves = _curves(results[0], results[1:], layer_list, position_list, grid)
+        best, reference = pick_layer(curves, coherence_floor)
+        calibration = _calibrate(
+            run, best, results, target_trait, target_change, coherence_floor, refine_steps
+        )
+        result = _result(
+            run,
+            spec.name,
+            results,
+            curves,
+            (best, reference),
+            calibration,
+            relative,
+            coherence_floor,
+        )
+        result.vector_written = Path(target) if write and target is not None else None
+        write_sweep_report(result)
+        if result.vector_written is not None:  # last, atomically: nothing half-written before
+            result.vector_written = write_calibration(vector, result.vector_written, result)
     return result
 
 

@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict
 from typing import Any
 
-from personavec.pipeline.plots import Line, Rule, line_chart
+from personavec.runs.plots import Line, Rule, line_chart
 from personavec.pipeline.sweep_types import SweepResult, recommended_coef
 from personavec.store import atomic_write_bytes, atomic_write_json, atomic_write_text
 

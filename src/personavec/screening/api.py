@@ -18,7 +18,7 @@ import numpy as np
 
 from personavec.core.models import LoadedModel, load_model
 from personavec.errors import PersonavecError
-from personavec.pipeline.stage import locked_run_dir
+from personavec.runs.run import locked_run_dir
 from personavec.screening.data import DataScan
 from personavec.screening.filtering import DropRule, FilterResult, thresholds, write_filtered
 from personavec.screening.ray_engine import RayOptions, run_on_ray, start_ray, write_ray_input

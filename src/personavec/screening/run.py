@@ -19,8 +19,9 @@ from personavec.core.models import LoadedModel
 from personavec.core.vector import PersonaVector
 from personavec.engines.generation import HFEngine
 from personavec.errors import PersonavecError
-from personavec.pipeline.stage import check_run_identity, write_run_config
 from personavec.progress import stage
+from personavec.runs.identity import files_sha256
+from personavec.runs.run import claim_run
 from personavec.screening.data import BadRow, DataScan, Sample, ScreenDataError, iter_samples, scan
 from personavec.screening.score import (
     Mode,
@@ -34,21 +35,7 @@ from personavec.screening.table import SCORES_JSONL, finished_through
 from personavec.store import append_jsonl
 
 OnBad = Literal["error", "skip"]
-_IDENTITY_KEYS = (
-    "data",
-    "data_key",
-    "vectors",
-    "model",
-    "layer",
-    "mode",
-    "own_column",
-    "max_new_tokens",
-    "batch_size",
-    "sample",
-    "seed",
-    "on_bad",
-)
-_STALE = (SCORES_JSONL, "scores.parquet", "summary.json", "report.md", "histogram.png")
+_OUTPUTS = (SCORES_JSONL, "scores.parquet", "summary.json", "report.md", "histogram.png")
 
 
 @dataclass
@@ -107,7 +94,7 @@ def data_key(path: str | Path) -> str:
 
 def vector_key(paths: Sequence[str]) -> list[str]:
     """Content hashes of vector files (a run's identity includes what the vectors hold)."""
-    return [hashlib.sha256(Path(p).read_bytes()).hexdigest()[:16] for p in paths]
+    return files_sha256(list(paths))
 
 
 def check_data(config: ScreenConfig) -> DataScan:
@@ -171,8 +158,8 @@ class ScoredRun:
 def prepare_run(config: ScreenConfig, run_dir: Path, *, overwrite: bool = False) -> None:
     """Check a reused run directory matches ``config``, then record the configuration."""
     identity = {**asdict(config), "vectors": vector_key(config.vectors)}
-    check_run_identity(run_dir, identity, _IDENTITY_KEYS, overwrite=overwrite, stale=_STALE)
-    write_run_config(run_dir, {**identity, "vector_paths": config.vectors})
+    run = claim_run(run_dir, identity, outputs=_OUTPUTS, overwrite=overwrite)
+    run.start(info={"vector_paths": config.vectors})
 
 
 def run_in_process(

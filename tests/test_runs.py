@@ -1,10 +1,11 @@
-"""The resumable-stage helper: run-directory lock, identity check, append-per-chunk rows."""
+"""The run primitive: lock, full identity (resume / refuse / overwrite), resumable rows, judging."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -12,38 +13,65 @@ import pytest
 from personavec.errors import PersonavecError
 from personavec.judges.base import JudgeItem
 from personavec.judges.cache import JudgmentCache
-from personavec.pipeline.judging import judge_items
-from personavec.pipeline.stage import (
+from personavec.runs import (
     RunLockedError,
-    check_run_identity,
     content_sha256,
+    locked_run_dir,
+    open_run,
     prepare_run_dir,
     resumable_rows,
     run_lock,
-    write_run_config,
+    weights_sha256,
 )
-from personavec.store import read_jsonl
+from personavec.runs.identity import vector_sha256
+from personavec.runs.judging import judge_items
+from personavec.store import atomic_write_json, read_jsonl
+
+OUTPUTS = ("rows.jsonl", "plots")
 
 
-def test_changed_run_settings_are_refused_unless_overwritten(tmp_path: Path) -> None:
-    write_run_config(tmp_path, {"seed": 1, "model": "m"})
+def _run(path: Path, identity: Mapping[str, object], **kwargs: object) -> list[str]:
+    """Open, start and leave a run; return what the directory held of its outputs."""
+    with open_run(path, identity, outputs=OUTPUTS, **kwargs) as run:  # type: ignore[arg-type]
+        run.start()
+        held = sorted(p.name for p in run.existing_outputs())
+    return held
+
+
+def test_every_identity_key_is_compared_and_a_change_is_refused(tmp_path: Path) -> None:
+    _run(tmp_path, {"seed": 1, "model": "m", "layer": 12})
     (tmp_path / "rows.jsonl").write_text("{}\n")
-    same = {"seed": 1, "model": "m", "batch_size": 4}
-    keys = ("seed", "model")
-    check_run_identity(tmp_path, same, ("seed", "model"), overwrite=False, stale=("rows.jsonl",))
-    assert (tmp_path / "rows.jsonl").is_file()
-    changed = {"seed": 2, "model": "m"}
-    with pytest.raises(PersonavecError, match="different seed; pass another --out"):
-        check_run_identity(tmp_path, changed, keys, overwrite=False, stale=("rows.jsonl",))
-    check_run_identity(tmp_path, changed, ("seed", "model"), overwrite=True, stale=("rows.jsonl",))
-    assert not (tmp_path / "rows.jsonl").exists()
+    (tmp_path / "plots").mkdir()
+    assert _run(tmp_path, {"seed": 1, "model": "m", "layer": 12}) == ["plots", "rows.jsonl"]
+    for changed, name in (({"layer": 13}, "layer"), ({"seed": 2}, "seed")):
+        with pytest.raises(PersonavecError, match=f"different {name}; pass another --out"):
+            _run(tmp_path, {"seed": 1, "model": "m", "layer": 12, **changed})
+    assert (tmp_path / "rows.jsonl").is_file()  # a refusal deletes nothing
+    with pytest.raises(PersonavecError, match="different extra"):  # a new key counts too
+        _run(tmp_path, {"seed": 1, "model": "m", "layer": 12, "extra": 0})
+    assert _run(tmp_path, {"seed": 1, "model": "m", "layer": 13}, overwrite=True) == []
+    assert not (tmp_path / "rows.jsonl").exists() and not (tmp_path / "plots").exists()
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["layer"] == 13 and saved["identity_keys"] == ["layer", "model", "seed"]
+
+
+def test_identity_known_after_loading_is_compared_at_start(tmp_path: Path) -> None:
+    with open_run(tmp_path, {"model": "m"}, outputs=OUTPUTS) as run:
+        run.start(info={"path": "/a"}, weights_sha256="aaaa")
+        (run.dir / "rows.jsonl").write_text("{}\n")
+    refused = pytest.raises(PersonavecError, match="different weights content")
+    with open_run(tmp_path, {"model": "m"}, outputs=OUTPUTS) as run, refused:
+        run.start(weights_sha256="bbbb")
+    assert json.loads((tmp_path / "config.json").read_text())["weights_sha256"] == "aaaa"
+    with open_run(tmp_path, {"model": "m"}, outputs=OUTPUTS) as run:
+        run.start(info={"path": "/b"}, weights_sha256="aaaa")  # info is never compared
+        assert run.resumed
 
 
 def test_a_directory_without_earlier_work_is_taken_over(tmp_path: Path) -> None:
     """A run that failed before producing anything (e.g. a bad --model) blocks nothing."""
-    write_run_config(tmp_path, {"model": "typo"})
-    current = {"model": "smollm2"}
-    check_run_identity(tmp_path, current, ("model",), overwrite=False, stale=("rows.jsonl",))
+    atomic_write_json(tmp_path / "config.json", {"model": "typo"})
+    assert _run(tmp_path, {"model": "smollm2"}) == []
 
 
 def test_content_hashes_and_recovery_for_older_runs(tmp_path: Path) -> None:
@@ -52,7 +80,7 @@ def test_content_hashes_and_recovery_for_older_runs(tmp_path: Path) -> None:
     assert content_sha256(trait) != content_sha256({**trait, "questions": ["a", "c"]})
     assert len(content_sha256(b"bytes")) == 16
     # An older run recorded no hash, but kept the trait: the hash is recovered from it.
-    write_run_config(tmp_path, {"trait": "evil"})
+    atomic_write_json(tmp_path / "config.json", {"trait": "evil"})
     (tmp_path / "trait.json").write_text(json.dumps(trait))
     (tmp_path / "rows.jsonl").write_text("{}\n")
 
@@ -60,16 +88,34 @@ def test_content_hashes_and_recovery_for_older_runs(tmp_path: Path) -> None:
         path = run_dir / "trait.json"
         return content_sha256(json.loads(path.read_text())) if path.is_file() else None
 
-    keys = ("trait", "trait_sha256")
     current = {"trait": "evil", "trait_sha256": content_sha256(trait)}
-    kwargs = {"overwrite": False, "stale": ("rows.jsonl",), "recover": {"trait_sha256": recover}}
-    check_run_identity(tmp_path, current, keys, **kwargs)  # type: ignore[arg-type]
+    assert _run(tmp_path, current, recover={"trait_sha256": recover}) == ["rows.jsonl"]
     edited = {**current, "trait_sha256": content_sha256({**trait, "questions": ["z"]})}
     with pytest.raises(PersonavecError, match="different trait content"):
-        check_run_identity(tmp_path, edited, keys, **kwargs)  # type: ignore[arg-type]
-    (tmp_path / "trait.json").unlink()  # cannot tell any more: counts as changed
-    with pytest.raises(PersonavecError, match="different trait content"):
-        check_run_identity(tmp_path, current, keys, **kwargs)  # type: ignore[arg-type]
+        _run(tmp_path, edited, recover={"trait_sha256": recover})
+    # Without a way to recover it, an unrecorded key is refused with a pointer to --overwrite.
+    atomic_write_json(tmp_path / "config.json", {"trait": "evil"})
+    with pytest.raises(PersonavecError, match="did not record trait content; pass --overwrite"):
+        _run(tmp_path, current)
+
+
+def test_weights_and_vector_hashes_follow_content_not_names() -> None:
+    import torch
+
+    from fixtures import synthetic_vector
+
+    last = torch.nn.Linear(8, 4)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), last)
+    before = weights_sha256(model)
+    assert weights_sha256(model) == before
+    with torch.no_grad():
+        last.weight[3, 7] += 1.0  # one value in the last row: inside the strided sample
+    assert weights_sha256(model) != before
+    vector = synthetic_vector(n_layers=2, hidden=4)
+    calibrated = synthetic_vector(n_layers=2, hidden=4, layer=1, trait="renamed")
+    assert vector_sha256(calibrated) == vector_sha256(vector)  # metadata does not count
+    moved = synthetic_vector(vector.readout() * 2)
+    assert vector_sha256(moved) != vector_sha256(vector)
 
 
 def test_prepare_run_dir_refuses_a_file(tmp_path: Path) -> None:
@@ -77,8 +123,8 @@ def test_prepare_run_dir_refuses_a_file(tmp_path: Path) -> None:
     target.write_text("notes")
     with pytest.raises(PersonavecError, match="is a file, not a run directory"):
         prepare_run_dir(target)
-    with pytest.raises(PersonavecError, match="cannot create run directory"):
-        prepare_run_dir(target / "run")
+    with pytest.raises(PersonavecError, match=r"out\.txt is a file, so .* cannot be created"):
+        prepare_run_dir(target / "run" / "sub")
     assert prepare_run_dir(tmp_path / "a" / "b").is_dir()
     assert target.read_text() == "notes"
 
@@ -91,7 +137,7 @@ def test_second_lock_is_refused_and_released_on_exit(tmp_path: Path) -> None:
         assert message.startswith("another personavec process")
         assert str(tmp_path) in message and "\n" not in message
         code = (
-            "import sys\nfrom personavec.pipeline.stage import run_lock\n"
+            "import sys\nfrom personavec.runs import run_lock\n"
             "try:\n    run_lock(sys.argv[1]).__enter__()\n"
             "except Exception as exc:\n    print(exc); sys.exit(3)\n"
         )
@@ -162,8 +208,6 @@ def test_judge_items_scores_once_and_reuses_the_cache(
 
 
 def test_locked_run_dir_removes_a_fresh_directory_when_the_run_fails_early(tmp_path: Path) -> None:
-    from personavec.pipeline.stage import locked_run_dir
-
     fresh = tmp_path / "fresh"
     with pytest.raises(RuntimeError, match="bad input"), locked_run_dir(fresh):
         raise RuntimeError("bad input")
