@@ -16,6 +16,7 @@ from personavec.cli.common import (
     ModelOption,
     console,
     friendly_errors,
+    setting_from_options,
 )
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ def evaluate_command(
         str, typer.Option(help="MC scoring: letter (MMLU) or text (choice text as the reply).")
     ] = "letter",
     out: Annotated[Path | None, typer.Option(help="Run directory.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Start the run directory afresh.")] = False,
     model: ModelOption = "smollm2",
     force: Annotated[bool, typer.Option(help="Use a vector from a related model.")] = False,
     device: DeviceOption = "auto",
@@ -91,9 +93,8 @@ def evaluate_command(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Steer on held-out questions; trait and coherence against the unsteered baseline."""
+    from personavec.core.grammar import split_list
     from personavec.core.models import load_model
-    from personavec.core.setting import SteeringSetting, parse_layers, unit_of
-    from personavec.core.vector import PersonaVector
     from personavec.errors import PersonavecError
     from personavec.metrics.capability import SCORINGS, load_mc_file
     from personavec.pipeline.evaluate import evaluate_steering
@@ -101,18 +102,14 @@ def evaluate_command(
 
     # Everything is checked before the model loads.
     spec = load_trait(trait)
-    setting = SteeringSetting.from_vector(
-        PersonaVector.load(vector),
-        layers=parse_layers(layer) if layer else None,
-        coef=coef,
-        unit=unit_of(relative),
-        positions=positions,
+    setting = setting_from_options(
+        vector, layer=layer, coef=coef, relative=relative, positions=positions
     )
     if mc_file is not None:
         load_mc_file(mc_file)  # bad file → one line, before loading the model
     if mc_scoring not in SCORINGS:
         raise PersonavecError(f"unknown --mc-scoring {mc_scoring!r}; use letter or text")
-    others = [t.strip() for t in (other_traits or "").split(",") if t.strip()]
+    others = split_list(other_traits)
     for name in others:
         load_trait(name)
     loaded = load_model(model, device=device, dtype=dtype)
@@ -131,6 +128,7 @@ def evaluate_command(
         mc_file=mc_file,
         mc_scoring=mc_scoring,  # type: ignore[arg-type]  # checked above
         run_dir=_run_dir("evaluate", trait, vector, out),
+        overwrite=overwrite,
         force=force,
         show_progress=not quiet,
         judge_timeout_s=judge_timeout,
@@ -190,6 +188,7 @@ def sweep_command(
     judge_timeout: JudgeTimeoutOption = None,
     judge_concurrency: JudgeConcurrencyOption = 8,
     out: Annotated[Path | None, typer.Option(help="Run directory.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Start the run directory afresh.")] = False,
     write: Annotated[
         bool, typer.Option("--write/--no-write", help="Store the recommendation in the vector.")
     ] = True,
@@ -200,8 +199,8 @@ def sweep_command(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Dose-response over layers × coefficients; pick a layer, calibrate, store in the vector."""
+    from personavec.core.grammar import parse_layers, split_list
     from personavec.core.models import load_model
-    from personavec.core.setting import parse_layers
     from personavec.core.vector import PersonaVector
     from personavec.errors import PersonavecError
     from personavec.pipeline.sweep import parse_grid, sweep
@@ -213,7 +212,7 @@ def sweep_command(
     pv = PersonaVector.load(vector)
     layer_list = parse_layers(layers, pv.meta.n_layers)
     grid = parse_grid(coefs)
-    position_list = [p.strip() for p in positions.split(",") if p.strip()]
+    position_list = split_list(positions)
     loaded = load_model(model, device=device, dtype=dtype)
     result = sweep(
         loaded,
@@ -234,6 +233,7 @@ def sweep_command(
         target_change=target_change,
         coherence_floor=coherence_floor,
         run_dir=_run_dir("sweep", trait, vector, out),
+        overwrite=overwrite,
         vector_path=vector,
         write=write,
         force=force,

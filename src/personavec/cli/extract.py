@@ -155,6 +155,7 @@ def demo_command(
         Path | None, typer.Option(help="Run directory (default runs/demo-TRAIT).")
     ] = None,
     coef: Annotated[float, typer.Option(help="Relative steering coefficient.")] = 0.2,
+    overwrite: Annotated[bool, typer.Option(help="Start the run directory afresh.")] = False,
 ) -> None:
     """Extract a trait offline on the embedded model, then show unsteered vs steered answers."""
     from personavec.pipeline.demo import run_demo
@@ -163,7 +164,7 @@ def demo_command(
         f"[bold]personavec demo[/]: extracting '{escape(trait)}' from {escape(model)} "
         "(offline; resumable)"
     )
-    result = run_demo(trait, model=model, run_dir=out, coef=coef)
+    result = run_demo(trait, model=model, run_dir=out, coef=coef, overwrite=overwrite)
     extraction = result.extraction
     console.print(
         f"kept {extraction.kept_pairs} of {extraction.total_pairs} pairs; vector "

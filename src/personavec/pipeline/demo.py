@@ -35,6 +35,7 @@ def run_demo(
     coef: float = DEMO_COEF,
     max_new_tokens: int = 64,
     show_progress: bool = True,
+    overwrite: bool = False,
 ) -> DemoResult:
     """Extract ``trait`` (resumable) and answer one held-out question three ways."""
     loaded = load_model(model)
@@ -44,6 +45,7 @@ def run_demo(
         run_dir=run_dir or Path("runs") / f"demo-{trait}",
         show_progress=show_progress,
         loaded=loaded,
+        overwrite=overwrite,
     )
     question = load_trait(trait).evaluation_questions[0]
     layer = result.suggested_layer
