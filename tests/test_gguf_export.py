@@ -185,10 +185,11 @@ def test_cli_exports_the_calibrated_relative_strength(tmp_path: Path) -> None:
     # The same file steered with the library's defaults adds exactly what was exported.
     (item,) = SteeringSetting.from_vector(vector, positions="all").interventions()
     np.testing.assert_allclose(back[3], (item.coef * item.vector).numpy(), rtol=1e-6)
-    # --raw overrides the calibrated unit; llama.cpp's own layer limit is a clear error.
+    # --raw without --coef converts the calibrated coefficient: the same vector is baked in.
     raw = CliRunner().invoke(app, ["export-gguf", str(source), str(target), "--raw"])
     assert raw.exit_code == 0, raw.output
-    np.testing.assert_allclose(read_control_vector(target)[3], 0.2 * vector.at(3).numpy(), 1e-6)
+    np.testing.assert_allclose(read_control_vector(target)[3], back[3], rtol=1e-6)
+    # llama.cpp's own layer limit is a clear error.
     low = CliRunner().invoke(app, ["export-gguf", str(source), str(target), "--layer", "1"])
     assert low.exit_code == 2 and "llama.cpp" in low.output
 

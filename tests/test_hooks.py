@@ -114,7 +114,7 @@ def test_teacher_forcing_splits_prompt_and_response() -> None:
     attention = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1] * 7])
     calls: list[ForwardCall] = []
     with install_hooks(lm.model, {2: [lambda h, call: calls.append(call)]}), torch.no_grad():
-        with teacher_forcing([2, 4]):
+        with teacher_forcing(lm.model, [2, 4]):
             lm.model(input_ids=ids, attention_mask=attention)
         lm.model(input_ids=ids, attention_mask=attention)
     forced, plain = calls
@@ -125,6 +125,31 @@ def test_teacher_forcing_splits_prompt_and_response() -> None:
     assert torch.equal(forced.mask("response"), response)
     assert plain.prompt_lengths is None
     assert torch.equal(plain.mask("prompt"), attention.bool())  # the whole call is prompt
+
+
+def test_prompt_lengths_are_an_explicit_input_of_each_handle() -> None:
+    """No ambient channel: lengths given to one handle (or to one model's hooks) reach only
+    those hooks; another model's hooks in the same thread see none."""
+    lm, other = tiny_model("llama"), tiny_model("llama", seed=1)
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8, 9], [3, 4, 5, 6, 7, 8, 9]])
+    attention = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1] * 7])
+    seen: dict[str, list[ForwardCall]] = {"lm": [], "other": []}
+    with (
+        install_hooks(lm.model, {1: [lambda h, call: seen["lm"].append(call)]}) as handle,
+        install_hooks(other.model, {1: [lambda h, call: seen["other"].append(call)]}),
+        torch.no_grad(),
+    ):
+        with handle.teacher_forcing([2, 4]):
+            lm.model(input_ids=ids, attention_mask=attention)
+        with teacher_forcing(lm.model, [3, 3]):
+            other.model(input_ids=ids, attention_mask=attention)  # not told: all prompt
+            lm.model(input_ids=ids, attention_mask=attention)
+        lm.model(input_ids=ids, attention_mask=attention)
+    lengths = [c.prompt_lengths for c in seen["lm"]]
+    assert [x.tolist() if x is not None else None for x in lengths] == [[2, 4], [3, 3], None]
+    assert seen["other"][0].prompt_lengths is None
+    with pytest.raises(TypeError, match="model first"), teacher_forcing([2, 4], [2, 4]):  # type: ignore[arg-type]
+        pass
 
 
 def test_stop_after_skips_deeper_blocks_and_the_head() -> None:

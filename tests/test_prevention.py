@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +13,14 @@ from transformers import TrainerCallback
 from fixtures import synthetic_vector
 from personavec.core.layers import find_blocks
 from personavec.core.models import LoadedModel, encode_prompt, load_model
+from personavec.core.steering import Intervention
 from personavec.core.vector import PersonaVector, config_fingerprint
 from personavec.errors import PersonavecError
 from personavec.training.chat_data import ChatRow
 from personavec.training.finetune import FinetuneConfig, build_trainer, finetune
 from personavec.training.finetuned import load_finetuned
 from personavec.training.modifiers import build_modifiers
-from personavec.training.prevention import NonFiniteLoss, TrainingSteering
+from personavec.training.prevention import NonFiniteLoss, StopOnNonFinite, TrainingSteering
 from personavec.training.projection_penalty import PenaltyTerm, penalty_trainer_class
 from tiny_models import tiny_model
 
@@ -310,10 +312,16 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path: Pa
     normed = make_vector(loaded, tmp_path / "w.safetensors")
     with pytest.raises(PersonavecError, match="typical residual norm"):  # absurd: refused
         build_modifiers(loaded, prevent=[f"{normed}:2:1e6"])
-    path = make_vector(loaded, tmp_path / "v.safetensors", typical=None)  # no norms to check
-    mods = build_modifiers(loaded, prevent=[f"{path}:{LAYER}:1e38"])
+    path = make_vector(loaded, tmp_path / "v.safetensors", typical=None)
+    with pytest.raises(PersonavecError, match="own norm"):  # no typical norms: still bounded
+        build_modifiers(loaded, prevent=[f"{path}:{LAYER}:1e38"])
+    huge = Intervention(LAYER, PersonaVector.load(path).at(LAYER), 1e38)  # the raw operator
+    extras = dataclasses.replace(
+        build_modifiers(loaded, prevent=[f"{path}:{LAYER}:1"]).extras(),
+        callbacks=(StopOnNonFinite(), TrainingSteering([huge])),
+    )
     with pytest.raises(NonFiniteLoss, match=r"became nan at step 1.*no checkpoint"):
-        finetune(loaded, ROWS, tmp_path / "ft", CONFIG, show_progress=False, extras=mods.extras())
+        finetune(loaded, ROWS, tmp_path / "ft", CONFIG, show_progress=False, extras=extras)
     assert not (tmp_path / "ft").exists()
 
     class _Diverge(TrainerCallback):

@@ -133,8 +133,12 @@ def test_defaults_follow_the_calibration() -> None:
     torch.testing.assert_close(
         explicit.interventions()[0].vector * 2.0, 2.0 * pv.at(3), rtol=0, atol=0
     )
-    # An explicit unit wins over the calibration's.
-    assert SteeringSetting.from_vector(pv, unit="raw").unit == "raw"
+    # A unit without a coefficient converts the calibrated one: the same vector is added.
+    raw = SteeringSetting.from_vector(pv, unit="raw")
+    assert raw.unit == "raw"
+    assert raw.coef == pytest.approx(0.2 * float(NORMS[3]) / float(pv.at(3).norm()))
+    (raw_item,) = raw.interventions()
+    torch.testing.assert_close(raw_item.vector * raw_item.coef, added, rtol=1e-6, atol=0)
     # ablate needs no coefficient (the file's is not used).
     assert SteeringSetting.from_vector(make_vector(), layers=[1], op="ablate").op == "ablate"
 

@@ -185,7 +185,7 @@ def test_teacher_forced_response_positions() -> None:
         lm.model, Intervention(1, torch.ones(lm.hidden_size), 1.0, "add", "response")
     )
     h2 = blocks[0].register_forward_hook(after)
-    with torch.no_grad(), teacher_forcing([2, 4]):
+    with torch.no_grad(), teacher_forcing(lm.model, [2, 4]):
         lm.model(input_ids=ids, attention_mask=attention)
     h1.remove(), h2.remove(), handle.remove()
     changed = (after.calls[0] - before.calls[0]).abs().sum(-1) > 0

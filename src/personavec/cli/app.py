@@ -23,6 +23,7 @@ from personavec.cli.common import (
     err_console,
     friendly_errors,
     print_answers,
+    setting_from_options,
 )
 from personavec.errors import PersonavecError
 
@@ -156,18 +157,15 @@ def _setting_from_options(
     relative: bool | None,
 ) -> SteeringSetting | None:
     """The steering setting named by ``generate``'s options (None: unsteered)."""
-    from personavec.core.setting import SteeringSetting, parse_layers, unit_of
-    from personavec.core.vector import PersonaVector
-
     if vector is None:
         if any(x is not None for x in (layer, coef, threshold)):
             raise PersonavecError("--layer/--coef/--threshold need --vector FILE")
         return None
-    return SteeringSetting.from_vector(
-        PersonaVector.load(vector),
-        layers=parse_layers(layer) if layer else None,
+    return setting_from_options(
+        vector,
+        layer=layer,
         coef=coef,
-        unit=unit_of(relative),
+        relative=relative,
         positions=positions,
         op=op,
         mode=mode,
@@ -191,16 +189,10 @@ def export_gguf_command(
     The coefficient, its unit and the layer default to the file's calibration, exactly as for
     ``generate``; llama.cpp steers every position, so positions are ``all``.
     """
-    from personavec.core.setting import SteeringSetting, parse_layers, unit_of
-    from personavec.core.vector import PersonaVector
     from personavec.interop.gguf_export import export_gguf
 
-    setting = SteeringSetting.from_vector(
-        PersonaVector.load(vector),
-        layers=parse_layers(layer) if layer else None,
-        coef=coef,
-        unit=unit_of(relative),
-        positions="all",
+    setting = setting_from_options(
+        vector, layer=layer, coef=coef, relative=relative, positions="all"
     )
     path = export_gguf(setting, output)
     console.print(f"wrote {path} ({escape(setting.describe())})", highlight=False)

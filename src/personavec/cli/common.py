@@ -13,13 +13,16 @@ import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from personavec.errors import PersonavecError
+
+if TYPE_CHECKING:
+    from personavec.core.setting import SteeringSetting
 
 console = Console()
 err_console = Console(stderr=True)
@@ -112,3 +115,34 @@ def merge_config_file(
             value = ",".join(str(v) for v in value)
         merged[name] = Path(value) if name in paths and value is not None else value
     return merged
+
+
+def setting_from_options(
+    vector: Path,
+    *,
+    layer: str | None = None,
+    coef: float | None = None,
+    relative: bool | None = None,
+    positions: str | None = None,
+    op: str = "add",
+    mode: str = "stack",
+    threshold: str | None = None,
+) -> SteeringSetting:
+    """The steering setting named by a command's ``--vector/--layer/--coef/--relative/--raw/
+    --positions/--op/--mode/--threshold`` options; omitted parts come from the file exactly as
+    in :meth:`~personavec.core.setting.SteeringSetting.from_vector` (a unit without ``--coef``
+    converts the file's coefficient). Checked before any model loads."""
+    from personavec.core.grammar import parse_layers
+    from personavec.core.setting import SteeringSetting, unit_of
+    from personavec.core.vector import PersonaVector
+
+    return SteeringSetting.from_vector(
+        PersonaVector.load(vector),
+        layers=parse_layers(layer) if layer else None,
+        coef=coef,
+        unit=unit_of(relative),
+        positions=positions,
+        op=op,
+        mode=mode,
+        threshold=threshold,
+    )

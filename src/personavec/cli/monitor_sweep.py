@@ -125,10 +125,9 @@ def monitor_sweep_command(
 
 def parse_shots(text: str) -> list[int]:
     """``"0,5,10"`` → ``[0, 5, 10]``."""
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise PersonavecError(f"cannot read --shots {text!r}; write e.g. 0,5,10") from None
+    from personavec.core.grammar import parse_numbers
+
+    return parse_numbers(text, int, "--shots", "0,5,10")
 
 
 def load_checked_vector(path: Path, trait: str, layer: int | None, model: str) -> PersonaVector:

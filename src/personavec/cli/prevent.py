@@ -301,12 +301,9 @@ def _prevent_study(
 
 
 def _floats(text: str, flag: str) -> tuple[float, ...]:
-    from personavec.core.grammar import parse_coef
+    from personavec.core.grammar import parse_numbers
 
-    try:
-        return tuple(parse_coef(x) for x in text.split(",") if x.strip())
-    except PersonavecError as exc:
-        raise PersonavecError(f"{flag}: {exc}") from None
+    return tuple(parse_numbers(text, float, flag, "1,2,4"))
 
 
 def register(app: typer.Typer) -> None:

@@ -245,14 +245,15 @@ def shift_study_command(
     quiet: QuietOpt = False,
 ) -> None:
     """For each trait × level: build data, finetune, evaluate, measure the shift; correlate."""
+    from personavec.core.grammar import split_list
     from personavec.core.models import load_model
     from personavec.core.vector import PersonaVector
     from personavec.pipeline.shift_study import StudySettings, shift_study
     from personavec.training.finetune import FinetuneConfig
 
     settings = StudySettings(
-        traits=tuple(t.strip() for t in traits.split(",") if t.strip()),
-        levels=tuple(x.strip() for x in levels.split(",") if x.strip()),
+        traits=tuple(split_list(traits)),
+        levels=tuple(split_list(levels)),
         n=n,
         questions=questions,
         samples=samples,

@@ -284,7 +284,7 @@ def read_layers(
     with (
         install_hooks(model, hooks, stop_after=max(layers)) as handle,
         torch.no_grad(),
-        teacher_forcing(prompt_lengths),
+        teacher_forcing(model, prompt_lengths),  # this handle and any steering on the model
     ):
         run_until_stopped(
             handle.owner,

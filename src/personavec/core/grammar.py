@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from personavec.core.layers import check_layer
 from personavec.core.positions import POSITION_MODES
@@ -25,7 +27,26 @@ from personavec.errors import SteeringError
 SPEC_HELP = "FILE[:layer[:coef[:positions[:op]]]], e.g. evil.safetensors:12:4 or v.safetensors:8-16"
 SPEC_OPS = ("add", "ablate", "cap")
 _LAYER_PART = re.compile(r"(\d+)(?:-(\d+)(?::(\d+))?)?")
+_N = TypeVar("_N", int, float)
 _PERCENTILE = re.compile(r"[pP](\d+(?:\.\d+)?)")
+
+
+def split_list(text: str | None) -> list[str]:
+    """``"a, b,,c"`` → ``["a", "b", "c"]``: comma-separated items, stripped, empties dropped
+    (``None`` → ``[]``). The one comma-list reader of every option."""
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def parse_numbers(text: str, kind: Callable[[str], _N], flag: str, example: str) -> list[_N]:
+    """Comma-separated finite numbers (``kind`` ``int`` or ``float``) in the order given, or a
+    one-line error naming ``flag`` with an ``example``."""
+    try:
+        values = [kind(part) for part in split_list(text)]
+    except ValueError:
+        raise SteeringError(f"cannot read {flag} {text!r}; write e.g. {example}") from None
+    if any(not math.isfinite(v) for v in values):
+        raise SteeringError(f"{flag} must be finite numbers, got {text!r}")
+    return values
 
 
 def parse_layers(text: str, n_layers: int | None = None) -> list[int]:

@@ -8,8 +8,11 @@ Steering, monitoring and activation capture are all clients of :func:`install_ho
 * **What each call looks like.** A forward pre-hook on the module that owns the blocks (the one
   that receives ``attention_mask``) reads every forward call into a :class:`ForwardCall`: its
   token ids, which tokens are real (not padding), the KV-cache length and, for teacher-forced
-  passes, each row's prompt length (see :func:`teacher_forcing`). Positions are per sequence, so
-  a left-padded batch under cached decoding looks, row by row, exactly like each request alone.
+  passes, each row's prompt length. Prompt lengths are an explicit input of the runtime:
+  :meth:`HookHandle.teacher_forcing` sets them on one handle, :func:`teacher_forcing` on every
+  handle installed on a model; nothing reaches a hook through ambient state. Positions are per
+  sequence, so a left-padded batch under cached decoding looks, row by row, exactly like each
+  request alone.
 * **What a hook does.** A :data:`LayerHook` is ``hook(hidden, call) -> hidden | None``:
   ``hidden`` is ``[batch, seq, hidden]``; return a new tensor to replace it (later hooks at the
   same layer, and the rest of the model, see the new one) or ``None`` to leave it.
@@ -22,8 +25,8 @@ removes every torch hook, also when the body raised.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,28 +47,32 @@ from personavec.core.positions import (
     steering_mask,
 )
 
-_PROMPT_LENGTHS: ContextVar[torch.Tensor | None] = ContextVar("prompt_lengths", default=None)
+PromptLengths = torch.Tensor | Sequence[int]
+"""``[batch]`` prompt tokens per row of a teacher-forced forward pass."""
 
 
 @contextlib.contextmanager
-def teacher_forcing(prompt_lengths: torch.Tensor | Sequence[int]) -> Iterator[None]:
-    """Declare the prompt length of each row for forward passes that hold prompt *and* response.
+def teacher_forcing(model: nn.Module, prompt_lengths: PromptLengths) -> Iterator[None]:
+    """Declare each row's prompt length to every hook runtime installed on ``model``.
 
-    Inside this block, the prefill (non-cached) calls seen by every hook runtime split their
-    tokens at these lengths, counted from each row's first real token: ``prompt`` positions are
-    the first ``prompt_lengths[b]`` real tokens, ``response`` positions the rest (plus the last
-    prompt token). Without it a prefill call is all prompt. The setting is per thread/task
-    (a :class:`contextvars.ContextVar`), so concurrent forwards do not see each other's.
+    For forward passes that hold prompt *and* response: inside this block, the prefill
+    (non-cached) calls seen by those handles split their tokens at these lengths, counted from
+    each row's first real token: ``prompt`` positions are the first ``prompt_lengths[b]`` real
+    tokens, ``response`` positions the rest (plus the last prompt token). Without it a prefill
+    call is all prompt. Only handles already installed on ``model`` (or on a module inside it)
+    when the block starts are told (:meth:`HookHandle.teacher_forcing` on each); other models'
+    hooks are unaffected.
 
     Args:
+        model: the model (or a module holding its decoder blocks) about to run.
         prompt_lengths: ``[batch]`` prompt tokens per row.
     """
-    lengths = torch.as_tensor(prompt_lengths, dtype=torch.long)
-    token = _PROMPT_LENGTHS.set(lengths)
-    try:
+    if not isinstance(model, nn.Module):
+        raise TypeError("teacher_forcing(model, prompt_lengths): pass the model first")
+    with contextlib.ExitStack() as stack:
+        for handle in [h for h in list(_LIVE) if h.acts_on(model)]:
+            stack.enter_context(handle.teacher_forcing(prompt_lengths))
         yield
-    finally:
-        _PROMPT_LENGTHS.reset(token)
 
 
 @dataclass
@@ -77,7 +84,7 @@ class ForwardCall:
         real: bool ``[batch, seq]``, real (non-padding) tokens of this call.
         attention: the full 2-D attention mask ``[batch, past + seq]``, or None.
         past_len: tokens already in the KV cache (0 for a prefill).
-        prompt_lengths: long ``[batch]`` from :func:`teacher_forcing`, or None.
+        prompt_lengths: long ``[batch]`` given to :meth:`HookHandle.teacher_forcing`, or None.
         tracked: False for a stand-in made when a block runs outside a tracked call (or with a
             shape the call does not have); such a call is treated as one all-real prefill.
     """
@@ -154,8 +161,13 @@ def _cache_argument(kwargs: Mapping[str, Any]) -> Any:
     return None
 
 
-def read_call(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> ForwardCall | None:
-    """A :class:`ForwardCall` from the block owner's forward arguments; None without tokens."""
+def read_call(
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    prompt_lengths: torch.Tensor | None = None,
+) -> ForwardCall | None:
+    """A :class:`ForwardCall` from the block owner's forward arguments (and the prompt lengths
+    of a teacher-forced pass); None without tokens."""
     ids = kwargs.get("input_ids", args[0] if args else None)
     embeds = kwargs.get("inputs_embeds")
     reference = ids if isinstance(ids, torch.Tensor) else embeds
@@ -171,7 +183,7 @@ def read_call(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> ForwardCall |
         current, attention = None, None
     real = real_token_mask(current, (batch, seq)).to(reference.device)
     token_ids = ids if isinstance(ids, torch.Tensor) else None
-    return ForwardCall(token_ids, real, attention, past_len, _PROMPT_LENGTHS.get())
+    return ForwardCall(token_ids, real, attention, past_len, prompt_lengths)
 
 
 def owner_of_blocks(model: nn.Module, blocks: nn.ModuleList) -> nn.Module:
@@ -212,6 +224,8 @@ class HookHandle:
         blocks: the decoder blocks.
         owner: the module that runs them (whose calls are read into :class:`ForwardCall`).
         call: the forward call in flight, or None between calls.
+        prompt_lengths: long ``[batch]`` for teacher-forced passes (see
+            :meth:`teacher_forcing`), or None: a prefill call is all prompt.
     """
 
     def __init__(
@@ -224,9 +238,11 @@ class HookHandle:
         on_end: CallCallback | None = None,
         stop_after: int | None = None,
     ) -> None:
+        self.model = model
         self.blocks = find_blocks(model, blocks_path)
         self.owner = owner_of_blocks(model, self.blocks)
         self.call: ForwardCall | None = None
+        self.prompt_lengths: torch.Tensor | None = None
         self._on_start, self._on_end = on_start, on_end
         self._handles: list[RemovableHandle] = []
         n = len(self.blocks)
@@ -243,6 +259,25 @@ class HookHandle:
         except BaseException:
             self.remove()
             raise
+        _LIVE.add(self)
+
+    @contextlib.contextmanager
+    def teacher_forcing(self, prompt_lengths: PromptLengths) -> Iterator[None]:
+        """Within the block, prefill calls split each row at ``prompt_lengths[b]`` real tokens
+        (see :func:`teacher_forcing`); the previous lengths come back afterwards."""
+        previous = self.prompt_lengths
+        self.prompt_lengths = torch.as_tensor(prompt_lengths, dtype=torch.long)
+        try:
+            yield
+        finally:
+            self.prompt_lengths = previous
+
+    def acts_on(self, model: nn.Module) -> bool:
+        """True when these hooks sit on ``model`` (the model given, the blocks' owner, or a
+        module inside ``model``)."""
+        if model is self.model or model is self.owner:
+            return True
+        return any(module is self.owner for module in model.modules())
 
     def _install(self, layer: int, items: list[LayerHook], *, stop: bool) -> None:
         def run(hidden: torch.Tensor) -> torch.Tensor | None:
@@ -283,12 +318,12 @@ class HookHandle:
         call = self.call
         if call is None or tuple(call.real.shape) != tuple(hidden.shape[:2]):
             real = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
-            call = ForwardCall(None, real, None, 0, _PROMPT_LENGTHS.get(), tracked=False)
+            call = ForwardCall(None, real, None, 0, self.prompt_lengths, tracked=False)
             self.call = call
         return call
 
     def _start(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        self.call = read_call(args, kwargs)
+        self.call = read_call(args, kwargs, self.prompt_lengths)
         if self._on_start is not None:
             self._on_start(self.call)
 
@@ -303,6 +338,7 @@ class HookHandle:
             handle.remove()
         self._handles.clear()
         self.call = None
+        _LIVE.discard(self)
 
     @property
     def active(self) -> bool:
@@ -313,6 +349,10 @@ class HookHandle:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+
+_LIVE: weakref.WeakSet[HookHandle] = weakref.WeakSet()
+"""Installed, not yet removed handles (what :func:`teacher_forcing` looks through)."""
 
 
 def install_hooks(

@@ -36,8 +36,15 @@ from personavec.core.grammar import (
     split_spec,
 )
 from personavec.core.layers import check_layer
-from personavec.core.positions import POSITION_MODES, PositionMode
-from personavec.core.steering import Intervention, MultiLayerMode, SteeringHandle, apply_steering
+from personavec.core.positions import PositionMode
+from personavec.core.steering import (
+    Bound,
+    Intervention,
+    MultiLayerMode,
+    SteeringHandle,
+    apply_steering,
+    check_operator,
+)
 from personavec.core.vector import PersonaVector
 from personavec.errors import SteeringError, VectorFileError
 
@@ -45,9 +52,13 @@ Unit = Literal["raw", "relative"]
 UNITS: tuple[str, ...] = get_args(Unit)
 SettingOp = Literal["add", "ablate", "cap"]
 SETTING_OPS: tuple[str, ...] = get_args(SettingOp)
-Bound = Literal["max", "min"]
 MAX_NORM_RATIO = 100.0
-"""An added vector longer than this many times the layer's typical residual norm is refused."""
+"""An added vector longer than this many times the layer's typical residual norm is refused.
+A vector without typical norms is measured against its own norm at the layer instead (a raw
+``|coef|`` over this is refused); ``‖v_L‖`` is at most about twice the typical norm, being a
+difference of two mean activations, so the bound stays within ``2 ×`` this ratio."""
+_SAME_FACTOR = 1e-6
+"""Relative tolerance within which per-layer unit-conversion factors count as one factor."""
 
 
 def unit_of(relative: bool | None) -> Unit | None:
@@ -105,25 +116,16 @@ class SteeringSetting:
 
     # ---- validation -----------------------------------------------------------------------
     def _check_choices(self) -> None:
+        """Setting-level choices; the operator's own fields are checked by the one validation,
+        :func:`~personavec.core.steering.check_operator` (the interventions are then built from
+        checked fields)."""
         if self.unit not in UNITS:
             raise SteeringError(f"unknown unit {self.unit!r}; use raw or relative")
-        if self.positions not in POSITION_MODES:
-            raise SteeringError(
-                f"unknown positions {self.positions!r}; use {', '.join(POSITION_MODES)}"
-            )
         if self.op not in SETTING_OPS:
             raise SteeringError(f"unknown operator {self.op!r}; use add, ablate or cap")
+        check_operator(self.op, self.positions, self.coef, self.threshold, self.bound)
         if self.mode not in ("stack", "incremental"):
             raise SteeringError(f"unknown multi-layer mode {self.mode!r}; use stack or incremental")
-        if self.bound not in ("max", "min"):
-            raise SteeringError(f"unknown cap bound {self.bound!r}; use max or min")
-        if not math.isfinite(self.coef):
-            raise SteeringError(f"coefficient {self.coef!r} is not a finite number; pass one")
-        if self.op == "cap":
-            if self.threshold is None or not math.isfinite(self.threshold):
-                raise SteeringError("the cap operator needs a finite --threshold (a number or pNN)")
-        elif self.threshold is not None:
-            raise SteeringError("--threshold is for --op cap only")
         if self.mode == "incremental" and self.unit == "relative":
             raise SteeringError(
                 "relative coefficients are not defined for incremental steering; pass --raw"
@@ -165,15 +167,22 @@ class SteeringSetting:
         return float(norms[layer])
 
     def _check_strength(self) -> None:
-        """Refuse an added norm over :data:`MAX_NORM_RATIO` × the layer's typical norm."""
+        """Refuse an added norm that is not finite or over :data:`MAX_NORM_RATIO` × the layer's
+        scale: its typical residual norm, or, where the vector records none (or 0), the norm of
+        the layer's own vector ``‖v_L‖`` (so ``|coef| ≤ MAX_NORM_RATIO`` raw)."""
         for item in self.interventions():
-            typical = self._typical(item.layer)
             added = abs(item.coef) * float(item.vector.norm())
-            if typical > 0 and added > MAX_NORM_RATIO * typical:
+            typical = self._typical(item.layer)
+            if typical > 0:
+                scale, what = typical, "the typical residual norm"
+            else:
+                scale = float(self.vector.at(item.layer, self.readout).norm())
+                what = "the vector's own norm (the file records no typical norm there)"
+            if not math.isfinite(added) or added > MAX_NORM_RATIO * scale:
                 raise SteeringError(
                     f"coefficient {self.coef:g} ({self.unit}) adds a vector of norm {added:.3g} "
-                    f"at layer {item.layer}, over {MAX_NORM_RATIO:g}× the typical residual norm "
-                    f"{typical:.3g}; pass a smaller --coef"
+                    f"at layer {item.layer}, over {MAX_NORM_RATIO:g}× {what} {scale:.3g}; "
+                    "pass a smaller --coef"
                 )
 
     # ---- construction ---------------------------------------------------------------------
@@ -196,25 +205,26 @@ class SteeringSetting:
 
         ``layers`` default to the recommended layer. For ``add``, an omitted ``coef`` is the
         recommended one, and then the unit and positions default to those it was calibrated in
-        (``calibration["relative"]``, ``calibration["positions"]``); an explicit ``coef`` defaults
-        to unit ``raw`` and positions ``all``. ``ablate`` and ``cap`` need no coefficient; ``cap``
+        (``calibration["relative"]``, ``calibration["positions"]``); a ``unit`` other than the
+        calibration's converts the recommended coefficient into it (:func:`convert_coef`: the
+        added vector stays the same). An explicit ``coef`` defaults to unit ``raw`` and
+        positions ``all``. ``ablate`` and ``cap`` need no coefficient; ``cap``
         needs ``threshold``: a raw projection, or ``"pNN"`` for the NN-th percentile of the
         extraction projections at the (single) layer.
         """
         meta = vector.meta
         if layers is None:
-            if meta.recommended_layer is None:
-                raise SteeringError("the vector records no recommended layer; pass --layer")
-            layers = [int(meta.recommended_layer)]
+            layers = [vector.layer_or_recommended()]
         chosen = (int(layers),) if isinstance(layers, int) else tuple(layers)
         calibration = meta.calibration or {}
-        from_file = coef is None and op == "add"
-        if from_file:
+        if coef is None and op == "add":
             if meta.recommended_coef is None:
                 raise SteeringError("the vector records no recommended coefficient; pass --coef")
+            stored: Unit = "relative" if calibration.get("relative") else "raw"
             coef = float(meta.recommended_coef)
-            if unit is None:
-                unit = "relative" if calibration.get("relative") else "raw"
+            if unit is not None and unit != stored:
+                coef = convert_coef(vector, chosen, coef, stored, unit, readout)
+            unit = unit or stored
             if positions is None:
                 positions = str(calibration.get("positions", "all"))
         resolved = None if op != "cap" else _resolve_threshold(vector, chosen, threshold)
@@ -337,6 +347,40 @@ def apply_settings(model: nn.Module, settings: Sequence[SteeringSetting]) -> Ste
     return apply_steering(model, [item for s in settings for item in s.interventions()])
 
 
+def convert_coef(
+    vector: PersonaVector,
+    layers: Sequence[int],
+    coef: float,
+    source: Unit,
+    target: Unit,
+    readout: str | None = None,
+) -> float:
+    """``coef`` in unit ``source`` as the coefficient in unit ``target`` that adds the same
+    vector: ``coef_raw = coef_rel · typical_norm[L] / ‖v_L‖`` (and back).
+
+    Raises:
+        SteeringError: the vector records no typical norms, or the conversion factor differs
+            between ``layers``; the message says to give the coefficient explicitly.
+    """
+    if source == target:
+        return coef
+    hint = f"give --coef in {target} units"
+    if vector.typical_norm is None:
+        raise SteeringError(
+            f"the file's coefficient {coef:g} is {source} and the vector records no typical "
+            f"norms to convert it to {target}; {hint}"
+        )
+    factors = [vector.relative_scale(layer, readout) for layer in layers]
+    if not factors or factors[0] <= 0:
+        raise SteeringError(f"the typical norm at layer {layers[0]} is zero; {hint}")
+    if any(abs(f - factors[0]) > _SAME_FACTOR * factors[0] for f in factors):
+        raise SteeringError(
+            f"the file's {source} coefficient {coef:g} means a different {target} coefficient "
+            f"at each of layers {_layer_text(layers)}; {hint}"
+        )
+    return coef * factors[0] if target == "raw" else coef / factors[0]
+
+
 def _layer_text(layers: Sequence[int]) -> str:
     if len(layers) > 2 and list(layers) == list(range(layers[0], layers[-1] + 1)):
         return f"{layers[0]}-{layers[-1]}"
@@ -397,6 +441,7 @@ __all__ = [
     "SteeringSetting",
     "Unit",
     "apply_settings",
+    "convert_coef",
     "parse_coef",
     "parse_layers",
     "parse_steer_spec",

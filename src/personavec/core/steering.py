@@ -7,11 +7,17 @@ Operators (at layer ``L``, on the selected positions only; ``v̂ = v / ‖v‖``
 * ``cap``:    ``p = h · v̂``; bound ``max``: if ``p > τ`` then ``h ← h − (p − τ) v̂``; bound ``min``:
   if ``p < τ`` then ``h ← h + (τ − p) v̂`` (``τ = threshold`` in hidden-state units; ``coef`` is
   ignored). Positions within the bound are left bit-identical.
+* ``guard``:  a gate plus an operator: where ``h · v̂ > τ`` (:func:`gate`), ``add``
+  (``h ← h + coef · v``; a steer-back has ``coef < 0``); elsewhere bit-identical.
 
 An operator is one function ``op(hidden, mask, item) -> hidden`` (:data:`OperatorFn`) in
-:data:`OPERATOR_FUNCTIONS`. Hooks come from the one runtime, :mod:`personavec.core.hooks`, which
-tracks positions per sequence, so a left-padded batch under cached decoding is steered exactly
-like each request alone; :func:`teacher_forcing` marks prompt lengths of teacher-forced passes.
+:data:`OPERATOR_FUNCTIONS`; :func:`check_operator` is the one validation of an operator's fields
+(used by :class:`Intervention` and :class:`~personavec.core.setting.SteeringSetting`), and
+:func:`non_finite_error` the one non-finite error. Hooks come from the one runtime,
+:mod:`personavec.core.hooks`, which tracks positions per sequence, so a left-padded batch under
+cached decoding is steered exactly like each request alone; prompt lengths of teacher-forced
+passes are given explicitly, to one handle (:meth:`SteeringHandle.teacher_forcing`) or to every
+hook on a model (:func:`teacher_forcing`).
 
 Use :func:`steer` (context manager) or :func:`apply_steering` (returns a handle to ``remove()``).
 On exit the model is exactly as before: hooks are removed even when the body raises. When a
@@ -31,23 +37,35 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-from personavec.core.hooks import ForwardCall, HookHandle, LayerHook, install_hooks, teacher_forcing
+from personavec.core.hooks import (
+    ForwardCall,
+    HookHandle,
+    LayerHook,
+    PromptLengths,
+    install_hooks,
+    teacher_forcing,
+)
 from personavec.core.layers import check_layer, find_blocks
 from personavec.core.positions import POSITION_MODES, PositionMode
 from personavec.errors import SteeringError
 
 __all__ = [
+    "BOUNDS",
     "OPERATORS",
     "OPERATOR_FUNCTIONS",
     "Intervention",
     "OperatorFn",
     "SteeringHandle",
     "apply_steering",
+    "check_operator",
+    "gate",
+    "non_finite_error",
+    "prepare_intervention",
     "steer",
     "teacher_forcing",
 ]
 
-Operator = Literal["add", "ablate", "cap"]
+Operator = Literal["add", "ablate", "cap", "guard"]
 OPERATORS: tuple[str, ...] = get_args(Operator)
 Bound = Literal["max", "min"]
 BOUNDS: tuple[str, ...] = get_args(Bound)
@@ -58,6 +76,39 @@ class NonFiniteSteering(SteeringError):
     """Steered activations became NaN or infinite during a forward pass."""
 
 
+THRESHOLD_OPS = ("cap", "guard")
+"""Operators that take a ``threshold`` (``τ`` on the projection ``h · v̂``)."""
+
+
+def check_operator(
+    op: str,
+    positions: str,
+    coef: float,
+    threshold: float | None,
+    bound: str = "max",
+) -> None:
+    """The one validation of an operator's fields (one-line :class:`SteeringError`).
+
+    ``op`` in :data:`OPERATORS`, ``positions`` a position mode, ``coef`` finite; ``cap`` and
+    ``guard`` need a finite ``threshold`` (others refuse one); ``bound`` ``max`` or ``min``.
+    """
+    if op not in OPERATORS:
+        raise SteeringError(f"unknown operator {op!r}; use {', '.join(OPERATORS)}")
+    if positions not in POSITION_MODES:
+        raise SteeringError(f"unknown positions {positions!r}; use {', '.join(POSITION_MODES)}")
+    if not math.isfinite(coef):
+        raise SteeringError(f"coefficient {coef!r} is not a finite number; pass one")
+    if bound not in BOUNDS:
+        raise SteeringError(f"unknown cap bound {bound!r}; use max or min")
+    if op in THRESHOLD_OPS:
+        if threshold is None or not math.isfinite(threshold):
+            raise SteeringError(
+                f"{op} needs a finite --threshold (a number or pNN), got {threshold!r}"
+            )
+    elif threshold is not None:
+        raise SteeringError(f"--threshold is for --op cap only, not {op}")
+
+
 @dataclass(frozen=True)
 class Intervention:
     """One change at one layer.
@@ -66,10 +117,10 @@ class Intervention:
         layer: layer under the block-output convention (0 = embeddings, L = output of block L).
         vector: ``[hidden]``; added as ``coef · vector`` (``add``) or used as a direction
             (``ablate``, ``cap``).
-        coef: multiplier for ``add``; ignored by ``ablate`` and ``cap``.
-        op: ``"add"``, ``"ablate"`` or ``"cap"``.
+        coef: multiplier for ``add`` and ``guard``; ignored by ``ablate`` and ``cap``.
+        op: ``"add"``, ``"ablate"``, ``"cap"`` or ``"guard"``.
         positions: ``"all"``, ``"prompt"`` or ``"response"``.
-        threshold: ``cap`` only: the bound ``τ`` on the projection ``h · v̂`` (hidden units).
+        threshold: ``cap`` and ``guard``: ``τ`` on the projection ``h · v̂`` (hidden units).
         bound: ``cap`` only: ``"max"`` caps projections above ``τ``, ``"min"`` lifts those below.
         rows: batch rows it applies to (``None``: every row); other rows are left untouched,
             so requests with different settings can share one batch.
@@ -87,35 +138,21 @@ class Intervention:
     def __post_init__(self) -> None:
         if self.rows is not None and any(r < 0 for r in self.rows):
             raise SteeringError(f"batch rows must be >= 0, got {self.rows}")
-        if self.op not in OPERATORS:
-            raise SteeringError(f"unknown operator {self.op!r}; use {', '.join(OPERATORS)}")
-        if self.positions not in POSITION_MODES:
-            raise SteeringError(
-                f"unknown positions {self.positions!r}; use {', '.join(POSITION_MODES)}"
-            )
-        if not math.isfinite(self.coef):
-            raise SteeringError(f"coefficient {self.coef!r} is not a finite number; pass one")
+        check_operator(self.op, self.positions, self.coef, self.threshold, self.bound)
         if self.vector.ndim != 1:
             shape = tuple(self.vector.shape)
             raise SteeringError(f"steering vector must be 1-D [hidden], got {shape}")
         if not torch.isfinite(self.vector).all():
             raise SteeringError("steering vector contains NaN or inf; check the vector file")
-        if self.op in ("ablate", "cap") and float(self.vector.norm()) == 0.0:
+        if self.op != "add" and float(self.vector.norm()) == 0.0:
             raise SteeringError(f"cannot {self.op} along a zero vector at layer {self.layer}")
-        if self.op == "cap":
-            if self.threshold is None or not math.isfinite(self.threshold):
-                raise SteeringError(
-                    f"cap needs a finite threshold, got {self.threshold!r}; pass one"
-                )
-            if self.bound not in BOUNDS:
-                raise SteeringError(f"unknown cap bound {self.bound!r}; use max or min")
 
 
 OperatorFn = Callable[[torch.Tensor, torch.Tensor, Intervention], torch.Tensor]
 """``op(hidden [b, s, h], mask bool [b, s], item) -> hidden``. ``item`` is prepared for the
-model: for ``add`` its vector is ``coef · v`` in the model's dtype, otherwise the float32 unit
-vector ``v̂``; both on the model's device. Positions where ``mask`` is False must stay as
-they are."""
+model (:func:`prepare_intervention`): for ``add`` and ``guard`` its vector is ``coef · v`` in
+the model's dtype, otherwise the float32 unit vector ``v̂``; both on the model's device.
+Positions where ``mask`` is False must stay as they are."""
 
 
 def add(hidden: torch.Tensor, mask: torch.Tensor, item: Intervention) -> torch.Tensor:
@@ -140,7 +177,44 @@ def cap(hidden: torch.Tensor, mask: torch.Tensor, item: Intervention) -> torch.T
     return hidden - ((mask.float() * excess).unsqueeze(-1) * unit).to(hidden.dtype)
 
 
-OPERATOR_FUNCTIONS: dict[str, OperatorFn] = {"add": add, "ablate": ablate, "cap": cap}
+def gate(projection: torch.Tensor, mask: torch.Tensor, item: Intervention) -> torch.Tensor:
+    """Where a ``guard`` fires: bool ``[b, s]``, the masked positions whose projection
+    ``h · v̂`` (float ``[b, s]``, hidden units) is strictly above ``item.threshold``."""
+    return mask & (projection > float(item.threshold))  # type: ignore[arg-type]  # validated
+
+
+def guard(hidden: torch.Tensor, mask: torch.Tensor, item: Intervention) -> torch.Tensor:
+    """``add`` (``item.vector`` holds ``coef · v``) where :func:`gate` fires, measured on
+    ``hidden`` along ``v̂`` (the sign of ``coef`` undone); elsewhere ``hidden`` as it is."""
+    if item.coef == 0:
+        return hidden
+    direction = item.vector.float() * (1.0 if item.coef > 0 else -1.0)
+    projection = hidden.float() @ (direction / direction.norm())
+    return guarded(hidden, gate(projection, mask, item), item)
+
+
+def guarded(hidden: torch.Tensor, fire: torch.Tensor, item: Intervention) -> torch.Tensor:
+    """``hidden + coef · v`` where ``fire`` (bool ``[b, s]``), bit-identical elsewhere."""
+    return torch.where(fire.unsqueeze(-1), hidden + item.vector, hidden)
+
+
+OPERATOR_FUNCTIONS: dict[str, OperatorFn] = {
+    "add": add,
+    "ablate": ablate,
+    "cap": cap,
+    "guard": guard,
+}
+
+
+def non_finite_error(items: Sequence[Intervention]) -> NonFiniteSteering:
+    """The one error for steered activations that became NaN or inf under ``items``."""
+    layers = ", ".join(str(i.layer) for i in items)
+    coefs = ", ".join(f"{i.coef:g}" for i in items if i.op in ("add", "guard"))
+    hint = f" (coefficients {coefs})" if coefs else ""
+    return NonFiniteSteering(
+        f"steering at layer(s) {layers} made the activations NaN or inf{hint}; "
+        "use a smaller coefficient"
+    )
 
 
 class SteeringHandle:
@@ -155,7 +229,7 @@ class SteeringHandle:
         by_layer: dict[int, list[Intervention]] = {}
         for item in self.interventions:
             check_layer(item.layer, len(blocks))
-            by_layer.setdefault(item.layer, []).append(_prepare(item, blocks))
+            by_layer.setdefault(item.layer, []).append(prepare_intervention(item, blocks))
         self._finite: torch.Tensor | None = None
         deepest = max(by_layer, default=0)
         hooks = {
@@ -180,19 +254,17 @@ class SteeringHandle:
             if check:
                 ok, self._finite = bool(self._finite), None
                 if not ok:
-                    raise NonFiniteSteering(self._non_finite_message())
+                    raise non_finite_error(self.interventions)
             return hidden
 
         return hook
 
-    def _non_finite_message(self) -> str:
-        layers = ", ".join(str(i.layer) for i in self.interventions)
-        coefs = ", ".join(f"{i.coef:g}" for i in self.interventions if i.op == "add")
-        hint = f" (coefficients {coefs})" if coefs else ""
-        return (
-            f"steering at layer(s) {layers} made the activations NaN or inf{hint}; "
-            "use a smaller coefficient"
-        )
+    def teacher_forcing(
+        self, prompt_lengths: PromptLengths
+    ) -> contextlib.AbstractContextManager[None]:
+        """Steer teacher-forced passes: prefill calls split each row at ``prompt_lengths[b]``
+        real tokens (see :meth:`personavec.core.hooks.HookHandle.teacher_forcing`)."""
+        return self._hooks.teacher_forcing(prompt_lengths)
 
     def remove(self) -> None:
         """Remove every hook; safe to call twice."""
@@ -210,14 +282,14 @@ class SteeringHandle:
         self.remove()
 
 
-def _prepare(item: Intervention, blocks: nn.ModuleList) -> Intervention:
+def prepare_intervention(item: Intervention, blocks: nn.ModuleList) -> Intervention:
     """``item`` with its vector ready for the hook: on the model's device; ``coef · v`` in the
-    model's dtype for ``add``, the float32 unit vector otherwise."""
+    model's dtype for ``add`` and ``guard``, the float32 unit vector otherwise."""
     param = next(blocks.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None else torch.float32
     vector = item.vector.detach().to(device=device, dtype=torch.float32)
-    if item.op == "add":
+    if item.op in ("add", "guard"):
         vector = (vector * item.coef).to(dtype)
         if not torch.isfinite(vector).all():
             raise SteeringError(
@@ -227,6 +299,9 @@ def _prepare(item: Intervention, blocks: nn.ModuleList) -> Intervention:
     else:
         vector = vector / vector.norm()
     return dataclasses.replace(item, vector=vector)
+
+
+_prepare = prepare_intervention
 
 
 def apply_steering(

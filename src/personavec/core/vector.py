@@ -30,7 +30,7 @@ from safetensors.torch import save as st_save
 
 from personavec import __version__
 from personavec.core.layers import LAYER_CONVENTION, check_layer
-from personavec.errors import VectorFileError
+from personavec.errors import SteeringError, VectorFileError
 from personavec.store import atomic_write_bytes
 
 FORMAT_VERSION = 1
@@ -208,6 +208,21 @@ class PersonaVector:
                 f"{self.meta.model_fingerprint}), not this model ({fingerprint}); "
                 "use a matching vector or pass --force"
             )
+
+    def layer_or_recommended(self, layer: int | None = None) -> int:
+        """``layer`` when given, else the recommended layer; checked against the vector's depth.
+
+        The one "which layer when none is given" rule: every command and library entry point
+        resolves an omitted layer here, with the same one-line error.
+        """
+        if layer is None:
+            if self.meta.recommended_layer is None:
+                raise SteeringError(
+                    f"the {self.meta.trait!r} vector records no recommended layer; "
+                    "pass a layer (--layer)"
+                )
+            layer = int(self.meta.recommended_layer)
+        return check_layer(int(layer), self.meta.n_layers)
 
     def relative_scale(self, layer: int, readout: str | None = None) -> float:
         """Factor turning a relative coefficient into a raw one at ``layer``:

@@ -52,7 +52,7 @@ def _mean_reply_logprobs(
     ids, attention, positions = left_pad(rows, pad)
     longest = max(len(r) for r in replies)
     width = ids.shape[1]
-    with teacher_forcing([len(p) for p in prompts]):
+    with teacher_forcing(loaded.model, [len(p) for p in prompts]):
         logits = loaded.model(
             input_ids=ids.to(loaded.device),
             attention_mask=attention.to(loaded.device),

@@ -25,10 +25,13 @@ Order with steering: hooks run in registration order. A monitor started *after*
 before it sees the stream before steering. :class:`ConditionalSteering` is part of the monitor:
 at its layer, every reading of that layer is the value *before* its change.
 
-Conditional steering subtracts ``coef · v`` (the unnormalised vector, i.e. ``add`` with
-``−coef``) from a token's residual at the spec's layer only when that token's projection, measured
-just before the change, is above ``threshold``. Below the threshold the stream is left untouched
-(``torch.where`` copies the original values), so outputs are bit-identical to running without it.
+Conditional steering is the ``guard`` operator of :mod:`personavec.core.steering` (a gate plus
+``add`` with ``−coef``): it subtracts ``coef · v`` (the unnormalised vector) from a token's
+residual at the spec's layer only when that token's projection, measured just before the change
+(the monitor's own reading, passed to :func:`~personavec.core.steering.gate`), is above
+``threshold``. Below the threshold the stream is left untouched (``torch.where`` copies the
+original values), so outputs are bit-identical to running without it. A guarded position that
+becomes NaN or inf stops the forward pass with the operators' one non-finite error.
 
 The log lives in :mod:`personavec.monitor.log`, the terminal meter in
 :mod:`personavec.monitor.live`, and generation with a monitor in
@@ -47,6 +50,13 @@ from torch import nn
 
 from personavec.core.hooks import ForwardCall, LayerHook, install_hooks
 from personavec.core.layers import find_blocks
+from personavec.core.steering import (
+    Intervention,
+    gate,
+    guarded,
+    non_finite_error,
+    prepare_intervention,
+)
 from personavec.errors import SteeringError
 from personavec.monitor.log import ReadingLog
 from personavec.monitor.specs import (
@@ -73,7 +83,7 @@ class _LayerPlan:
     layer: int
     names: list[str]
     units: torch.Tensor  # float32 [hidden, k], columns v / ‖v‖
-    conditionals: list[tuple[int, int, ConditionalSteering, torch.Tensor]]  # (idx, col, c, delta)
+    guards: list[tuple[int, int, Intervention]]  # (rule index, column, prepared guard operator)
 
 
 class TokenMonitor:
@@ -128,6 +138,7 @@ class TokenMonitor:
         # The forward call in flight: layer → float32 [b, s, k]; conditional idx → bool [b, s].
         self._parts: dict[int, torch.Tensor] = {}
         self._fired: dict[int, torch.Tensor] = {}
+        self._broken: torch.Tensor | None = None  # device flag: a guarded position is not finite
         self._skip = False
 
         self._plans = self._build_plans(find_blocks(model, blocks_path))
@@ -144,7 +155,6 @@ class TokenMonitor:
         """Per monitored layer: the unit vectors as columns, and the conditional rules there."""
         param = next(blocks.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
-        dtype = param.dtype if param is not None else torch.float32
         hidden = _hidden_size(self.model)
         for spec in self.specs:
             if hidden is not None and spec.vector.shape[0] != hidden:
@@ -160,14 +170,14 @@ class TokenMonitor:
             for index, rule in enumerate(self.conditional):
                 if rule.spec.layer == layer:
                     column = plan.names.index(rule.spec.name)
-                    delta = (rule.spec.vector.float() * rule.coef).to(device=device, dtype=dtype)
-                    plan.conditionals.append((index, column, rule, delta))
+                    item = prepare_intervention(rule.intervention(), blocks)
+                    plan.guards.append((index, column, item))
             plans.append(plan)
         return plans
 
     # ---- hooks ----------------------------------------------------------------------------
     def _new_call(self, call: ForwardCall | None) -> None:
-        self._parts, self._fired, self._skip = {}, {}, False
+        self._parts, self._fired, self._broken, self._skip = {}, {}, None, False
 
     def _layer_hook(self, plan: _LayerPlan) -> LayerHook:
         def hook(hidden: torch.Tensor, call: ForwardCall) -> torch.Tensor | None:
@@ -177,19 +187,21 @@ class TokenMonitor:
             values = hidden.float() @ plan.units  # [b, s, k]
             self._parts[plan.layer] = values
             changed = hidden
-            for index, column, rule, delta in plan.conditionals:
-                fire = call.rows_mask(rule.positions, rule.rows) & (
-                    values[..., column] > rule.threshold
-                )
+            for index, column, item in plan.guards:
+                fire = gate(values[..., column], call.rows_mask(item.positions, item.rows), item)
                 self._fired[index] = fire
-                changed = torch.where(fire.unsqueeze(-1), changed - delta, changed)
+                changed = guarded(changed, fire, item)
+                broken = (fire.unsqueeze(-1) & ~torch.isfinite(changed)).any()
+                self._broken = broken if self._broken is None else self._broken | broken
             return None if changed is hidden else changed
 
         return hook
 
     def _end_call(self, call: ForwardCall | None) -> None:
-        parts, fired = self._parts, self._fired
+        parts, fired, broken = self._parts, self._fired, self._broken
         self._new_call(None)
+        if broken is not None and bool(broken):
+            raise non_finite_error([rule.intervention() for rule in self.conditional])
         if call is None or not call.tracked or any(p.layer not in parts for p in self._plans):
             return
         token_ids = call.ids if call.ids is not None else torch.full_like(call.positions, -1)

@@ -9,7 +9,8 @@ from typing import NamedTuple
 
 import torch
 
-from personavec.core.positions import POSITION_MODES, PositionMode
+from personavec.core.positions import PositionMode
+from personavec.core.steering import Intervention
 from personavec.core.vector import PersonaVector
 from personavec.errors import SteeringError
 
@@ -58,10 +59,7 @@ class MonitorSpec:
         readout: str | None = None,
     ) -> MonitorSpec:
         """A spec for a persona vector at ``layer`` (default: its recommended layer)."""
-        if layer is None:
-            if vector.meta.recommended_layer is None:
-                raise SteeringError("the vector records no recommended layer; pass a layer")
-            layer = int(vector.meta.recommended_layer)
+        layer = vector.layer_or_recommended(layer)
         return cls(name or vector.meta.trait, layer, vector.at(layer, readout).float(), threshold)
 
 
@@ -85,12 +83,19 @@ class ConditionalSteering:
     rows: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.threshold) or not math.isfinite(self.coef):
-            raise SteeringError("conditional steering needs a finite threshold and coefficient")
-        if self.positions not in POSITION_MODES:
-            raise SteeringError(
-                f"unknown positions {self.positions!r}; use {', '.join(POSITION_MODES)}"
-            )
+        self.intervention()  # the one validation (core.steering.check_operator)
+
+    def intervention(self) -> Intervention:
+        """The ``guard`` operator it is: gate ``h · v̂ > threshold``, then add ``−coef · v``."""
+        return Intervention(
+            self.spec.layer,
+            self.spec.vector,
+            -self.coef,
+            "guard",
+            self.positions,
+            threshold=self.threshold,
+            rows=self.rows,
+        )
 
 
 class Reading(NamedTuple):

@@ -151,10 +151,7 @@ def resolve_vector_layers(
             raise PersonavecError(
                 f"two vectors are both named {name!r}; pass vectors of different traits"
             )
-        picked = layer if layer is not None else vector.meta.recommended_layer
-        if picked is None:
-            raise PersonavecError(f"vector {name!r} records no recommended layer; pass --layer")
-        chosen[name] = check_layer(int(picked), vector.meta.n_layers)
+        chosen[name] = vector.layer_or_recommended(layer)
     return chosen
 
 

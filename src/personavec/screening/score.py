@@ -24,7 +24,6 @@ from typing import Any, Literal
 import torch
 
 from personavec.core.capture import Example, capture
-from personavec.core.layers import check_layer
 from personavec.core.models import LoadedModel
 from personavec.core.projection import project
 from personavec.core.vector import PersonaVector
@@ -54,12 +53,7 @@ def make_targets(vectors: Sequence[PersonaVector], layer: int | None = None) -> 
     """Targets for vectors at ``layer`` (default: each vector's recommended layer)."""
     targets: list[Target] = []
     for vector in vectors:
-        picked = layer if layer is not None else vector.meta.recommended_layer
-        if picked is None:
-            raise PersonavecError(
-                f"vector {vector.meta.trait!r} records no recommended layer; pass --layer"
-            )
-        chosen = check_layer(int(picked), vector.meta.n_layers)
+        chosen = vector.layer_or_recommended(layer)
         target = Target(vector.meta.trait, chosen, vector.direction(chosen).float())
         if any(t.column("") == target.column("") for t in targets):
             raise PersonavecError(f"vector {target.name!r} at layer {chosen} is given twice")

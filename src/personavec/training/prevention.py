@@ -29,7 +29,7 @@ from torch import nn
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from personavec.core.steering import Intervention, steer, teacher_forcing
+from personavec.core.steering import Intervention, steer
 from personavec.errors import PersonavecError
 from personavec.training.finetune import NonFiniteLoss
 
@@ -104,11 +104,10 @@ class TrainingSteering(TrainerCallback):
             return
         stack = contextlib.ExitStack()
         labels = kwargs.get("labels")
+        handle = stack.enter_context(steer(module, self.interventions))
         if self._needs_lengths and isinstance(labels, torch.Tensor):
-            stack.enter_context(
-                teacher_forcing(prompt_lengths_from_labels(labels, kwargs.get("attention_mask")))
-            )
-        stack.enter_context(steer(module, self.interventions))
+            lengths = prompt_lengths_from_labels(labels, kwargs.get("attention_mask"))
+            stack.enter_context(handle.teacher_forcing(lengths))
         self._active = stack
         self.steered_passes += 1
 

@@ -82,13 +82,7 @@ def project_per_layer(diff: torch.Tensor, vector: torch.Tensor) -> list[float]:
 
 def vector_layer(vector: PersonaVector, layer: int | None) -> int:
     """The layer to report: ``layer`` when given, else the vector's recommended layer."""
-    chosen = layer if layer is not None else vector.meta.recommended_layer
-    if chosen is None:
-        raise PersonavecError(
-            f"the {vector.meta.trait} vector records no recommended layer; pass --layer"
-        )
-    vector.at(chosen)  # validates the range
-    return chosen
+    return vector.layer_or_recommended(layer)
 
 
 def finetuning_shift(
