@@ -386,8 +386,8 @@ def test_stream_json_lines_are_server_sent_events(server: tuple[str, Any]) -> No
 def test_a_request_whose_steering_overflows_fails_alone(
     smollm2: LoadedModel, tmp_path: Path
 ) -> None:
-    """Without a typical norm nothing bounds the coefficient up front; the overflow is found
-    when the batch starts, and only that request fails."""
+    """A file recording an absurd typical norm (1e38) lets coefficient 1e38 past the up-front
+    bound; the overflow is found when the batch starts, and only that request fails."""
     synthetic_vector(
         n_layers=30,
         hidden=576,
@@ -396,6 +396,7 @@ def test_a_request_whose_steering_overflows_fails_alone(
         model_id=smollm2.model_id,
         fingerprint=config_fingerprint(smollm2.model.config),
         layer=LAYER,
+        typical_norm=1e38,
     ).save(tmp_path / "raw.safetensors")
     with running_server(smollm2, tmp_path, batch_wait_ms=1000) as (url, app):
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
