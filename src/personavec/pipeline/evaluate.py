@@ -10,7 +10,7 @@ deviation and 95 % interval, next to the unsteered baseline.
 Run directory (resumable; every write is atomic or an fsynced JSONL append):
 
 * ``answers.jsonl`` — one row per generated answer, tagged with its cell key (a hash of
-  everything that changes the answer: model fingerprint, the vector rows used, layers,
+  everything that changes the answer: model weights, the vector rows used, layers,
   coefficient, positions, unit and sampling settings). A re-run reuses every cell already there,
   so the baseline is generated once per run directory and settings.
 * ``judgments.sqlite`` — judge cache; ``table.jsonl`` — the scored rows of this evaluation;
@@ -34,7 +34,6 @@ from typing import Any
 
 from personavec.core.models import LoadedModel, chat_messages
 from personavec.core.setting import SteeringSetting
-from personavec.core.vector import config_fingerprint
 from personavec.engines.generation import GenerationRequest, HFEngine
 from personavec.errors import PersonavecError
 from personavec.judges.base import Aspect, Judge, JudgeItem
@@ -84,7 +83,7 @@ def cell_key(
 ) -> str:
     """Hash of everything that changes the answers of ``cell`` (not the judges)."""
     identity: dict[str, Any] = {
-        "model": config_fingerprint(loaded.model.config),
+        "weights": weights_sha256(loaded.model),
         "questions": list(questions),
         "samples": settings.samples,
         "max_new_tokens": settings.max_new_tokens,
