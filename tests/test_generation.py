@@ -12,13 +12,12 @@ from personavec.core.models import LoadedModel, chat_messages
 from personavec.engines.generation import (
     Generation,
     GenerationRequest,
-    GumbelSampler,
     HFEngine,
     SamplingConfig,
     SamplingConfigError,
     stop_token_ids,
-    top_p_filter,
 )
+from personavec.engines.sampling import GumbelSampler, top_p_filter
 
 QUESTIONS = [
     "What is 2+2?",
@@ -180,7 +179,7 @@ def test_prompt_longer_than_the_context_is_refused_in_one_line(
     tiny_model_factory: Any, arch: str
 ) -> None:
     from personavec.core.models import encode_prompt
-    from personavec.engines.generation import check_context_length, context_length
+    from personavec.engines.limits import check_context_length, context_length
     from personavec.errors import PersonavecError
 
     loaded = tiny_model_factory(arch)
@@ -211,7 +210,7 @@ def test_prompt_longer_than_the_context_is_refused_in_one_line(
 def test_context_length_falls_back_to_a_sane_tokenizer_limit(tiny_model_factory: Any) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from personavec.engines.generation import context_length
+    from personavec.engines.limits import context_length
 
     tokenizer = tiny_model_factory("llama").tokenizer
     config = AutoConfig.for_model(

@@ -254,7 +254,7 @@ def test_cli_judge_timeout_reaches_the_llm_judge(smollm2, tmp_path: Path) -> Non
 def test_evaluation_settings_carry_the_judge_endpoint_options(
     smollm2, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from personavec.pipeline.evaluate import make_judges
+    from personavec.pipeline.evaluate_cells import make_judges
     from personavec.pipeline.evaluate_types import EvalSettings
 
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")

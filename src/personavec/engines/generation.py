@@ -31,7 +31,6 @@ token (``<|im_end|>`` for SmolLM2) — or after ``max_new_tokens`` tokens.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -40,10 +39,12 @@ from typing import Any, Literal, Protocol
 
 import torch
 from rich.progress import Progress
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessorList
 
 from personavec.core.models import LoadedModel, Message, encode_prompt, format_chat
 from personavec.core.padding import left_pad
+from personavec.engines.limits import check_context_length
+from personavec.engines.sampling import GumbelSampler, sample_seed
 from personavec.errors import PersonavecError
 
 FinishReason = Literal["stop", "length"]
@@ -147,63 +148,6 @@ class GenerationEngine(Protocol):
     ) -> list[Generation]:
         """Samples ordered by ``(request_index, sample_index)``: ``len(requests) * n_samples``."""
         ...
-
-
-def sample_seed(seed: int, key: str, sample_index: int) -> int:
-    """The 63-bit seed of one sample's private random stream."""
-    raw = f"{seed}\x00{key}\x00{sample_index}".encode()
-    return int.from_bytes(hashlib.sha256(raw).digest()[:8], "big") >> 1
-
-
-def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Set to ``-inf`` every logit outside the smallest set of tokens holding ``top_p`` mass.
-
-    ``logits``: ``(batch, vocab)``. The most likely token is always kept.
-    """
-    if top_p >= 1.0:
-        return logits
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    probs = torch.softmax(sorted_logits, dim=-1)
-    mass_before = torch.cumsum(probs, dim=-1) - probs
-    drop_sorted = mass_before >= top_p
-    drop_sorted[..., 0] = False
-    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
-
-
-class GumbelSampler(LogitsProcessor):
-    """A logits processor that turns greedy search into per-row seeded sampling (Gumbel-max).
-
-    Row ``b`` of the batch draws its noise from a private generator seeded with ``seeds[b]``
-    only; logits are divided by ``temperature`` (> 0) and top-p filtered first.
-    """
-
-    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float) -> None:
-        self.seeds = list(seeds)
-        self.temperature = temperature
-        self.top_p = top_p
-        self._generators: list[torch.Generator] | None = None
-
-    def _streams(self, device: torch.device) -> list[torch.Generator]:
-        if self._generators is None:
-            generators = []
-            for seed in self.seeds:
-                generator = torch.Generator(device=device)
-                generator.manual_seed(seed)
-                generators.append(generator)
-            self._generators = generators
-        return self._generators
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        logits = scores.float() / self.temperature
-        logits = top_p_filter(logits, self.top_p)
-        generators = self._streams(logits.device)
-        tiny = torch.finfo(torch.float32).tiny
-        noise = torch.stack(
-            [torch.rand(logits.shape[-1], generator=g, device=logits.device) for g in generators]
-        ).clamp_(min=tiny, max=1.0 - 1e-7)
-        gumbel = -torch.log(-torch.log(noise))
-        return logits + gumbel  # type: ignore[return-value]
 
 
 def stop_token_ids(loaded: LoadedModel) -> list[int]:
@@ -399,50 +343,6 @@ class HFEngine:
             else:
                 results.append(([int(t) for t in row[:cut]], "stop"))
         return results
-
-
-_SANE_MAX_LENGTH = 10_000_000  # tokenizers without a limit report about 1e30
-
-
-def context_length(loaded: LoadedModel) -> int | None:
-    """Most positions (prompt + generated tokens) the model accepts; ``None`` when unknown.
-
-    The config's ``max_position_embeddings`` (``n_positions`` for GPT-2) wins; otherwise the
-    tokenizer's ``model_max_length`` when it is a real limit rather than transformers' huge
-    "no limit" placeholder.
-    """
-    config = loaded.model.config
-    for name in ("max_position_embeddings", "n_positions"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    limit = getattr(loaded.tokenizer, "model_max_length", None)
-    if isinstance(limit, int) and 0 < limit < _SANE_MAX_LENGTH:
-        return limit
-    return None
-
-
-def check_context_length(
-    loaded: LoadedModel, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int
-) -> None:
-    """Refuse, in one line, a prompt whose tokens plus ``max_new_tokens`` exceed the context."""
-    limit = context_length(loaded)
-    if limit is None or not prompt_ids:
-        return
-    index = max(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
-    length = len(prompt_ids[index])
-    if length + max_new_tokens <= limit:
-        return
-    which = f"prompt {index + 1} " if len(prompt_ids) > 1 else "the prompt "
-    if length >= limit:
-        raise PersonavecError(
-            f"{which}of {length} tokens exceeds the model's context of {limit} tokens; shorten it"
-        )
-    raise PersonavecError(
-        f"{which}of {length} tokens plus max_new_tokens {max_new_tokens} exceeds the model's "
-        f"context of {limit} tokens; shorten the prompt or lower max_new_tokens to "
-        f"{limit - length}"
-    )
 
 
 def _key(request: GenerationRequest, index: int) -> str:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from personavec.core.models import LoadedModel, Message, encode_prompt
-from personavec.engines.generation import HFEngine, SamplingConfig, sample_seed
+from personavec.engines.generation import HFEngine, SamplingConfig
+from personavec.engines.sampling import sample_seed
 from personavec.monitor.log import ReadingLog
 from personavec.monitor.monitor import (
     Alert,

@@ -34,7 +34,8 @@ from personavec.pipeline.calibration import (
     pick_layer,
     refine_calibration,
 )
-from personavec.pipeline.evaluate import open_evaluation, prepare_evaluation, run_cells
+from personavec.pipeline.evaluate import open_evaluation, prepare_evaluation
+from personavec.pipeline.evaluate_cells import run_cells
 from personavec.pipeline.evaluate_types import CellResult, EvalSettings, Judges
 from personavec.pipeline.sweep_report import write_sweep_report
 from personavec.pipeline.sweep_types import SweepResult, calibration_record, recommended_coef
@@ -62,6 +63,7 @@ class _SweepRun:
     questions: list[str]
     judges: Judges
     out: Path
+    show_progress: bool = True
 
     @classmethod
     def prepare(
@@ -72,11 +74,12 @@ class _SweepRun:
         unit: str,
         judge: str | Judge,
         out: Path,
+        show_progress: bool,
         **eval_fields: Any,
     ) -> _SweepRun:
         """Validated evaluation settings, questions and judges (see ``prepare_evaluation``)."""
         settings, questions, judges = prepare_evaluation(loaded, spec, judge, **eval_fields)
-        return cls(loaded, vector, unit, settings, questions, judges, out)
+        return cls(loaded, vector, unit, settings, questions, judges, out, show_progress)
 
     def cell(self, layer: int, coef: float, positions: str) -> SteeringSetting:
         """One grid cell (validated: layer range, strength, zero vector)."""
@@ -137,14 +140,7 @@ def sweep(
     vector.check_compatible(loaded.model, force=force)
     grid, layer_list, position_list = _grid_axes(coefs, layers, positions)
     unit = "relative" if relative else "raw"
-    # every cell is validated here, before anything is generated
-    steered = [
-        SteeringSetting(vector, (layer,), coef, unit, pos)  # type: ignore[arg-type]
-        for pos in position_list
-        for layer in layer_list
-        for coef in grid
-        if coef != 0
-    ]
+    steered = _grid_cells(vector, unit, grid, layer_list, position_list)
     target = vector_path if vector_path is not None else vector.path
     if write and target is None:
         raise PersonavecError("the vector has no file to write the calibration to; pass a path")
@@ -155,6 +151,7 @@ def sweep(
         unit,
         judge,
         Path(run_dir),
+        show_progress,
         questions=questions,
         samples=samples,
         max_new_tokens=max_new_tokens,
@@ -164,7 +161,7 @@ def sweep(
         judge_timeout_s=judge_timeout_s,
         judge_concurrency=judge_concurrency,
     )
-    grid_identity = {
+    grid_identity: dict[str, Any] = {
         "vector_sha256": vector_sha256(vector),
         "layers": layer_list,
         "coefs": grid,
@@ -173,28 +170,37 @@ def sweep(
         "targets": [target_trait, target_change, coherence_floor, refine_steps],
     }
     identity = (run.out, loaded, spec, run.settings, run.questions)
+    targets = (target_trait, target_change, coherence_floor, refine_steps)
     with open_evaluation(*identity, overwrite=overwrite, **grid_identity):
-        baseline_cell = run.cell(layer_list[0], 0.0, position_list[0])
-        results = run.run([baseline_cell, *steered], show_progress)
-        curves = _curves(results[0], results[1:], layer_list, position_list, grid)
-        best, reference = pick_layer(curves, coherence_floor)
-        calibration = _calibrate(
-            run, best, results, target_trait, target_change, coherence_floor, refine_steps
-        )
-        result = _result(
-            run,
-            spec.name,
-            results,
-            curves,
-            (best, reference),
-            calibration,
-            relative,
-            coherence_floor,
-        )
-        result.vector_written = Path(target) if write and target is not None else None
-        write_sweep_report(result)
-        if result.vector_written is not None:  # last, atomically: nothing half-written before
-            result.vector_written = write_calibration(vector, result.vector_written, result)
+        axes = (layer_list, position_list, grid)
+        written = Path(target) if write and target is not None else None
+        return _measure(run, spec.name, steered, axes, targets, relative, written)
+
+
+def _measure(
+    run: _SweepRun,
+    trait: str,
+    steered: list[SteeringSetting],
+    axes: tuple[list[int], list[str], list[float]],
+    targets: tuple[float | None, float | None, float, int],
+    relative: bool,
+    vector_target: Path | None,
+) -> SweepResult:
+    """Measure the grid, choose the layer, calibrate, write the report, then the vector file."""
+    layer_list, position_list, grid = axes
+    target_trait, target_change, coherence_floor, refine_steps = targets
+    baseline_cell = run.cell(layer_list[0], 0.0, position_list[0])
+    results = run.run([baseline_cell, *steered], run.show_progress)
+    curves = _curves(results[0], results[1:], layer_list, position_list, grid)
+    best, reference = pick_layer(curves, coherence_floor)
+    calibration = _calibrate(
+        run, best, results, target_trait, target_change, coherence_floor, refine_steps
+    )
+    choice = (best, reference)
+    result = _result(run, trait, results, curves, choice, calibration, relative, coherence_floor)
+    write_sweep_report(result)
+    if vector_target is not None:  # last, atomically: nothing half-written before it
+        result.vector_written = write_calibration(run.vector, vector_target, result)
     return result
 
 
@@ -229,6 +235,19 @@ def _result(
         new_tokens=tokens,
         generation_s=seconds,
     )
+
+
+def _grid_cells(
+    vector: PersonaVector, unit: str, grid: list[float], layers: list[int], positions: list[str]
+) -> list[SteeringSetting]:
+    """Every steered cell of the grid, validated here, before anything is generated."""
+    return [
+        SteeringSetting(vector, (layer,), coef, unit, pos)  # type: ignore[arg-type]
+        for pos in positions
+        for layer in layers
+        for coef in grid
+        if coef != 0
+    ]
 
 
 def _grid_axes(
