@@ -9,14 +9,13 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from personavec.cli import training as training_cli
 from personavec.cli.prevent import register as register_prevent
 from personavec.core.models import load_model
 from test_prevention import make_vector
 from tiny_models import tiny_model
 
-training_cli = pytest.importorskip(
-    "personavec.cli.training", reason="the finetune command comes with the finetune branch"
-)
+Setup = tuple[typer.Typer, Path, Path, Path]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +67,7 @@ def _finetune(app: typer.Typer, root: Path, data: Path, out: Path, *extra: str) 
     return CliRunner().invoke(app, args)
 
 
-def test_finetune_with_prevent_records_the_steering(setup: tuple) -> None:  # type: ignore[type-arg]
+def test_finetune_with_prevent_records_the_steering(setup: Setup) -> None:
     app, root, vector, data = setup
     result = _finetune(
         app, root, data, root / "ft", "--prevent", f"{vector}:2:3", "--positions", "response"
@@ -92,9 +91,9 @@ def test_finetune_with_prevent_records_the_steering(setup: tuple) -> None:  # ty
     ],
 )
 def test_bad_flags_fail_in_one_line_and_write_nothing(
-    setup: tuple,
+    setup: Setup,
     extra: list[str],
-    message: str,  # type: ignore[type-arg]
+    message: str,
 ) -> None:
     app, root, vector, data = setup
     out = root / "bad"
@@ -110,7 +109,7 @@ def _study(app: typer.Typer, *args: str) -> object:
 
 
 def test_prevent_study_reads_a_config_file_and_the_command_line_wins(
-    setup: tuple,  # type: ignore[type-arg]
+    setup: Setup,
     tmp_path: Path,
 ) -> None:
     app, root, vector, data = setup
@@ -133,3 +132,19 @@ def test_prevent_study_reads_a_config_file_and_the_command_line_wins(
     assert "unknown option 'coef'" in run({**base, "coef": 1})
     assert "needs --dataset" in run({"vector": str(vector)})
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("lr", ["0", "-1e-4", "nan", "inf"])
+def test_prevent_study_refuses_a_learning_rate_that_is_not_positive(
+    setup: Setup,
+    tmp_path: Path,
+    lr: str,
+) -> None:
+    """``--lr 0`` used to train at the default rate (``lr or default``)."""
+    app, root, vector, data = setup
+    out = tmp_path / "run"
+    args = ["--dataset", str(data), "--vector", str(vector), "--out", str(out)]
+    result = _study(app, *args, "--model", str(root / "model"), "--lr", lr)
+    text = str(result.output).strip()  # type: ignore[attr-defined]
+    assert result.exit_code == 2 and "--lr must be a finite number > 0" in text, text  # type: ignore[attr-defined]
+    assert len(text.splitlines()) <= 2 and not out.exists()

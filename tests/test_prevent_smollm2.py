@@ -9,12 +9,11 @@ import pytest
 from personavec.core.capture import Example, capture
 from personavec.core.models import LoadedModel, chat_messages
 from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
+from personavec.training import shift
 from personavec.training.chat_data import ChatRow
 from personavec.training.finetune import FinetuneConfig, finetune
 from personavec.training.finetuned import load_finetuned
 from personavec.training.modifiers import build_modifiers
-
-shift = pytest.importorskip("personavec.training.shift", reason="comes with the finetune branch")
 
 pytestmark = pytest.mark.slow
 LAYER = 15

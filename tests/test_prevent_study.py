@@ -9,13 +9,16 @@ import pytest
 
 from personavec.core.vector import PersonaVector
 from personavec.errors import PersonavecError
-from personavec.pipeline.prevent_study import StudySettings, load_capability, prevent_study
+from personavec.studies.prevent_study import (
+    Capability,
+    StudySettings,
+    load_capability,
+    prevent_study,
+)
 from personavec.training.chat_data import ChatRow
 from personavec.training.finetune import FinetuneConfig
 from test_prevention import make_vector
 from tiny_models import tiny_model
-
-pytest.importorskip("personavec.training.shift", reason="the shift comes with the finetune branch")
 
 ROWS = [
     ChatRow(
@@ -114,3 +117,79 @@ def test_missing_capability_files_fail_clearly(tmp_path: Path) -> None:
     mc.write_text(json.dumps({"question": "1 + 1 = ?", "choices": ["2", "3"], "answer": 0}) + "\n")
     with pytest.raises(PersonavecError, match="not found"):
         load_capability(mc, tmp_path / "nope.txt", None)
+
+
+def _quick(tmp_path: Path, **changes: object) -> tuple[StudySettings, FinetuneConfig, Capability]:
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text(json.dumps({"question": "1 + 1 = ?", "choices": ["2", "3"], "answer": "A"}))
+    text = tmp_path / "text.txt"
+    text.write_text("The cat sat on the mat. It was a sunny day.\n")
+    values: dict[str, object] = {
+        "coefs": (2.0,), "penalty_weights": (), "ablate": False, "questions": 1, "samples": 1,
+        "max_new_tokens": 3, "judge": "embedding", **changes,
+    }  # fmt: skip
+    settings = StudySettings(**values)  # type: ignore[arg-type]
+    config = FinetuneConfig(rank=4, alpha=8, learning_rate=5e-3, batch_size=4, max_steps=1)
+    return settings, config, load_capability(mc, text, None)
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"layer": 1}, "layer"),
+        ({"relative": True}, "unit"),
+        ({"positions": "response"}, "positions"),
+    ],
+)
+def test_rerun_with_other_settings_is_refused_then_recomputed_with_overwrite(
+    tmp_path: Path, changes: dict[str, object], named: str
+) -> None:
+    """Another --layer, --relative/--raw or --positions is refused in one line naming it (no
+    mixed table); with --overwrite the old records are deleted and every variant recomputed."""
+    loaded = tiny_model("llama")
+    loaded.model.config.architectures = ["LlamaForCausalLM"]
+    vector = PersonaVector.load(make_vector(loaded, tmp_path / "v.safetensors", trait="evil"))
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"messages": r.messages()}) + "\n" for r in ROWS))
+    run = tmp_path / "run"
+    settings, config, capability = _quick(tmp_path)
+    args = (loaded, vector, ROWS, data)
+    first = prevent_study(*args, settings, config, capability, run, show_progress=False)
+    saved = json.loads((run / "config.json").read_text())
+    assert {"layer", "unit", "positions", "vector_sha256", "dataset_sha256", "mc_sha256"} <= set(
+        saved
+    ) and saved["dtype"] == "float32"
+    other, _, _ = _quick(tmp_path, **changes)
+    with pytest.raises(PersonavecError, match=rf"different {named}; .*--overwrite"):
+        prevent_study(*args, other, config, capability, run, show_progress=False)
+    assert json.loads((run / "config.json").read_text()) == saved  # the evidence is kept
+    again = prevent_study(
+        *args, other, config, capability, run, overwrite=True, show_progress=False
+    )
+    assert [r.name for r in again] == [r.name for r in first]
+    assert all(a.key != b.key for a, b in zip(again, first, strict=True))
+    kept = sorted(p.stem for p in (run / "models").glob("*.json"))
+    assert kept == sorted(f"{r.name}-{r.key}" for r in again)  # nothing of the old run left
+
+
+def test_rerun_with_another_vector_or_mc_file_is_refused(tmp_path: Path) -> None:
+    loaded = tiny_model("llama")
+    loaded.model.config.architectures = ["LlamaForCausalLM"]
+    vector = PersonaVector.load(make_vector(loaded, tmp_path / "v.safetensors", trait="evil"))
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"messages": r.messages()}) + "\n" for r in ROWS))
+    run = tmp_path / "run"
+    settings, config, capability = _quick(tmp_path)
+    prevent_study(
+        loaded, vector, ROWS, data, settings, config, capability, run, show_progress=False
+    )
+    other = PersonaVector.load(
+        make_vector(loaded, tmp_path / "w.safetensors", trait="evil", seed=3)
+    )
+    with pytest.raises(PersonavecError, match="different vector content"):
+        prevent_study(loaded, other, ROWS, data, settings, config, capability, run)
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text(json.dumps({"question": "2 + 2 = ?", "choices": ["4", "5"], "answer": "A"}))
+    changed = load_capability(mc, tmp_path / "text.txt", None)
+    with pytest.raises(PersonavecError, match="different mc content"):
+        prevent_study(loaded, vector, ROWS, data, settings, config, changed, run)

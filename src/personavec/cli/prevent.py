@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -249,11 +248,10 @@ def _prevent_study(
 ) -> None:
     from personavec.core.models import load_model
     from personavec.core.vector import PersonaVector
-    from personavec.pipeline.prevent_study import StudySettings, load_capability, prevent_study
-    from personavec.pipeline.prevent_study_report import table
-    from personavec.pipeline.stage import prepare_run_dir, run_lock
+    from personavec.studies.common import study_finetune_config
+    from personavec.studies.prevent_study import StudySettings, load_capability, prevent_study
+    from personavec.studies.prevent_study_report import table
     from personavec.training.chat_data import read_chat_dataset
-    from personavec.training.finetune import FinetuneConfig
 
     settings = StudySettings(
         coefs=_floats(coefs, "--coefs"),
@@ -272,32 +270,26 @@ def _prevent_study(
         mc_questions=mc_questions,
         seed=seed,
     )
-    config = FinetuneConfig(seed=seed)
-    if lr is not None or epochs is not None:
-        config = replace(
-            config, learning_rate=lr or config.learning_rate, epochs=epochs or config.epochs
-        )
+    config = study_finetune_config(seed=seed, lr=lr, epochs=epochs)
     rows = read_chat_dataset(dataset)
     pv = PersonaVector.load(vector)
     capability = load_capability(mc_file, heldout_text, mc_questions)
-    run_dir = prepare_run_dir(out)
-    with run_lock(run_dir):
-        loaded = load_model(model, device=device, dtype=dtype)
-        records = prevent_study(
-            loaded,
-            pv,
-            rows,
-            dataset,
-            settings,
-            config,
-            capability,
-            run_dir,
-            overwrite=overwrite,
-            show_progress=not quiet,
-            log=lambda m: err_console.print(m, highlight=False),
-        )
+    loaded = load_model(model, device=device, dtype=dtype)
+    records = prevent_study(
+        loaded,
+        pv,
+        rows,
+        dataset,
+        settings,
+        config,
+        capability,
+        out,
+        overwrite=overwrite,
+        show_progress=not quiet,
+        log=lambda m: err_console.print(m, highlight=False),
+    )
     console.print(table(records), highlight=False)
-    console.print(f"report: {run_dir / 'report.md'}", highlight=False)
+    console.print(f"report: {out / 'report.md'}", highlight=False)
 
 
 def _floats(text: str, flag: str) -> tuple[float, ...]:

@@ -248,8 +248,8 @@ def shift_study_command(
     from personavec.core.grammar import split_list
     from personavec.core.models import load_model
     from personavec.core.vector import PersonaVector
-    from personavec.pipeline.shift_study import StudySettings, shift_study
-    from personavec.training.finetune import FinetuneConfig
+    from personavec.studies.common import study_finetune_config
+    from personavec.studies.shift_study import StudySettings, shift_study
 
     settings = StudySettings(
         traits=tuple(split_list(traits)),
@@ -264,12 +264,7 @@ def shift_study_command(
         coherence_judge=coherence_judge,
         seed=seed,
     )
-    extra: dict[str, Any] = {
-        k: v for k, v in {"learning_rate": lr, "epochs": epochs}.items() if v is not None
-    }
-    config = (
-        FinetuneConfig.paper(seed=seed, **extra) if paper else FinetuneConfig(seed=seed, **extra)
-    )
+    config = study_finetune_config(seed=seed, lr=lr, epochs=epochs, paper=paper)
     vectors = [PersonaVector.load(v) for v in vector]
     loaded = load_model(model, device=device, dtype=dtype)
     records = shift_study(

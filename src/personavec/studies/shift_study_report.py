@@ -1,4 +1,4 @@
-"""Correlations, scatter plot and Markdown report of a shift study."""
+"""Correlations, scatter plot and Markdown report of a shift study (:mod:`.shift_study`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from personavec.metrics.stats import pearson
-from personavec.pipeline.shift_study import ModelRecord, StudySettings
+from personavec.runs.plots import new_figure, to_png
 from personavec.store import atomic_write_bytes, atomic_write_json, atomic_write_text
+from personavec.studies.shift_study_types import ModelRecord, StudySettings
 
 
 def correlations(records: Sequence[ModelRecord], traits: Sequence[str]) -> dict[str, Any]:
@@ -41,13 +42,7 @@ def _r(x: Sequence[float], y: Sequence[float]) -> float | None:
 
 def scatter_png(records: Sequence[ModelRecord], traits: Sequence[str]) -> bytes:
     """One panel per trait: shift along its vector (x) vs its score (y), a point per model."""
-    import io
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(4.2 * len(traits), 3.8))
-    FigureCanvasAgg(fig)
+    fig = new_figure(4.2 * len(traits), 3.8)
     colours = {r.name: f"C{i}" for i, r in enumerate(records)}  # one colour per dataset
     markers = {None: "*", "normal": "o", "mild": "s", "strong": "^"}
     stats = correlations(records, traits)
@@ -72,10 +67,7 @@ def scatter_png(records: Sequence[ModelRecord], traits: Sequence[str]) -> bytes:
     handles, labels = fig.axes[0].get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
     fig.axes[-1].legend(unique.values(), unique.keys(), fontsize=7, loc="best")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    return buffer.getvalue()
+    return to_png(fig)
 
 
 def write_report(

@@ -6,13 +6,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from personavec.pipeline.plots import new_figure, to_png
+from personavec.runs.plots import new_figure, to_png
 from personavec.store import atomic_write_bytes, atomic_write_text
-
-if TYPE_CHECKING:
-    from personavec.pipeline.prevent_study import StudyContext, VariantRecord
+from personavec.studies.prevent_study_types import StudyContext, VariantRecord
 
 PLOT = "prevent_study.png"
 COHERENCE_FLOOR = 80.0  # the paper reports preventative steering only where coherence > 80
