@@ -323,3 +323,52 @@ def test_live_meter_shows_the_latest_reading_at_every_step(smollm2, tmp_path: Pa
     assert shown[0] == pytest.approx(fed[prompt_len - 1])  # last prompt token
     assert shown[1 : len(fed) - prompt_len + 1] == pytest.approx(fed[prompt_len:])
     assert "synthetic" in console.export_text()
+
+
+# ---- the guard is an operator of the one table ----------------------------------------------
+
+
+def test_guard_is_the_table_operator_the_monitor_runs(tiny_model_factory) -> None:
+    """``ConditionalSteering`` is the ``guard`` operator (gate + add): steering with it through
+    the operator table changes the model exactly as the monitor's steer-back does."""
+    from personavec.core.steering import OPERATOR_FUNCTIONS
+
+    lm = tiny_model_factory("llama", n_layers=2, seed=3)
+    v = random_rows(lm, seed=4)[1]
+    spec = MonitorSpec("t", 1, v)
+    rule = ConditionalSteering(spec, 0.0, 2.0)
+    item = rule.intervention()
+    assert "guard" in OPERATOR_FUNCTIONS
+    assert (item.op, item.coef, item.threshold, item.layer) == ("guard", -2.0, 0.0, 1)
+    enc = left_padded(lm)
+    with torch.no_grad():
+        plain = lm.model(**enc).logits
+        with TokenMonitor(lm.model, spec, conditional=[rule]) as monitor:
+            by_monitor = lm.model(**enc).logits
+        with steer(lm.model, item):
+            by_table = lm.model(**enc).logits
+    assert monitor.steered[0] or monitor.steered[1]
+    assert not torch.equal(plain, by_monitor)
+    torch.testing.assert_close(by_table, by_monitor, rtol=0, atol=1e-6)
+
+
+def test_guard_output_that_is_not_finite_stops_the_pass(tiny_model_factory) -> None:
+    """The guard is covered by the operators' non-finite check, in the monitor and the table."""
+    lm = tiny_model_factory("llama", n_layers=2, seed=3)
+    spec = MonitorSpec("t", 1, torch.ones(lm.hidden_size) * 3.0)
+    rule = ConditionalSteering(spec, -1e9, 1e38)  # fires everywhere; two of them overflow
+    enc = left_padded(lm)
+    with (
+        pytest.raises(SteeringError, match=r"NaN or inf.*smaller coefficient"),
+        TokenMonitor(lm.model, spec, conditional=[rule, rule]),
+        torch.no_grad(),
+    ):
+        lm.model(**enc)
+    with (
+        pytest.raises(SteeringError, match=r"NaN or inf.*smaller coefficient"),
+        steer(lm.model, [rule.intervention(), rule.intervention()]),
+        torch.no_grad(),
+    ):
+        lm.model(**enc)
+    for module in lm.model.modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks

@@ -167,3 +167,29 @@ def test_no_typical_norms_rule_is_coef_at_most_the_ratio() -> None:
     SteeringSetting(zero, (2,), 0.99 * MAX_NORM_RATIO)
     with pytest.raises(SteeringError, match="own norm"):
         SteeringSetting(zero, (2,), 1e6)
+
+
+def test_cli_generate_applies_the_calibrated_strength_in_any_unit(tmp_path: Path) -> None:
+    """``generate --raw`` / ``--relative`` without ``--coef`` on a tiny checkpoint: the coefficient
+    it reports times ``‖v‖`` (raw) or times ``typical_norm`` (relative) is the calibrated norm,
+    and the steered answers are the same."""
+    from personavec.core.vector import config_fingerprint
+
+    lm = tiny_model("llama")
+    lm.model.save_pretrained(tmp_path / "model")
+    lm.tokenizer.save_pretrained(tmp_path / "model")
+    pv = calibrated()
+    pv.meta.model_fingerprint = config_fingerprint(lm.model.config)
+    path = pv.save(tmp_path / "v.safetensors")
+    base = ["generate", "Hi", "--model", str(tmp_path / "model"), "--device", "cpu"]
+    base += ["--vector", str(path), "--max-new-tokens", "4"]
+    outputs = {}
+    for flag in ("--raw", "--relative"):
+        result = runner.invoke(app, [*base, flag], env={"COLUMNS": "300"})
+        assert result.exit_code == 0, result.output
+        described = next(ln for ln in result.output.splitlines() if "coef" in ln)
+        coef = float(described.split(" coef ")[1].split()[0])
+        scale = float(pv.at(2).norm()) if flag == "--raw" else float(NORMS[2])
+        assert coef * scale == pytest.approx(REL * float(NORMS[2]), rel=1e-5)
+        outputs[flag] = result.output.split("steered:", 1)[1]
+    assert outputs["--raw"] == outputs["--relative"]
