@@ -26,18 +26,24 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import math
 import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import urlparse
 
 import httpx
 
 from personavec.errors import PersonavecError
+from personavec.llm_retry import (
+    RETRY_STATUS,
+    TIMEOUT_ENV,
+    RetryPolicy,
+    Transient,
+    resolve_timeout_s,
+)
 from personavec.llm_wire import (
     ChatOptions,
     ChatResult,
@@ -54,42 +60,8 @@ from personavec.llm_wire import (
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_ANTHROPIC_BASE_URL = "https://api.anthropic.com/v1"
 ANTHROPIC_VERSION = "2023-06-01"
-RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529})
-DEFAULT_TIMEOUT_S = 120.0
-TIMEOUT_ENV = "PERSONAVEC_JUDGE_TIMEOUT"
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded retries with exponential backoff and full jitter.
-
-    Attempt ``k`` (1-based) that fails transiently waits a uniform random time in
-    ``[0, min(max_delay_s, base_delay_s * 2**(k-1))]`` seconds, or the server's ``Retry-After``
-    (capped at ``max_retry_after_s``) when it sends one.
-    """
-
-    max_attempts: int = 5
-    base_delay_s: float = 0.5
-    max_delay_s: float = 20.0
-    max_retry_after_s: float = 120.0
-
-    def delay_s(self, attempt: int, retry_after_s: float | None, rng: random.Random) -> float:
-        """Seconds to wait after failed attempt ``attempt`` (1-based)."""
-        if retry_after_s is not None:
-            return min(max(retry_after_s, 0.0), self.max_retry_after_s)
-        cap = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1))
-        return rng.uniform(0.0, cap)
-
-
-@dataclass
-class _Transient:
-    """What a retryable failure looked like, for the final error message."""
-
-    reason: str
-    retry_after_s: float | None = None
-    kind: Literal["server", "unreachable", "timeout", "malformed"] = "server"
 
 
 class BatchIncomplete(PersonavecError):
@@ -102,25 +74,6 @@ class BatchIncomplete(PersonavecError):
     def __init__(self, message: str, results: list[ChatResult | None]) -> None:
         super().__init__(message)
         self.results = results
-
-
-def resolve_timeout_s(timeout_s: float | None) -> float:
-    """``timeout_s``, else ``$PERSONAVEC_JUDGE_TIMEOUT``, else 120; must be a positive number."""
-    if timeout_s is None:
-        raw = os.environ.get(TIMEOUT_ENV, "").strip()
-        if not raw:
-            return DEFAULT_TIMEOUT_S
-        try:
-            timeout_s = float(raw)
-        except ValueError:
-            raise PersonavecError(
-                f"{TIMEOUT_ENV}={raw!r} is not a number of seconds; set it to e.g. 300"
-            ) from None
-    if not math.isfinite(timeout_s) or timeout_s <= 0:
-        raise PersonavecError(
-            f"the judge timeout must be a positive number of seconds, got {timeout_s}"
-        )
-    return float(timeout_s)
 
 
 @dataclass
@@ -226,12 +179,12 @@ class LLMClient:
     def _api_name(self) -> str:
         return "Anthropic Messages" if self.provider == "anthropic" else "OpenAI chat"
 
-    def _classify(self, response: httpx.Response) -> _Transient | None:
+    def _classify(self, response: httpx.Response) -> Transient | None:
         """``None`` for success; a transient failure to retry; raise for a permanent one."""
         if response.status_code < 300:
             return None
         if response.status_code in RETRY_STATUS:
-            return _Transient(f"HTTP {response.status_code}", parse_retry_after(response.headers))
+            return Transient(f"HTTP {response.status_code}", parse_retry_after(response.headers))
         snippet = " ".join(response.text.split())[:200]
         if response.status_code in (401, 403):
             key_env = "OPENAI_API_KEY" if self.provider == "openai" else "ANTHROPIC_API_KEY"
@@ -244,7 +197,7 @@ class LLMClient:
             f"(HTTP {response.status_code}: {snippet}); check the model name and options"
         )
 
-    def _outcome(self, reply: httpx.Response | httpx.TransportError) -> ChatResult | _Transient:
+    def _outcome(self, reply: httpx.Response | httpx.TransportError) -> ChatResult | Transient:
         """The answer of one attempt, or the transient failure to retry; raise when permanent.
 
         An HTTP 200 whose body is not JSON, or JSON without a usable completion (e.g. empty
@@ -259,21 +212,21 @@ class LLMClient:
             payload = reply.json()
         except ValueError:
             snippet = " ".join(reply.text.split())[:120]
-            return _Transient(f"a body that is not JSON: {snippet!r}", kind="malformed")
+            return Transient(f"a body that is not JSON: {snippet!r}", kind="malformed")
         try:
             return self._parse(payload)
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-            return _Transient(
+            return Transient(
                 f"no usable completion ({type(exc).__name__}: {exc})", kind="malformed"
             )
 
-    def _backoff_s(self, attempt: int, last: _Transient) -> float:
+    def _backoff_s(self, attempt: int, last: Transient) -> float:
         """Seconds to wait after failed attempt ``attempt`` (1-based); raise after the last."""
         if attempt >= self.retry.max_attempts:
             raise self._give_up(last)
         return self.retry.delay_s(attempt, last.retry_after_s, self._rng)
 
-    def _give_up(self, last: _Transient) -> PersonavecError:
+    def _give_up(self, last: Transient) -> PersonavecError:
         attempts = self.retry.max_attempts
         if last.kind == "unreachable":
             return PersonavecError(
@@ -297,14 +250,14 @@ class LLMClient:
         )
 
     @staticmethod
-    def _transport_failure(exc: httpx.TransportError) -> _Transient:
+    def _transport_failure(exc: httpx.TransportError) -> Transient:
         reason = type(exc).__name__
         detail = str(exc).strip()
         if detail:
             reason = f"{reason}: {detail[:120]}"
         if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
-            return _Transient(reason, kind="timeout")
-        return _Transient(reason, kind="unreachable")
+            return Transient(reason, kind="timeout")
+        return Transient(reason, kind="unreachable")
 
     def chat(self, messages: Sequence[Message], options: ChatOptions | None = None) -> ChatResult:
         """One chat completion, blocking, with retries."""
