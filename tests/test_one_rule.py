@@ -4,12 +4,12 @@ every entry point uses them (same meaning, same one-line message)."""
 from __future__ import annotations
 
 import pytest
-import torch
 
+from fixtures import synthetic_vector
 from personavec.cli.monitor_sweep import parse_shots
 from personavec.core.grammar import parse_numbers, split_list
 from personavec.core.setting import SteeringSetting
-from personavec.core.vector import PersonaVector, VectorMetadata
+from personavec.core.vector import PersonaVector
 from personavec.errors import PersonavecError, SteeringError
 from personavec.monitor.specs import MonitorSpec
 from personavec.pipeline.monitor_sweep import resolve_layer
@@ -20,18 +20,9 @@ from personavec.training.shift import vector_layer
 
 
 def vector(layer: int | None) -> PersonaVector:
-    meta = VectorMetadata(
-        trait="evil",
-        model_id="tiny",
-        model_fingerprint="x",
-        hidden_size=8,
-        n_layers=4,
-        readouts=["response_avg"],
-        recommended_layer=layer,
-        recommended_coef=1.0,
+    return synthetic_vector(
+        trait="evil", n_layers=4, hidden=8, layer=layer, typical_norm=10.0, recommended_coef=1.0
     )
-    rows = torch.randn(5, 8, generator=torch.Generator().manual_seed(0))
-    return PersonaVector({"response_avg": rows}, meta, torch.full((5,), 10.0))
 
 
 ENTRY_POINTS = {

@@ -10,11 +10,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from fixtures import synthetic_vector
 from personavec.cli import app
 from personavec.cli.common import setting_from_options
 from personavec.core.setting import MAX_NORM_RATIO, SteeringSetting, convert_coef
 from personavec.core.steering import Intervention
-from personavec.core.vector import PersonaVector, VectorMetadata
+from personavec.core.vector import PersonaVector
 from personavec.errors import SteeringError
 from personavec.interop.gguf_export import read_control_vector
 from personavec.serve.schemas import ApiError, SteeringItem
@@ -31,19 +32,15 @@ def calibrated(
     *, relative: bool = True, coef: float = REL, norms: torch.Tensor | None = NORMS
 ) -> PersonaVector:
     """A tiny-model-sized vector calibrated at layer 2 (``coef`` in the given unit)."""
-    rows = torch.randn(LAYERS + 1, HIDDEN, generator=torch.Generator().manual_seed(7))
-    meta = VectorMetadata(
-        trait="t",
-        model_id="tiny",
-        model_fingerprint="x",
-        hidden_size=HIDDEN,
+    return synthetic_vector(
         n_layers=LAYERS,
-        readouts=["response_avg"],
-        recommended_layer=2,
+        hidden=HIDDEN,
+        seed=7,
+        layer=2,
+        typical_norm=norms,
         recommended_coef=coef,
         calibration={"relative": relative, "positions": "all"},
     )
-    return PersonaVector({"response_avg": rows}, meta, norms)
 
 
 def added(items: list[Intervention]) -> dict[int, torch.Tensor]:
