@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -222,3 +223,26 @@ def test_checkpoint_that_transformers_cannot_load_is_not_blamed_on_the_hub(
         load_model(str(tmp_path), device="cpu")
     assert str(info.value).startswith(f"cannot load the checkpoint in {tmp_path}: ")
     assert "hub" not in str(info.value)
+
+
+def test_a_model_without_chat_template_is_named_when_loaded(
+    tiny_model_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A base model's plain transcript format is used, and said, never silently."""
+    from personavec.core.models import encode_prompt, load_model
+
+    for with_template in (True, False):
+        tiny = tiny_model_factory("llama", chat_template=with_template)
+        directory = tmp_path / f"template-{with_template}"
+        tiny.model.save_pretrained(directory)
+        tiny.tokenizer.save_pretrained(directory)
+        capsys.readouterr()
+        loaded = load_model(str(directory), device="cpu")
+        note = [line for line in capsys.readouterr().err.splitlines() if "chat template" in line]
+        if with_template:
+            assert note == []
+        else:
+            assert len(note) == 1 and "plain 'User: ...' / 'Assistant:' transcript" in note[0]
+            ids = encode_prompt(loaded.tokenizer, [{"role": "user", "content": "Hi"}])
+            prompt = str(loaded.tokenizer.decode(ids))
+            assert prompt.endswith("User: Hi\nAssistant:")

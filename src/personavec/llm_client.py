@@ -19,7 +19,8 @@ Endpoints and keys come from arguments or the environment:
   ``ANTHROPIC_API_KEY``. Text only: the Messages API returns no log-probabilities.
 
 The per-request timeout defaults to ``PERSONAVEC_JUDGE_TIMEOUT`` seconds when set, else 120 s.
-Request bodies and answer parsing live in :mod:`personavec.llm_wire`.
+Request bodies and answer parsing live in :mod:`personavec.llm_wire`, retries and timeouts in
+:mod:`personavec.llm_retry`.
 """
 
 from __future__ import annotations

@@ -272,6 +272,13 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
     return tokenizer
 
 
+NO_TEMPLATE_NOTE = (
+    "personavec: {model} has no chat template (a base model?); prompts use a plain "
+    "'User: ...' / 'Assistant:' transcript, and vectors and readings follow that format"
+)
+"""Printed once per load of a model without a chat template (see :func:`format_chat`)."""
+
+
 def load_model(
     spec: str = DEFAULT_MODEL,
     *,
@@ -306,6 +313,8 @@ def load_model(
         ) from exc
     model.to(resolved_device)  # type: ignore[arg-type]
     model.eval()
+    if not getattr(tokenizer, "chat_template", None):
+        print(NO_TEMPLATE_NOTE.format(model=model_id), file=sys.stderr)
     return LoadedModel(model, prepare_tokenizer(tokenizer), spec, model_id)
 
 
