@@ -14,11 +14,12 @@ only ``core``, ``judges`` and the top-level helpers, never them.
 from personavec.runs.identity import content_sha256, file_sha256, weights_sha256
 from personavec.runs.lock import RunLockedError, run_lock
 from personavec.runs.rows import record_key, resumable_rows
-from personavec.runs.run import Run, locked_run_dir, open_run, prepare_run_dir
+from personavec.runs.run import Run, claim_run, locked_run_dir, open_run, prepare_run_dir
 
 __all__ = [
     "Run",
     "RunLockedError",
+    "claim_run",
     "content_sha256",
     "file_sha256",
     "locked_run_dir",
