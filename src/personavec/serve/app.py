@@ -12,8 +12,9 @@ import functools
 import json
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from jinja2 import TemplateError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from personavec.core.models import LoadedModel, encode_prompt, load_model
-from personavec.engines.generation import check_context_length, sample_seed
+from personavec.core.steering import Intervention
+from personavec.engines.limits import check_context_length
+from personavec.engines.sampling import sample_seed
 from personavec.errors import PersonavecError
 from personavec.serve.config import ServeConfig
 from personavec.serve.jobs import Failed, Finished, Job, JobEvent
@@ -50,6 +54,11 @@ class Server:
     loaded: LoadedModel
     vectors: VectorRegistry
     scheduler: Scheduler
+    # Prompts are templated and tokenized here, off the event loop (one thread: a tokenizer is
+    # not safe to use from several threads at once).
+    templating: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="personavec-template")
+    )
 
     @property
     def model_names(self) -> set[str]:
@@ -72,6 +81,7 @@ def create_app(config: ServeConfig, loaded: LoadedModel | None = None) -> FastAP
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         scheduler.stop()
+        server.templating.shutdown(wait=False)
 
     app = FastAPI(title="personavec", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = server
@@ -158,7 +168,13 @@ def _add_routes(app: FastAPI, server: Server) -> None:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         scheduler = server.scheduler
-        return {"status": "ok", "queue": scheduler.queued, "active": scheduler.stats.active}
+        batching = "continuous" if scheduler.joins else "one sequence at a time"
+        return {
+            "status": "ok",
+            "queue": scheduler.queued,
+            "active": scheduler.stats.active,
+            "batching": batching,
+        }
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -188,7 +204,8 @@ def _add_routes(app: FastAPI, server: Server) -> None:
 def _checked_prompts(
     server: Server, body: ChatCompletionRequest | CompletionRequest, kind: Kind
 ) -> tuple[list[list[int]], int]:
-    """The request's prompt ids and ``max_tokens``, or a 4xx :class:`ApiError`."""
+    """The request's prompt ids and ``max_tokens``, or a 4xx :class:`ApiError` (run in
+    ``server.templating``, off the event loop)."""
     config, tokenizer = server.config, server.loaded.tokenizer
     if body.model not in server.model_names:
         raise ApiError(
@@ -203,6 +220,9 @@ def _checked_prompts(
             prompts = [encode_prompt(tokenizer, body.chat())]
         else:
             prompts = [[int(i) for i in tokenizer(p)["input_ids"]] for p in body.prompts]
+    except TemplateError as exc:  # e.g. the template's raise_exception('...')
+        message = f"the chat template refused the messages: {exc}".splitlines()[0]
+        raise ApiError(400, message, param="messages") from None
     except (ValueError, TypeError) as exc:
         raise ApiError(400, f"cannot render the prompt: {exc}".splitlines()[0]) from None
     if isinstance(body, CompletionRequest) and body.echo:
@@ -237,11 +257,13 @@ async def _complete(
 ) -> Response:
     """Validate, queue one job per (prompt, choice), then answer whole or as a stream."""
     config, tokenizer = server.config, server.loaded.tokenizer
-    prompts, max_tokens = _checked_prompts(server, body, kind)
+    loop = asyncio.get_running_loop()
+    check = functools.partial(_checked_prompts, server, body, kind)
+    prompts, max_tokens = await loop.run_in_executor(server.templating, check)
     interventions = server.vectors.interventions(body.steering)
     readout = server.vectors.readout(body.monitor_items(), body.guard)
     seed = body.seed if body.seed is not None else secrets.randbits(62)
-    loop = asyncio.get_running_loop()
+    setting = _describe_setting(body, interventions)
     events: asyncio.Queue[tuple[int, JobEvent]] = asyncio.Queue()
     jobs = [
         Job(
@@ -255,6 +277,7 @@ async def _complete(
             stops=body.stops,
             logprobs=body.logprob_count,
             report=functools.partial(_deliver, loop, events, p * body.n + k),
+            setting=setting,
         )
         for p, ids in enumerate(prompts)
         for k in range(body.n)
@@ -272,6 +295,27 @@ async def _complete(
         )
     choices = await _collect(request, events, jobs, deadline)
     return JSONResponse(builder.response(choices))
+
+
+def _describe_setting(
+    body: ChatCompletionRequest | CompletionRequest, interventions: list[Intervention]
+) -> str:
+    """The request's steering and guards in one phrase (``""`` without either), e.g.
+    ``steering [evil] (add 1e+30·v at layer 15)``."""
+    parts = []
+    if body.steering:
+        names = ", ".join(item.vector for item in body.steering)
+        changes = ", ".join(
+            (f"add {i.coef:g}·v" if i.op == "add" else i.op) + f" at layer {i.layer}"
+            for i in interventions
+        )
+        parts.append(f"steering [{names}] ({changes})")
+    if body.guard:
+        guards = ", ".join(
+            f"{g.vector}" + ("" if g.coef is None else f" coef {g.coef:g}") for g in body.guard
+        )
+        parts.append(f"guard [{guards}]")
+    return " and ".join(parts)
 
 
 def _deliver(

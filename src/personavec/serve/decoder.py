@@ -4,18 +4,22 @@ A :class:`Decoder` holds the running rows, their KV cache (transformers ``Dynami
 ``[batch, heads, seq, head_dim]`` per layer) and their attention mask ``[batch, seq]``. New jobs
 are prefilled together in their own left-padded forward pass, then merged into the running batch
 by left-padding the shorter cache (padding is masked, as in any left-padded batch); finished
-rows are dropped from the cache at once, and columns that only hold padding are trimmed.
+rows are dropped from the cache at once, and columns that only hold padding are trimmed. Merging
+and trimming need a plain dynamic cache: for a model with sliding-window or linear-attention
+layers (:func:`joins_batches` is False, checked once at start-up) the scheduler decodes one
+sequence at a time instead.
 
-Each forward pass installs that pass's hooks from the one hook runtime: every job's steering with
-``rows=(i,)`` for its current row ``i``, and one :class:`TokenMonitor` over the union of the
-monitored vectors (guards are its conditional rules, also per row). Position ids count each row's
-real tokens, as ``generate`` does, so a row is decoded exactly as it would be alone (greedy:
-``argmax`` of the same logits; sampling: the job's own :class:`GumbelSampler` stream).
+The rows' hooks (:class:`~personavec.serve.hooks.BatchHooks`: every job's steering with
+``rows=(i,)`` for its row ``i``, one monitor over the union of the monitored vectors, guards per
+row) are installed once per batch membership and reused by every step until a row joins or
+leaves. Position ids count each row's real tokens, as ``generate`` does, so a row is decoded
+exactly as it would be alone (greedy: ``argmax`` of the same logits; sampling: the job's own
+:class:`GumbelSampler` stream). A row whose activations or logits are not finite fails alone
+(its request gets a 400 naming its setting); the other rows go on.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import inspect
 from collections.abc import Sequence
@@ -23,20 +27,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
+from transformers import DynamicCache, PretrainedConfig
 from transformers.cache_utils import DynamicLayer
 
 from personavec.core.models import LoadedModel
 from personavec.core.padding import left_pad
-from personavec.core.steering import Intervention, steer
-from personavec.engines.generation import GumbelSampler, context_length
+from personavec.engines.limits import context_length
+from personavec.engines.sampling import GumbelSampler
 from personavec.errors import PersonavecError
-from personavec.monitor.monitor import ConditionalSteering, MonitorSpec, TokenMonitor
-from personavec.monitor.specs import Reading
-from personavec.serve.jobs import Job
+from personavec.serve.hooks import BatchHooks
+from personavec.serve.jobs import Failed, Job
 from personavec.serve.rows import RowState
-
-_HookPlan = tuple[list[Intervention], list[MonitorSpec], list[ConditionalSteering]]
 
 
 @dataclasses.dataclass
@@ -46,6 +47,13 @@ class _Live:
     state: RowState
     sampler: GumbelSampler | None
     next_token: int = -1
+
+
+def joins_batches(config: PretrainedConfig) -> bool:
+    """True when the model's KV cache is a plain dynamic cache, so rows can join and leave a
+    running batch; False for sliding-window or linear-attention layers (Gemma 2/3, Mistral with
+    a window, hybrid models)."""
+    return _plain(DynamicCache(config=config).layers)
 
 
 class Decoder:
@@ -60,7 +68,8 @@ class Decoder:
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None  # long [batch, seq] over the cache + next token
         self.steps = 0
-        self._plan: tuple[list[_Live], _HookPlan] | None = None
+        self.installs = 0  # hook installations (one per batch membership)
+        self._hooks: BatchHooks | None = None
         # transformers 5.2x renamed the forward's `past_key_values` to `cache` (old name deprecated)
         forward = inspect.signature(type(loaded.model).forward).parameters
         self._cache_kwarg = "cache" if "cache" in forward else "past_key_values"
@@ -80,6 +89,8 @@ class Decoder:
         logits = self._forward(rows, ids.to(device), mask.to(device), positions.to(device), cache)
         self._choose(rows, logits)
         self._merge(rows, cache, mask.to(device))
+        if not self.live:
+            self.release()
 
     def step(self) -> None:
         """One decoding step for every running row."""
@@ -99,6 +110,13 @@ class Decoder:
         for row in self.live:
             row.state.close()
         self._drop_finished()
+        self.release()
+
+    def release(self) -> None:
+        """Remove the installed hooks (the model is left as it was); idempotent."""
+        if self._hooks is not None:
+            self._hooks.remove()
+            self._hooks = None
 
     # ---- internals ------------------------------------------------------------------------
     def _forward(
@@ -109,17 +127,11 @@ class Decoder:
         positions: torch.Tensor,
         cache: DynamicCache,
     ) -> torch.Tensor:
-        """Logits ``[batch, vocab]`` (float32) of the last position, with every row's hooks."""
-        model = self.loaded.model
-        interventions, specs, guards = self._hook_plan(rows)
-        monitor = None
-        with contextlib.ExitStack() as stack, torch.no_grad():
-            if interventions:
-                stack.enter_context(steer(model, interventions))
-            if specs:
-                monitor = TokenMonitor(model, specs, conditional=guards, stop_ids=())
-                stack.enter_context(monitor)
-            out = model(
+        """Logits ``[batch, vocab]`` (float32) of the last position, with every row's hooks;
+        rows whose activations or logits are not finite are failed (and leave the batch)."""
+        hooks = self._install([row.state.job for row in rows])
+        with torch.no_grad():
+            out = self.loaded.model(
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=positions,
@@ -128,41 +140,31 @@ class Decoder:
                 logits_to_keep=1,
             )
         self.steps += 1
+        logits = out.logits[:, -1, :].float()
+        finite = hooks.finite(logits)
         for index, row in enumerate(rows):
-            readings: list[Reading] = monitor.readings[index] if monitor else []
-            steered: list[int] = monitor.steered[index] if monitor else []
-            row.state.add_readings(readings, steered)
-        return out.logits[:, -1, :].float()
+            if not finite[index]:
+                row.state.fail(_non_finite(row.state.job))
+                continue
+            row.state.add_readings(*hooks.take(index))
+        return logits
 
-    def _hook_plan(self, rows: Sequence[_Live]) -> _HookPlan:
-        """Every row's steering and guards restricted to its row, and the union of monitored
-        specs; rebuilt only when the rows (or their order) change, not at every step."""
-        if self._plan is not None and _same_rows(self._plan[0], rows):
-            return self._plan[1]
-        interventions = [
-            dataclasses.replace(item, rows=(index,))
-            for index, row in enumerate(rows)
-            for item in row.state.job.interventions
-        ]
-        specs: dict[str, MonitorSpec] = {}
-        guards: list[ConditionalSteering] = []
-        for index, row in enumerate(rows):
-            readout = row.state.job.readout
-            for spec in readout.specs:
-                specs.setdefault(spec.name, spec)
-            guards += [
-                dataclasses.replace(g, spec=specs[g.spec.name], rows=(index,))
-                for g in readout.guards
-            ]
-        plan = (interventions, list(specs.values()), guards)
-        self._plan = (list(rows), plan)  # holding the rows keeps the identity check sound
-        return plan
+    def _install(self, jobs: list[Job]) -> BatchHooks:
+        """The hooks for ``jobs`` as rows ``0..``: reused while the membership is unchanged."""
+        if self._hooks is not None and self._hooks.serves(jobs):
+            return self._hooks
+        self.release()
+        self._hooks = BatchHooks(self.loaded.model, jobs)
+        self.installs += 1
+        return self._hooks
 
     def _choose(self, rows: Sequence[_Live], logits: torch.Tensor) -> None:
         """Pick each row's token (greedy or its own sampler) and hand it to the row."""
         wants_logprobs = any(r.state.job.logprobs is not None for r in rows)
         log_probs = torch.log_softmax(logits, dim=-1) if wants_logprobs else None
         for index, row in enumerate(rows):
+            if row.state.done:
+                continue  # failed in this pass
             scores = logits[index : index + 1]
             if row.sampler is not None:
                 scores = row.sampler(None, scores)  # type: ignore[arg-type]
@@ -206,7 +208,8 @@ class Decoder:
             return
         self.live = [self.live[i] for i in keep]
         if not self.live:
-            self.cache, self.mask, self._plan = None, None, None
+            self.cache, self.mask = None, None
+            self.release()
             return
         assert self.cache is not None and self.mask is not None
         index = torch.tensor(keep, device=self.mask.device)
@@ -221,8 +224,14 @@ class Decoder:
         self.mask = mask
 
 
-def _same_rows(a: Sequence[_Live], b: Sequence[_Live]) -> bool:
-    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+def _non_finite(job: Job) -> Failed:
+    """The failure of a row whose logits became NaN or inf: the request's steering or guard
+    (named) is the cause, a 400; without either it is the model's own problem, a 500."""
+    if job.setting:
+        return Failed(
+            f"{job.setting} made the activations NaN or inf; use a smaller coefficient", 400
+        )
+    return Failed("the model's activations became NaN or inf on this prompt", 500)
 
 
 def _sampler(job: Job) -> GumbelSampler | None:
@@ -234,9 +243,13 @@ def _sampler(job: Job) -> GumbelSampler | None:
 def _kv_layers(cache: DynamicCache) -> list[Any]:
     """The cache's layers, each holding ``keys`` / ``values`` ``[batch, heads, seq, dim]``."""
     layers = list(cache.layers)
-    if not all(isinstance(layer, DynamicLayer) for layer in layers):
-        raise PersonavecError(
-            "the server's continuous batching needs a plain dynamic KV cache (no sliding-window "
-            "or linear-attention layers); serve a model with full attention"
+    if not _plain(layers):
+        raise PersonavecError(  # the scheduler decodes such models one sequence at a time
+            "the server's continuous batching needs a plain dynamic KV cache"
         )
     return layers
+
+
+def _plain(layers: Sequence[Any]) -> bool:
+    # exactly DynamicLayer: its sliding-window subclass keeps only the window's last tokens
+    return all(type(layer) is DynamicLayer for layer in layers)

@@ -69,6 +69,8 @@ class Job:
         readout: what to monitor and guard.
         stops: stop strings (excluded from the answer).
         logprobs: ``None`` or how many alternatives per token.
+        setting: the request's steering and guards in words (``""``: none), named when the row's
+            activations become NaN or inf.
         report: receives the events, from the scheduler's thread.
         cancelled: set to stop decoding at the next step (a client that went away, a timeout).
         started: set once the job reported its first event.
@@ -84,6 +86,7 @@ class Job:
     stops: list[str]
     logprobs: int | None
     report: Callable[[JobEvent], None]
+    setting: str = ""
     cancelled: threading.Event = field(default_factory=threading.Event)
     started: bool = False
 

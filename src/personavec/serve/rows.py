@@ -9,6 +9,12 @@ Readings: the monitor reads a token when it is fed back to the model, one step a
 chosen. A monitored row that ends on ``max_tokens`` or a stop string therefore stays for one
 extra step, whose token is discarded, so that its last answer token has a reading too; tokens are
 never changed by this (a row's earlier tokens do not depend on later steps).
+
+Text: the answer is detokenized incrementally, each step decoding only the tokens since the last
+complete character with one earlier chunk as context (so a tokenizer's leading-space rules see
+what they would see in the whole answer), not the whole answer again. Tokens that end inside a
+multi-byte character add no text until a later token completes it; at the end, whatever is
+pending is decoded as it stands, so the text equals the whole answer decoded at once.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from personavec.monitor.specs import Reading
-from personavec.serve.jobs import Finished, Job, Started, TokenEvent
+from personavec.serve.jobs import Failed, Finished, Job, Started, TokenEvent
 
 
 class RowState:
@@ -33,7 +39,9 @@ class RowState:
         self.tokens: list[int] = []
         self.text = ""  # the decoded answer so far
         self.ends: list[int] = []  # length of the decoded answer after each token
-        self.partial: list[bool] = []  # the decode after this token ends in a split character
+        self.partial: list[bool] = []  # this token's text waits for a later token
+        self._context = 0  # first token of the context the next decode starts from
+        self._decoded = 0  # tokens whose text is in self.text
         self.logprobs: list[tuple[float, list[tuple[int, float]]]] = []
         self.readings: list[Reading] = []  # prompt tokens, then fed answer tokens
         self.guarded: set[int] = set()  # positions the guard changed
@@ -70,6 +78,12 @@ class RowState:
             else:
                 self._emit(final=False)
 
+    def fail(self, failure: Failed) -> None:
+        """End the row now with ``failure`` (its request gets that error)."""
+        if not self.done:
+            self.job.report(failure)
+        self.done = True
+
     def close(self) -> None:
         """End the row now (e.g. the context is full)."""
         if not self.done and not self.job.cancelled.is_set():
@@ -87,10 +101,10 @@ class RowState:
                 list(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top else []
             )
             self.logprobs.append((float(log_probs[token]), alternatives))
-        text = str(self.tokenizer.decode(self.tokens, skip_special_tokens=True))
-        self.text = text
+        complete = self._decode(final=False)
+        text = self.text
         self.ends.append(len(text))
-        self.partial.append(text.endswith("\ufffd"))
+        self.partial.append(not complete)
         if job.stops:
             previous = self.ends[-2] if len(self.ends) > 1 else 0
             start = max(0, previous - max(len(s) for s in job.stops) + 1)
@@ -101,7 +115,29 @@ class RowState:
         if len(self.tokens) >= job.max_tokens:
             self.reason = "length"
 
+    def _decode(self, *, final: bool) -> bool:
+        """Append the text of the tokens not decoded yet to :attr:`text`; False (and nothing
+        appended) when they end inside a character and ``final`` is False."""
+        if self._decoded == len(self.tokens):
+            return True
+
+        def decode(ids: list[int]) -> str:
+            return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+        before = decode(self.tokens[self._context : self._decoded])
+        after = decode(self.tokens[self._context :])
+        if after.endswith("\ufffd") and not final:
+            return False
+        if after.startswith(before):
+            self.text += after[len(before) :]
+        else:  # the context changed how it decodes: decode the whole answer once
+            self.text = decode(self.tokens)
+        self._context, self._decoded = self._decoded, len(self.tokens)
+        return True
+
     def _finish(self) -> None:
+        if self.cut is None and self._decode(final=True) and self.ends:
+            self.ends[-1] = len(self.text)
         self._emit(final=True)
         guarded = None
         if self.job.readout.guards:

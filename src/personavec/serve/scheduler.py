@@ -6,6 +6,10 @@ decoding, queued jobs are prefilled and merged into the running batch before the
 to ``max_batch`` rows. Each row has its own steering (its interventions apply to its row only),
 sampling, monitor specs and guards, so a greedy job gets exactly the tokens it gets alone. A
 cancelled job leaves the batch at the next step, and one waiting in the queue never starts.
+
+A model whose KV cache cannot be merged (sliding-window or linear-attention layers; checked once
+here, at start-up) is served one sequence at a time: each job is decoded alone, to its end,
+before the next starts; :attr:`Scheduler.notice` says so in one line.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 from personavec.core.models import LoadedModel
 from personavec.engines.generation import HFEngine
 from personavec.errors import PersonavecError
-from personavec.serve.decoder import Decoder
+from personavec.serve.decoder import Decoder, joins_batches
 from personavec.serve.jobs import Failed, Job
 from personavec.serve.schemas import ApiError
 
@@ -55,6 +59,14 @@ class Scheduler:
         self.max_queue = max_queue
         self.batch_wait_s = batch_wait_ms / 1000
         self.stats = SchedulerStats()
+        self.joins = joins_batches(loaded.model.config)
+        self.notice: str | None = None
+        if not self.joins:
+            self.notice = (
+                f"{loaded.model_id} has sliding-window or linear-attention layers, whose KV "
+                "cache cannot be batched continuously; serving one sequence at a time"
+            )
+            log.warning(self.notice)
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
         self._stopped = False
@@ -101,8 +113,11 @@ class Scheduler:
                     decoder.step()
                 except Exception as exc:  # a failing step fails the rows in it, not the server
                     for row in decoder.live:
-                        row.state.job.report(_failure(exc))
+                        row.state.fail(_failure(exc))
+                    decoder.release()
                     decoder = Decoder(self.loaded, self.engine.stop_ids, self.engine.pad_id)
+            if not decoder.size:
+                decoder.release()  # idle: the model carries no hooks between requests
             self.stats.active = decoder.size
             self.stats.steps = decoder.steps
 
@@ -126,20 +141,21 @@ class Scheduler:
 
     def _take(self, running: int) -> list[Job] | None:
         """Queued jobs to admit now (None: stop). With nothing running, wait for work, then give
-        late arrivals ``batch_wait_ms`` to join; otherwise take what is queued without waiting."""
+        late arrivals ``batch_wait_ms`` to join; otherwise take what is queued without waiting.
+        A model that cannot join batches takes one job, and only when nothing runs."""
+        room = self.max_batch - running if self.joins else int(running == 0)
         with self._cond:
             if running == 0:
                 while not self._queue and not self._stopped:
                     self._cond.wait()
                 deadline = time.monotonic() + self.batch_wait_s
-                while len(self._queue) < self.max_batch and not self._stopped:
+                while len(self._queue) < room and not self._stopped:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
                     self._cond.wait(left)
             if self._stopped:
                 return None
-            room = self.max_batch - running
             taken: list[Job] = []
             while self._queue and len(taken) < room:
                 job = self._queue.popleft()

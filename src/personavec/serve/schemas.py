@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from personavec.core.models import Message
 
@@ -53,6 +54,20 @@ class SteeringItem(_Strict):
     mode: Literal["stack", "incremental"] = "stack"
     threshold: float | str | None = None
     bound: Literal["max", "min"] = "max"
+
+    @model_validator(mode="after")
+    def _fields_fit_the_op(self) -> SteeringItem:
+        """Refuse a field the operator does not use (it would be dropped without a word)."""
+        unused = {"add": ("threshold", "bound"), "ablate": ("coef", "unit", "threshold", "bound")}
+        unused["cap"] = ("coef", "unit")
+        for name in unused[self.op]:
+            if name in self.model_fields_set and getattr(self, name) is not None:
+                raise PydanticCustomError(
+                    "unused_field",
+                    "{name} does not apply to op {op!r}; leave it out",
+                    {"name": name, "op": self.op},
+                )
+        return self
 
 
 class MonitorItem(_Strict):
@@ -175,14 +190,19 @@ class CompletionRequest(_Common):
 
 def parse_body(raw: bytes, model: type[RequestT]) -> RequestT:
     """Validate a JSON body; any problem becomes a 400 :class:`ApiError` with one line."""
+    too_deep = ApiError(400, "the body is nested too deeply; send a flatter JSON object")
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, f"the body is not valid JSON ({exc}); send a JSON object") from None
+    except RecursionError:
+        raise too_deep from None
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object")
     try:
         return model.model_validate(data)
+    except RecursionError:
+        raise too_deep from None
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
