@@ -372,3 +372,18 @@ def test_guard_output_that_is_not_finite_stops_the_pass(tiny_model_factory) -> N
         lm.model(**enc)
     for module in lm.model.modules():
         assert not module._forward_hooks and not module._forward_pre_hooks
+
+
+def test_guard_with_coefficient_zero_changes_nothing(tiny_model_factory) -> None:
+    """``coef`` 0 is a valid guard (the server accepts it): it fires but adds nothing."""
+    lm = tiny_model_factory("llama", n_layers=2, seed=3)
+    spec = MonitorSpec("t", 1, random_rows(lm, seed=4)[1])
+    enc = left_padded(lm)
+    with torch.no_grad():
+        plain = lm.model(**enc).logits
+        with TokenMonitor(lm.model, spec, conditional=[ConditionalSteering(spec, -1e9, 0.0)]):
+            guarded = lm.model(**enc).logits
+        with steer(lm.model, ConditionalSteering(spec, -1e9, 0.0).intervention()):
+            by_table = lm.model(**enc).logits
+    torch.testing.assert_close(guarded, plain, rtol=0, atol=0)
+    torch.testing.assert_close(by_table, plain, rtol=0, atol=0)

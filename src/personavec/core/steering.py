@@ -144,7 +144,9 @@ class Intervention:
             raise SteeringError(f"steering vector must be 1-D [hidden], got {shape}")
         if not torch.isfinite(self.vector).all():
             raise SteeringError("steering vector contains NaN or inf; check the vector file")
-        if self.op != "add" and float(self.vector.norm()) == 0.0:
+        # A guard of coefficient 0 never changes anything (its prepared ``coef · v`` is zero).
+        inert = self.op == "add" or (self.op == "guard" and self.coef == 0)
+        if not inert and float(self.vector.norm()) == 0.0:
             raise SteeringError(f"cannot {self.op} along a zero vector at layer {self.layer}")
 
 
