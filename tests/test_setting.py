@@ -299,3 +299,27 @@ def test_cap_passes_threshold_and_bound_to_the_intervention() -> None:
     (item,) = setting.interventions()
     assert (item.layer, item.op, item.threshold, item.bound) == (2, "cap", 1.5, "min")  # type: ignore[attr-defined]
     torch.testing.assert_close(item.vector, make_vector().at(2))
+
+
+def test_one_validation_for_settings_and_interventions() -> None:
+    """The setting and the low-level intervention share one validation (and one ``Bound``):
+    the same bad field gives the same one-line message from both."""
+    from personavec.core import setting as setting_module
+    from personavec.core import steering as steering_module
+    from personavec.core.steering import Intervention
+
+    assert setting_module.Bound is steering_module.Bound
+    pv = make_vector()
+    for fields in (
+        {"positions": "middle"},
+        {"coef": float("nan")},
+        {"op": "cap", "bound": "middle", "threshold": 1.0},
+        {"op": "cap"},
+        {"op": "cap", "threshold": float("inf")},
+        {"threshold": 2.0},
+    ):
+        with pytest.raises(SteeringError) as from_setting:
+            SteeringSetting(pv, (2,), **{"coef": 1.0, **fields})  # type: ignore[arg-type]
+        with pytest.raises(SteeringError) as from_item:
+            Intervention(2, pv.at(2), **{"coef": 1.0, **fields})  # type: ignore[arg-type]
+        assert str(from_setting.value) == str(from_item.value), fields
