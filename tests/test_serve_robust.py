@@ -90,8 +90,8 @@ def test_rows_that_go_non_finite_fail_alone_and_the_others_equal_their_solo_answ
     server: tuple[str, Any], tiny: LoadedModel
 ) -> None:
     """Four requests share one batch: two good ones, one whose steering overflows the residual
-    at once (prefill) and one whose guard fires only at a generated token (a decoding step),
-    with a change that overflows the residual there. Each bad one gets a 400 naming its
+    at once (prefill) and one whose guards fire only at a generated token (a decoding step),
+    with a change that overflows to infinity there. Each bad one gets a 400 naming its
     setting; the good ones get the answer they get alone."""
     url, app = server
     model = tiny.model_id
@@ -107,7 +107,8 @@ def test_rows_that_go_non_finite_fail_alone_and_the_others_equal_their_solo_answ
     }
     bad: dict[str, dict[str, Any]] = {
         "overflow": {"steering": [{"vector": "up", "coef": 3e38, "layer": 1}]},
-        "guard": {"guard": [{"vector": name, "threshold": threshold, "coef": 3e38}]},
+        # two rules on one vector fire together: -6e38 overflows to -inf
+        "guard": {"guard": [{"vector": name, "threshold": threshold, "coef": 3e38}] * 2},
     }
     alone = {key: ask(url, model, **body) for key, body in good.items()}
     stats = app.state.server.scheduler.stats

@@ -70,6 +70,9 @@ def serve_command(
         highlight=False,
         markup=False,
     )
+    notice = app.state.server.scheduler.notice
+    if notice:
+        console.print(f"note: {notice}", highlight=False, markup=False)
     run_server(app, host, port)
 
 

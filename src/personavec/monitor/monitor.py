@@ -100,6 +100,8 @@ class TokenMonitor:
             ``generate`` call) is written in one transaction.
         stop_ids: tokens that end a sequence (default: the model's ``eos_token_id``).
         blocks_path: dotted path to the decoder blocks, when not found automatically.
+        raise_non_finite: raise when a guarded position becomes NaN or inf (False: the caller
+            checks each row itself, as the server does, so one row's failure spares the others).
 
     Attributes:
         readings: per sequence, a list of :class:`Reading` ``(position, is_prompt, values)``.
@@ -119,8 +121,10 @@ class TokenMonitor:
         log: ReadingLog | None = None,
         stop_ids: Iterable[int] | None = None,
         blocks_path: str | None = None,
+        raise_non_finite: bool = True,
     ) -> None:
         self.model = model
+        self.raise_non_finite = raise_non_finite
         self.conditional = list(conditional)
         self.specs = _merge_specs(specs, self.conditional)
         self.on_alert = on_alert
@@ -200,7 +204,7 @@ class TokenMonitor:
     def _end_call(self, call: ForwardCall | None) -> None:
         parts, fired, broken = self._parts, self._fired, self._broken
         self._new_call(None)
-        if broken is not None and bool(broken):
+        if self.raise_non_finite and broken is not None and bool(broken):
             raise non_finite_error([rule.intervention() for rule in self.conditional])
         if call is None or not call.tracked or any(p.layer not in parts for p in self._plans):
             return

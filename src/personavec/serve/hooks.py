@@ -109,7 +109,11 @@ class BatchHooks:
         try:
             if specs:
                 self._monitor = TokenMonitor(
-                    model, list(specs.values()), conditional=guards, stop_ids=()
+                    model,
+                    list(specs.values()),
+                    conditional=guards,
+                    stop_ids=(),
+                    raise_non_finite=False,  # FiniteRows checks each row
                 )
             self._finite = FiniteRows(model)  # installed last: it sees every change
         except BaseException:
