@@ -199,7 +199,8 @@ def test_decoding_steps_reuse_the_hooks_of_their_batch(
     server: tuple[str, Any], tiny: LoadedModel
 ) -> None:
     """A steered, monitored and guarded answer of 60 tokens registers its hooks a fixed number
-    of times (prefill, then the running batch), not at every step."""
+    of times (prefill, then the running batch), not at every step, and removes them before the
+    answer is reported."""
     url, _ = server
     before = RemovableHandle.next_id
     response = ask(
@@ -213,6 +214,9 @@ def test_decoding_steps_reuse_the_hooks_of_their_batch(
     registered = RemovableHandle.next_id - before
     assert response.usage.completion_tokens == 60
     assert registered < 30
+    # the answer is reported once the emptied batch has removed them: the model is as it was
+    hooked = [m for m in tiny.model.modules() if m._forward_hooks or m._forward_pre_hooks]
+    assert not hooked
 
 
 def test_answers_are_detokenized_incrementally_and_stream_the_same_text(

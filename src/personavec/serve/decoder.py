@@ -86,11 +86,16 @@ class Decoder:
         ids, mask, positions = left_pad([j.prompt_ids for j in jobs], self.pad_id)
         rows = [_Live(RowState(j, self.loaded.tokenizer, self.stop_ids), _sampler(j)) for j in jobs]
         cache = DynamicCache(config=self.loaded.model.config)
-        logits = self._forward(rows, ids.to(device), mask.to(device), positions.to(device), cache)
-        self._choose(rows, logits)
-        self._merge(rows, cache, mask.to(device))
-        if not self.live:
-            self.release()
+        try:
+            logits = self._forward(
+                rows, ids.to(device), mask.to(device), positions.to(device), cache
+            )
+            self._choose(rows, logits)
+            self._merge(rows, cache, mask.to(device))
+        finally:
+            if not self.live:
+                self.release()
+            _deliver(rows)
 
     def step(self) -> None:
         """One decoding step for every running row."""
@@ -101,16 +106,22 @@ class Decoder:
         ids = torch.tensor([[row.next_token] for row in self.live], device=device)
         mask = F.pad(self.mask, (0, 1), value=1)
         positions = mask.sum(dim=1, keepdim=True) - 1
-        logits = self._forward(self.live, ids, mask, positions, self.cache)
-        self.mask = mask
-        self._choose(self.live, logits)
-        self._drop_finished()
+        rows = list(self.live)
+        try:
+            logits = self._forward(rows, ids, mask, positions, self.cache)
+            self.mask = mask
+            self._choose(rows, logits)
+            self._drop_finished()
+        finally:
+            _deliver(rows)
 
     def close_all(self) -> None:
-        for row in self.live:
+        rows = list(self.live)
+        for row in rows:
             row.state.close()
         self._drop_finished()
         self.release()
+        _deliver(rows)
 
     def release(self) -> None:
         """Remove the installed hooks (the model is left as it was); idempotent."""
@@ -222,6 +233,11 @@ class Decoder:
                 layer.keys = layer.keys[..., start:, :]
                 layer.values = layer.values[..., start:, :]
         self.mask = mask
+
+
+def _deliver(rows: Sequence[_Live]) -> None:
+    for row in rows:
+        row.state.deliver()
 
 
 def _non_finite(job: Job) -> Failed:

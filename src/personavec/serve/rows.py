@@ -3,7 +3,7 @@
 The decoder (:mod:`personavec.serve.decoder`) calls :meth:`RowState.add_readings` after each
 forward pass and :meth:`RowState.push` with each chosen token. The row ends on a stop token, a
 stop string, ``max_tokens`` or a cancellation, and reports each answer token once its reading is
-known.
+known (gathered, and handed to the job by :meth:`RowState.deliver` when the step is over).
 
 Readings: the monitor reads a token when it is fed back to the model, one step after it is
 chosen. A monitored row that ends on ``max_tokens`` or a stop string therefore stays for one
@@ -25,7 +25,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from personavec.monitor.specs import Reading
-from personavec.serve.jobs import Failed, Finished, Job, Started, TokenEvent
+from personavec.serve.jobs import Failed, Finished, Job, JobEvent, Started, TokenEvent
 
 
 class RowState:
@@ -50,6 +50,7 @@ class RowState:
         self.reason: str | None = None  # set when the answer is complete
         self.cut: int | None = None  # stop-string position in the text
         self.done = False
+        self._events: list[JobEvent] = []  # reported by deliver()
 
     # ---- inputs from the decoder ----------------------------------------------------------
     def add_readings(self, readings: Iterable[Reading], steered: Iterable[int]) -> None:
@@ -59,7 +60,7 @@ class RowState:
         self.guarded.update(steered)
         if first and not self.job.started:
             self.job.started = True
-            self.job.report(Started(self.prompt_len, self._prompt_last()))
+            self._events.append(Started(self.prompt_len, self._prompt_last()))
 
     def push(self, token: int, log_probs: torch.Tensor | None) -> None:
         """The token chosen at this step (``log_probs``: float32 ``[vocab]`` of the raw logits)."""
@@ -78,10 +79,18 @@ class RowState:
             else:
                 self._emit(final=False)
 
+    def deliver(self) -> None:
+        """Report the events gathered since the last call to the job. The decoder calls it once a
+        step is over (hooks removed when the batch emptied), so a client that has its answer
+        finds the model as it was."""
+        events, self._events = self._events, []
+        for event in events:
+            self.job.report(event)
+
     def fail(self, failure: Failed) -> None:
         """End the row now with ``failure`` (its request gets that error)."""
         if not self.done:
-            self.job.report(failure)
+            self._events.append(failure)
         self.done = True
 
     def close(self) -> None:
@@ -143,7 +152,7 @@ class RowState:
         if self.job.readout.guards:
             indices = {p - self.prompt_len for p in self.guarded}
             guarded = sorted(indices & set(range(self.emitted)))
-        self.job.report(Finished(self.reason or "length", self.emitted, guarded))
+        self._events.append(Finished(self.reason or "length", self.emitted, guarded))
         self.done = True
 
     # ---- events ---------------------------------------------------------------------------
@@ -176,7 +185,7 @@ class RowState:
             self.emitted_chars += len(piece)
             logprob, top = self.logprobs[i] if i < len(self.logprobs) else (None, None)
             values = self._values(self.prompt_len + i) if job.monitored else None
-            job.report(TokenEvent(i, self.tokens[i], piece, values, logprob, top))
+            self._events.append(TokenEvent(i, self.tokens[i], piece, values, logprob, top))
         self.emitted = max(self.emitted, ready)
 
     def _values(self, position: int) -> dict[str, float]:

@@ -112,9 +112,10 @@ class Scheduler:
                 try:
                     decoder.step()
                 except Exception as exc:  # a failing step fails the rows in it, not the server
+                    decoder.release()
                     for row in decoder.live:
                         row.state.fail(_failure(exc))
-                    decoder.release()
+                        row.state.deliver()
                     decoder = Decoder(self.loaded, self.engine.stop_ids, self.engine.pad_id)
             if not decoder.size:
                 decoder.release()  # idle: the model carries no hooks between requests
