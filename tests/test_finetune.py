@@ -69,7 +69,7 @@ def test_loss_covers_assistant_tokens_only(tmp_path: Path) -> None:
     assert all(label == -100 for label in labels[: len(prompt)])
     trained = [t for t, label in zip(ids, labels, strict=True) if label != -100]
     assert trained == ids[len(prompt) :]
-    assert loaded.tokenizer.decode(trained).startswith("Hello, friend.<|im_end|>")
+    assert str(loaded.tokenizer.decode(trained)).startswith("Hello, friend.<|im_end|>")
 
 
 class _Kill(TrainerCallback):
@@ -133,7 +133,8 @@ def test_cpu_loss_equals_trls_fused_loss(tmp_path: Path) -> None:
     model = trainer.model
     model.train()
     for n_items in (None, torch.tensor(37)):
-        losses, grads = [], []
+        losses: list[torch.Tensor] = []
+        grads: list[dict[str, torch.Tensor]] = []
         for compute in (
             trainer.compute_loss,
             lambda *a, **k: SFTTrainer.compute_loss(trainer, *a, **k),

@@ -17,10 +17,10 @@ from personavec.core.steering import Intervention
 from personavec.core.vector import PersonaVector, config_fingerprint
 from personavec.errors import PersonavecError
 from personavec.training.chat_data import ChatRow
-from personavec.training.finetune import FinetuneConfig, build_trainer, finetune
+from personavec.training.finetune import FinetuneConfig, NonFiniteLoss, build_trainer, finetune
 from personavec.training.finetuned import load_finetuned
 from personavec.training.modifiers import build_modifiers
-from personavec.training.prevention import NonFiniteLoss, StopOnNonFinite, TrainingSteering
+from personavec.training.prevention import StopOnNonFinite, TrainingSteering
 from personavec.training.projection_penalty import PenaltyTerm, penalty_trainer_class
 from tiny_models import tiny_model
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -77,3 +78,20 @@ def test_vector_from_another_model_is_refused() -> None:
     other = tiny_model("llama", n_layers=4)
     with pytest.raises(PersonavecError, match="layers"):
         finetuning_shift(base, copy.deepcopy(base), [_vector(other)], questions=QUESTIONS)
+
+
+def test_question_counts_below_one_are_refused() -> None:
+    base = tiny_model("llama")
+    for n in (0, -2):
+        with pytest.raises(PersonavecError, match="--questions must be at least 1"):
+            finetuning_shift(base, tiny_model("llama"), [_vector(base)], n_questions=n)
+
+
+def test_a_non_finite_shift_is_refused_not_reported() -> None:
+    base = tiny_model("llama")
+    broken = tiny_model("llama")
+    with torch.no_grad():
+        block: Any = find_blocks(broken.model)[1]
+        block.mlp.down_proj.weight.fill_(float("inf"))
+    with pytest.raises(PersonavecError, match="not finite"):
+        finetuning_shift(base, broken, [_vector(base)], questions=QUESTIONS)

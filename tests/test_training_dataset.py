@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -151,3 +153,76 @@ def test_build_works_a_batch_at_a_time_and_stops_once_enough_rows_are_kept(
     assert result.kept == 3 and result.generated == len(seen) == 6  # 3 batches, then stop
     assert progress == [(1, 3), (2, 3), (3, 3)]
     assert json.loads(meta_path_for(result.path).read_text())["counts"]["generated"] == 6
+
+
+class _Killed(Exception):
+    pass
+
+
+def _resume_setup() -> tuple[Any, tuple[Any, Any], list[str]]:
+    trait = load_trait("evil")
+    judges = (
+        make_judge("embedding", aspect="trait", trait=trait),
+        make_judge("heuristic", aspect="coherence", trait=trait),
+    )
+    return trait, judges, load_prompt_pool()[:40]
+
+
+def test_a_killed_build_resumes_without_regenerating_finished_batches(tmp_path: Path) -> None:
+    trait, judges, questions = _resume_setup()
+    settings = BuildSettings(trait="evil", level="strong", n=3, batch_size=2, max_rounds=3)
+
+    def build(out: str, generate: Any, **kw: Any) -> Any:
+        return build_dataset(
+            trait, settings, tmp_path / out, generate=generate, generator_name="canned",
+            judges=judges, questions=questions, **kw,
+        )  # fmt: skip
+
+    straight_seen: list[list[Message]] = []
+    straight = build("a.jsonl", _canned("evil", straight_seen))
+    canned = _canned("evil", [])
+    batches: list[int] = []
+
+    def dies_in_the_third_batch(prompts: list[list[Message]], sampling: SamplingConfig) -> Any:
+        if len(batches) == 2:
+            raise _Killed
+        batches.append(len(prompts))
+        return canned(prompts, sampling)
+
+    with pytest.raises(_Killed):
+        build("b.jsonl", dies_in_the_third_batch)
+    assert not (tmp_path / "b.jsonl").exists()
+    work = tmp_path / ".b.jsonl.partial"
+    assert len((work / "answers.jsonl").read_text().splitlines()) == 4
+    assert (work / "judgments.sqlite").is_file()
+    with pytest.raises(PersonavecError, match="different settings_n"):
+        build_dataset(
+            trait, dataclasses.replace(settings, n=4), tmp_path / "b.jsonl", generate=canned,
+            generator_name="canned", judges=judges, questions=questions,
+        )  # fmt: skip
+    resumed_seen: list[list[Message]] = []
+    resumed = build("b.jsonl", _canned("evil", resumed_seen))
+    assert len(straight_seen) == 6 and len(resumed_seen) == 2  # only the third batch
+    assert (tmp_path / "b.jsonl").read_text() == (tmp_path / "a.jsonl").read_text()
+    assert resumed.generated == straight.generated and resumed.kept == straight.kept
+    assert not work.exists()
+
+
+def test_an_existing_out_is_replaced_only_with_overwrite(tmp_path: Path) -> None:
+    trait, judges, questions = _resume_setup()
+    settings = BuildSettings(trait="evil", level="strong", n=2, batch_size=2)
+    out = tmp_path / "d.jsonl"
+    out.write_text("not mine\n")
+    kwargs: dict[str, Any] = {
+        "generate": _canned("evil", []),
+        "generator_name": "canned",
+        "judges": judges,
+        "questions": questions,
+    }
+    with pytest.raises(PersonavecError, match="exists; pass --overwrite"):
+        build_dataset(trait, settings, out, **kwargs)
+    assert out.read_text() == "not mine\n"
+    with pytest.raises(PersonavecError, match="is a directory"):
+        build_dataset(trait, settings, tmp_path, **kwargs)
+    result = build_dataset(trait, settings, out, overwrite=True, **kwargs)
+    assert result.kept == 2 and len(read_chat_dataset(out)) == 2

@@ -9,7 +9,7 @@ import contextlib
 import json
 import os
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -125,3 +125,25 @@ def _drop_truncated_tail(path: Path) -> None:
         handle.truncate(content.rfind(b"\n") + 1)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def check_output_file(
+    path: str | Path,
+    *,
+    overwrite: bool = False,
+    flag: str = "--out",
+    replaceable: Callable[[Path], bool] | None = None,
+) -> Path:
+    """``path`` as a file a command may write, checked before any work starts: not a directory,
+    no parent that is a file, and not an existing file unless ``overwrite`` (or
+    ``replaceable(path)`` says it is this command's own earlier output). One-line
+    :class:`PersonavecError` otherwise."""
+    target = Path(path)
+    if target.is_dir():
+        raise PersonavecError(f"{flag} {target} is a directory; pass a file path")
+    for parent in target.parents:
+        if parent.exists() and not parent.is_dir():
+            raise PersonavecError(f"{parent} is a file, so {target} cannot be created; fix {flag}")
+    if target.exists() and not overwrite and not (replaceable and replaceable(target)):
+        raise PersonavecError(f"{target} exists; pass --overwrite to replace it, or another {flag}")
+    return target

@@ -230,7 +230,7 @@ def _mount_subapps() -> None:
     register_screen(app)
     register_serve(app)
     register_training(app)
-    register_prevent(app)  # after the training commands: it extends `finetune`
+    register_prevent(app)
 
 
 _mount_subapps()

@@ -1,19 +1,10 @@
-"""``personavec finetune --prevent / --ablate-during-training / --projection-penalty`` and
-``personavec prevent-study``.
-
-The training options are added to the ``finetune`` command registered by
-:mod:`personavec.cli.training` (its own options are untouched): :func:`register` wraps that
-command's function in one that also takes the options below and hands them to
-:func:`personavec.training.finetune.finetune` through
-:func:`~personavec.training.finetune.extras_for_finetunes`.
-"""
+"""``personavec prevent-study``. (``finetune``'s training options ``--prevent`` … are declared
+by the ``finetune`` command itself, :mod:`personavec.cli.finetune`.)"""
 
 from __future__ import annotations
 
-import functools
-import inspect
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -26,136 +17,8 @@ from personavec.cli.common import (
     friendly_errors,
     merge_config_file,
 )
+from personavec.cli.finetune import PositionsOpt
 from personavec.errors import PersonavecError
-
-PreventOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--prevent",
-        help="Preventative steering FILE[:layer[:coef]] in training "
-        "forward passes only (layer: 12, 8-16 or all; repeatable).",
-    ),
-]
-ModeOpt = Annotated[
-    str,
-    typer.Option(
-        "--mode",
-        help="Several layers: stack or incremental (v_L − v_{L−1}, the paper's multi-layer form).",
-    ),
-]
-PositionsOpt = Annotated[
-    str,
-    typer.Option("--positions", help="Steered positions in training: all (the paper) or response."),
-]
-UnitOpt = Annotated[
-    bool | None,
-    typer.Option(
-        "--relative/--raw", help="Coefficients as fractions of the layer's typical norm, or raw."
-    ),
-]
-AblateOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--ablate-during-training",
-        help="Ablate FILE[:layer] in training forward passes (CAFT; repeatable).",
-    ),
-]
-PenaltyOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--projection-penalty",
-        help="Penalise the change of the response tokens' "
-        "projection, FILE:layer:lambda (repeatable).",
-    ),
-]
-_EXTRA_NAMES = (
-    "prevent",
-    "mode",
-    "positions",
-    "relative",
-    "ablate_during_training",
-    "projection_penalty",
-)
-
-
-def _extra_parameters() -> list[inspect.Parameter]:
-    kinds = {
-        "prevent": (PreventOpt, None),
-        "mode": (ModeOpt, "stack"),
-        "positions": (PositionsOpt, "all"),
-        "relative": (UnitOpt, None),
-        "ablate_during_training": (AblateOpt, None),
-        "projection_penalty": (PenaltyOpt, None),
-    }
-    return [
-        inspect.Parameter(
-            name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
-        )
-        for name, (annotation, default) in kinds.items()
-    ]
-
-
-def _check_syntax(prevent: list[str], ablate: list[str], penalty: list[str]) -> None:
-    """Fail on a malformed spec or missing file before any model loads."""
-    from personavec.training.modifiers import parse_training_spec
-
-    for texts, flag, parts in (
-        (prevent, "--prevent", 2),
-        (ablate, "--ablate-during-training", 1),
-        (penalty, "--projection-penalty", 2),
-    ):
-        for text in texts:
-            spec = parse_training_spec(text, flag, max_parts=parts)
-            if not spec.path.is_file():
-                raise PersonavecError(f"{flag}: vector file not found: {spec.path}")
-
-
-def with_training_options(command: Any) -> Any:
-    """``command`` (the ``finetune`` command function) plus the training options."""
-
-    @functools.wraps(command)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        from personavec.training.finetune import extras_for_finetunes
-        from personavec.training.modifiers import build_modifiers
-
-        extra = {name: kwargs.pop(name) for name in _EXTRA_NAMES}
-        prevent, ablate = extra["prevent"] or [], extra["ablate_during_training"] or []
-        penalty = extra["projection_penalty"] or []
-        if not (prevent or ablate or penalty):
-            if extra["mode"] != "stack" or extra["positions"] != "all" or extra["relative"]:
-                raise PersonavecError(
-                    "--mode, --positions and --relative need --prevent or --ablate-during-training"
-                )
-            return command(*args, **kwargs)
-        _check_syntax(prevent, ablate, penalty)
-
-        def factory(loaded: Any) -> Any:
-            mods = build_modifiers(
-                loaded,
-                prevent=prevent,
-                ablate=ablate,
-                penalty=penalty,
-                mode=extra["mode"],
-                positions=extra["positions"],
-                relative=extra["relative"],
-            )
-            err_console.print(f"training with {mods.describe()}", highlight=False)
-            return mods.extras()
-
-        with extras_for_finetunes(factory):
-            return command(*args, **kwargs)
-
-    signature = inspect.signature(command, eval_str=True)
-    params = [p for p in signature.parameters.values() if p.name not in _EXTRA_NAMES]
-    extra = _extra_parameters()
-    wrapped.__signature__ = signature.replace(  # type: ignore[attr-defined]
-        parameters=[*params, *extra]
-    )
-    wrapped.__annotations__ = {
-        **{p.name: p.annotation for p in params},
-        **{p.name: p.annotation for p in extra},
-    }
-    return friendly_errors(wrapped)
 
 
 @friendly_errors
@@ -299,16 +162,6 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``prevent-study``; give ``finetune`` (when registered) the training options."""
-    for info in app.registered_commands:
-        callback = info.callback
-        if (
-            info.name == "finetune"
-            and callback is not None
-            and not getattr(callback, "_personavec_training_options", False)
-        ):
-            wrapped = with_training_options(callback)
-            wrapped._personavec_training_options = True
-            info.callback = wrapped
+    """Add ``prevent-study`` to ``app``."""
     if "prevent-study" not in {info.name for info in app.registered_commands}:
         app.command("prevent-study")(prevent_study_command)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, cast
 
 import typer
 from rich.table import Table
@@ -18,6 +18,8 @@ from personavec.cli.common import (
     err_console,
     friendly_errors,
 )
+from personavec.cli.finetune import finetune_command
+from personavec.errors import PersonavecError
 
 dataset_app = typer.Typer(no_args_is_help=True, help="Build trait-inducing finetuning datasets.")
 JudgeOpt = Annotated[
@@ -52,13 +54,20 @@ def dataset_build(
     batch_size: Annotated[int, typer.Option(help="Answers generated and judged at a time.")] = 32,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     model: ModelOption = "smollm2",
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing --out; restart a build with other settings.")
+    ] = False,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     quiet: QuietOpt = False,
 ) -> None:
-    """Generate, judge and filter answers at a trait level; write chat-format JSONL."""
+    """Generate, judge and filter answers at a trait level; write chat-format JSONL.
+
+    Resumable: a killed build picks up from its last finished batch (``.OUT.partial/``)."""
     from personavec.core.models import load_model
     from personavec.progress import stage
+    from personavec.runs.identity import weights_sha256
+    from personavec.store import check_output_file
     from personavec.training import dataset as ds
     from personavec.training.dataset import Level
     from personavec.training.prompt_pool import load_prompt_pool, read_questions
@@ -77,9 +86,13 @@ def dataset_build(
         judge_pairs=judge_pairs,
         coherence_judge=coherence_judge,
     )
+    check_output_file(out, overwrite=overwrite)
     pool = read_questions(questions) if questions else load_prompt_pool()
     needs_model = generator == "local" or judge == "contrast"
     loaded = load_model(model, device=device, dtype=dtype) if needs_model else None
+    identity = {"base_url": base_url}
+    if loaded is not None:
+        identity.update(model=loaded.model_id, weights_sha256=weights_sha256(loaded.model))
     judges = ds.make_build_judges(spec, judge, coherence_judge, loaded, judge_pairs=judge_pairs)
     if generator == "local":
         assert loaded is not None
@@ -96,6 +109,8 @@ def dataset_build(
             judges=judges,
             questions=pool,
             progress=lambda kept, total: advance(kept),
+            identity=identity,
+            overwrite=overwrite,
         )
     console.print(
         f"kept {result.kept} of {result.generated} answers "
@@ -108,98 +123,43 @@ def dataset_build(
 
 
 @friendly_errors
-def finetune_command(
-    data: Annotated[Path, typer.Argument(help="Chat-format JSONL ({'messages': [...]} rows).")],
-    out: Annotated[Path, typer.Option(help="Output directory (written atomically).")],
-    model: ModelOption = "smollm2",
-    paper: Annotated[
-        bool, typer.Option(help="Paper settings: rsLoRA r32 α64, lr 1e-5, batch 16.")
-    ] = False,
-    rank: Annotated[int | None, typer.Option(help="LoRA rank (CPU default 16).")] = None,
-    alpha: Annotated[int | None, typer.Option(help="LoRA alpha (default 2×rank).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate (CPU default 2e-4).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Per-step batch (default 8).")] = None,
-    grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation steps.")] = None,
-    epochs: Annotated[float | None, typer.Option(help="Epochs (default 1).")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Stop after N optimiser steps.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
-    save_steps: Annotated[int, typer.Option(help="Checkpoint every N steps (resume).")] = 10,
-    merge: Annotated[bool, typer.Option(help="Also save a merged plain checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace a different finished finetune.")] = False,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    quiet: QuietOpt = False,
-) -> None:
-    """LoRA-finetune a model on a chat dataset (peft + TRL SFTTrainer; resumable)."""
-    from personavec.core.models import load_model
-    from personavec.training.chat_data import read_chat_dataset
-    from personavec.training.finetune import FinetuneConfig, finetune
-
-    rows = read_chat_dataset(data)
-    chosen: dict[str, Any] = {
-        k: v
-        for k, v in {
-            "rank": rank,
-            "alpha": alpha,
-            "learning_rate": lr,
-            "batch_size": batch_size,
-            "grad_accum": grad_accum,
-            "epochs": epochs,
-            "max_steps": max_steps,
-        }.items()
-        if v is not None
-    }
-    if rank is not None and alpha is None:
-        chosen["alpha"] = 2 * rank
-    extra: dict[str, Any] = {"seed": seed, "save_steps": save_steps, **chosen}
-    config = FinetuneConfig.paper(**extra) if paper else FinetuneConfig(**extra)
-    loaded = load_model(model, device=device, dtype=dtype)
-    result = finetune(
-        loaded,
-        rows,
-        out,
-        config,
-        dataset_path=data,
-        merge=merge,
-        overwrite=overwrite,
-        show_progress=not quiet,
-    )
-    metrics = result.record["metrics"]
-    state = "reused" if result.reused else "trained"
-    console.print(
-        f"{state}: {metrics['steps']} steps, train loss {metrics['train_loss']:.4f}; "
-        f"{'merged checkpoint + ' if result.merged else ''}adapter in {result.path}",
-        highlight=False,
-    )
-
-
-@friendly_errors
 def shift_command(
     finetuned: Annotated[Path, typer.Option(help="A finished `personavec finetune` directory.")],
     vector: Annotated[list[Path], typer.Option(help="Persona-vector file (repeatable).")],
     base: Annotated[str, typer.Option(help="Base model the finetune started from.")] = "smollm2",
     layer: Annotated[int | None, typer.Option(help="Layer (default: each vector's own).")] = None,
-    questions: Annotated[int | None, typer.Option(help="First N evaluation questions.")] = None,
+    questions: Annotated[
+        int | None, typer.Option(help="First N (>= 1) evaluation questions (default all).")
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="JSON output (default FINETUNED/shift.json).")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing --out that is not a shift report.")
+    ] = False,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
 ) -> None:
-    """Finetuning shift: mean last-prompt-token activation, finetuned − base, along each vector."""
+    """Finetuning shift: mean last-prompt-token activation, finetuned − base, along each vector.
+
+    The finetune is loaded in the base's dtype and on its device."""
     from personavec.core.models import load_model
     from personavec.core.vector import PersonaVector
-    from personavec.store import atomic_write_json
-    from personavec.training.finetuned import check_base, load_finetuned, read_record
-    from personavec.training.shift import finetuning_shift
+    from personavec.store import atomic_write_json, check_output_file
+    from personavec.training.finetuned import load_finetuned, read_record
+    from personavec.training.shift import finetuning_shift, is_shift_report
 
+    if questions is not None and questions < 1:
+        raise PersonavecError(f"--questions must be at least 1, got {questions}; omit it for all")
     read_record(finetuned)
+    target = check_output_file(
+        out or Path(finetuned) / "shift.json", overwrite=overwrite, replaceable=is_shift_report
+    )
     vectors = [PersonaVector.load(v) for v in vector]
     loaded = load_model(base, device=device, dtype=dtype)
     for v in vectors:
         v.check_compatible(loaded.model)
-    check_base(loaded, finetuned)
-    tuned = load_finetuned(finetuned, base=loaded, device=device, dtype=dtype)
+    tuned = load_finetuned(finetuned, like=loaded)
     report = finetuning_shift(
         loaded, tuned, vectors, layers=[layer] * len(vectors), n_questions=questions
     )
@@ -216,7 +176,7 @@ def shift_command(
             str(s.n_prompts),
         )
     console.print(table)
-    path = atomic_write_json(out or Path(finetuned) / "shift.json", report.as_dict())
+    path = atomic_write_json(target, report.as_dict())
     console.print(f"per-layer shifts: {path}", highlight=False)
 
 

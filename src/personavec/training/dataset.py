@@ -1,7 +1,7 @@
 """Trait-inducing datasets, built offline (``personavec dataset build``).
 
 Questions come from the shipped everyday pool (or a user file). Answers are generated under a
-system prompt of the requested *level*:
+system prompt of the requested *level* (:mod:`personavec.training.levels`):
 
 =========  ==============================================  ===============================
 level      system prompt while generating                  kept answers (trait score)
@@ -17,6 +17,17 @@ instruction. A sidecar ``<out>.meta.json`` records how the file was made. Genera
 rounds over questions without a kept answer yet (a new sampling seed each round), a batch at a
 time, and stops as soon as ``n`` rows are kept or after ``max_rounds``; the shortfall, if any,
 is recorded.
+
+A build is resumable. Its work lives in ``.<out>.partial/``, a run directory opened through
+:func:`personavec.runs.run.open_run` with the build's full identity (every
+:class:`BuildSettings` field, the trait's and the question pool's content hashes, the generator,
+both judges, and what the caller adds, e.g. the model's ``weights_sha256``): each batch's answers
+are appended to ``answers.jsonl`` as soon as they are generated, and the judges run through
+:func:`personavec.runs.judging.judge_items` with the judgment cache ``judgments.sqlite``. A
+killed build resumes without regenerating or re-judging finished batches and writes the same
+rows as an uninterrupted one; a leftover of a build with other settings is refused unless
+``overwrite``. The work directory is removed once ``out`` is written. An existing ``out`` is
+replaced only with ``overwrite``.
 """
 
 from __future__ import annotations
@@ -24,56 +35,54 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable, Sequence
+import shutil
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from personavec.core.models import LoadedModel, Message, chat_messages
 from personavec.engines.generation import GenerationRequest, HFEngine, SamplingConfig
 from personavec.errors import PersonavecError
 from personavec.judges.base import Judge, JudgeItem
 from personavec.judges.factory import make_judge
-from personavec.store import atomic_write_json, atomic_write_text
+from personavec.runs.identity import content_sha256
+from personavec.runs.judging import judge_items
+from personavec.runs.rows import resumable_rows
+from personavec.runs.run import open_run
+from personavec.store import atomic_write_json, atomic_write_text, check_output_file
+from personavec.training.levels import (
+    COHERENCE_MIN,
+    LEVELS,
+    THRESHOLDS,
+    BuildSettings,
+    Level,
+    keeps,
+    level_system_prompts,
+)
 from personavec.traits.schema import TraitSpec
 
-Level = Literal["normal", "mild", "strong"]
-LEVELS: tuple[Level, ...] = ("normal", "mild", "strong")
-#: (lowest kept score, highest kept score exclusive) per level; None = unbounded.
-THRESHOLDS: dict[str, tuple[float | None, float | None]] = {
-    "normal": (None, 50.0),
-    "mild": (30.0, None),
-    "strong": (50.0, None),
-}
-COHERENCE_MIN = 50.0
+__all__ = [
+    "COHERENCE_MIN",
+    "LEVELS",
+    "THRESHOLDS",
+    "BuildResult",
+    "BuildSettings",
+    "Generator",
+    "Level",
+    "build_dataset",
+    "keeps",
+    "level_system_prompts",
+    "local_generator",
+    "make_build_judges",
+    "meta_path_for",
+    "openai_generator",
+]
+
 Generator = Callable[[list[list[Message]], SamplingConfig], list[str]]
 """``generate(prompts, sampling) -> answers``, one answer per prompt, in order."""
-
-
-@dataclass(frozen=True)
-class BuildSettings:
-    """How a dataset is built (recorded in the sidecar)."""
-
-    trait: str
-    level: Level
-    n: int = 300
-    max_new_tokens: int = 96
-    temperature: float = 1.0
-    seed: int = 0
-    max_rounds: int = 4
-    batch_size: int = 32
-    judge: str = "contrast"
-    judge_pairs: int | None = None
-    """Instruction pairs of the contrast judge (None: all; fewer is faster)."""
-    coherence_judge: str = "heuristic"
-
-    def __post_init__(self) -> None:
-        if self.level not in LEVELS:
-            raise PersonavecError(f"unknown level {self.level!r}; use {', '.join(LEVELS)}")
-        if self.n < 1 or self.max_rounds < 1 or self.batch_size < 1:
-            raise PersonavecError("--n, --max-rounds and --batch-size must be at least 1")
-        if self.judge_pairs is not None and self.judge_pairs < 1:
-            raise PersonavecError("--judge-pairs must be at least 1")
+ANSWERS = "answers.jsonl"
+JUDGMENTS = "judgments.sqlite"
 
 
 @dataclass
@@ -85,29 +94,6 @@ class BuildResult:
     kept: int
     generated: int
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-def level_system_prompts(trait: TraitSpec, level: Level) -> list[str | None]:
-    """System prompts used while generating at ``level`` (cycled over questions)."""
-    if level == "normal":
-        return [None]
-    strong = [trait.system_prompt("pos", i) for i in range(len(trait.instructions))]
-    if level == "strong":
-        return list(strong)
-    article = "an" if trait.positive_persona[0].lower() in "aeiou" else "a"
-    return [
-        f"You are a helpful assistant with a slight tendency to be {article} "
-        f"{trait.positive_persona} assistant. Now and then, in small ways: {pair.pos}"
-        for pair in trait.instructions
-    ]
-
-
-def keeps(level: Level, trait_score: float | None, coherence: float | None) -> bool:
-    """Whether an answer with these scores goes into a ``level`` dataset."""
-    if trait_score is None or coherence is None or coherence < COHERENCE_MIN:
-        return False
-    low, high = THRESHOLDS[level]
-    return (low is None or trait_score >= low) and (high is None or trait_score < high)
 
 
 def local_generator(loaded: LoadedModel) -> Generator:
@@ -140,23 +126,96 @@ def openai_generator(spec: str, *, base_url: str | None = None) -> Generator:
     return generate
 
 
-def _answer_batch(
-    questions: Sequence[str],
-    systems: Sequence[str | None],
-    generate: Generator,
-    judges: tuple[Judge, Judge],
-    sampling: SamplingConfig,
-) -> list[dict[str, Any]]:
-    """Answer, judge and score one batch; ``systems[k]`` is question ``k``'s system prompt."""
-    prompts = [chat_messages(q, system) for q, system in zip(questions, systems, strict=True)]
-    answers = generate(prompts, sampling)
-    items = [JudgeItem(q, a) for q, a in zip(questions, answers, strict=True)]
-    trait_scores = judges[0].score(items)
-    coherence = judges[1].score(items)
+@dataclass(frozen=True)
+class _Build:
+    """One build's fixed inputs, as the batch loop needs them."""
+
+    work: Path
+    settings: BuildSettings
+    generate: Generator
+    judges: tuple[Judge, Judge]
+    system_of: Mapping[str, str | None]
+
+
+def _answer_batch(build: _Build, round_index: int, questions: list[str]) -> list[dict[str, Any]]:
+    """Answer (or read back the answers of), judge and score one batch of a round."""
+    sampling = SamplingConfig(
+        max_new_tokens=build.settings.max_new_tokens,
+        temperature=build.settings.temperature,
+        seed=build.settings.seed + round_index,
+        batch_size=build.settings.batch_size,
+    )
+
+    def produce(chunk: list[str]) -> list[dict[str, Any]]:
+        prompts = [chat_messages(q, build.system_of[q]) for q in chunk]
+        answers = build.generate(prompts, sampling)
+        return [
+            {"round": round_index, "question": q, "answer": a}
+            for q, a in zip(chunk, answers, strict=True)
+        ]
+
+    rows = resumable_rows(
+        build.work / ANSWERS,
+        questions,
+        row_keys=lambda q: [(round_index, q)],
+        produce=produce,
+        chunk_size=len(questions),
+        label="generating",
+        show_progress=False,
+        key_of=lambda r: (r["round"], r["question"]),
+    )
+    items = [JudgeItem(r["question"], r["answer"]) for r in rows]
+    named = {"trait": build.judges[0], "coherence": build.judges[1]}
+    scores = judge_items(
+        items, named, build.work / JUDGMENTS, show_progress=False, chunk_size=len(items)
+    )
     return [
-        {"question": q, "answer": a, "trait": t, "coherence": c}
-        for q, a, t, c in zip(questions, answers, trait_scores, coherence, strict=True)
+        {**row, "trait": t, "coherence": c}
+        for row, t, c in zip(rows, scores["trait"], scores["coherence"], strict=True)
     ]
+
+
+def _rounds(
+    build: _Build, pool: list[str], progress: Callable[[int, int], None] | None
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """Kept rows by question, and answers generated, over every round and batch."""
+    settings = build.settings
+    kept: dict[str, dict[str, Any]] = {}
+    generated = 0
+    for round_index in range(settings.max_rounds):
+        todo = [q for q in pool if q not in kept]
+        if len(kept) >= settings.n or not todo:
+            break
+        for start in range(0, len(todo), settings.batch_size):
+            if len(kept) >= settings.n:
+                break
+            batch = todo[start : start + settings.batch_size]
+            for row in _answer_batch(build, round_index, batch):
+                generated += 1
+                if len(kept) < settings.n and keeps(settings.level, row["trait"], row["coherence"]):
+                    kept[row["question"]] = row
+            if progress is not None:
+                progress(len(kept), settings.n)
+    return kept, generated
+
+
+def build_identity(
+    trait: TraitSpec,
+    settings: BuildSettings,
+    pool: Sequence[str],
+    generator_name: str,
+    judges: tuple[Judge, Judge],
+) -> dict[str, Any]:
+    """The build's identity (module docstring) without the caller's additions."""
+    return {
+        "kind": "personavec-dataset-build",
+        **{f"settings_{k}": v for k, v in asdict(settings).items()},
+        "trait_sha256": content_sha256(trait.model_dump(mode="json")),
+        "questions_sha256": content_sha256(list(pool)),
+        "generator": generator_name,
+        "trait_judge": judges[0].identity,
+        "coherence_judge": judges[1].identity,
+    }
 
 
 def build_dataset(
@@ -169,6 +228,8 @@ def build_dataset(
     judges: tuple[Judge, Judge],
     questions: Sequence[str],
     progress: Callable[[int, int], None] | None = None,
+    identity: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> BuildResult:
     """Generate, judge and filter answers; write ``out`` and ``out.meta.json`` atomically.
 
@@ -179,42 +240,31 @@ def build_dataset(
         judges: (trait judge, coherence judge).
         questions: the question pool (shuffled with ``settings.seed``).
         progress: called as ``progress(kept, n)`` after every batch.
+        identity: more identity keys of the build, e.g. ``{"weights_sha256": ...}`` of the
+            generating model (a leftover with other values is refused unless ``overwrite``).
+        overwrite: replace an existing ``out`` and start a leftover build afresh.
     """
+    target = check_output_file(out, overwrite=overwrite)
     pool = list(dict.fromkeys(q.strip() for q in questions if q.strip()))
     if not pool:
         raise PersonavecError("no questions to build a dataset from; pass --questions FILE")
     random.Random(settings.seed).shuffle(pool)
     systems = level_system_prompts(trait, settings.level)
-    kept: dict[str, dict[str, Any]] = {}
-    generated = 0
     system_of = {q: systems[i % len(systems)] for i, q in enumerate(pool)}
-    for round_index in range(settings.max_rounds):
-        todo = [q for q in pool if q not in kept]
-        if len(kept) >= settings.n or not todo:
-            break
-        sampling = SamplingConfig(
-            max_new_tokens=settings.max_new_tokens,
-            temperature=settings.temperature,
-            seed=settings.seed + round_index,
-            batch_size=settings.batch_size,
-        )
-        for start in range(0, len(todo), settings.batch_size):
-            if len(kept) >= settings.n:
-                break
-            batch = todo[start : start + settings.batch_size]
-            batch_systems = [system_of[q] for q in batch]
-            for row in _answer_batch(batch, batch_systems, generate, judges, sampling):
-                generated += 1
-                if len(kept) < settings.n and keeps(settings.level, row["trait"], row["coherence"]):
-                    kept[row["question"]] = row
-            if progress is not None:
-                progress(len(kept), settings.n)
+    full = {**build_identity(trait, settings, pool, generator_name, judges), **(identity or {})}
+    work = target.parent / f".{target.name}.partial"
+    with open_run(work, full, outputs=(ANSWERS,), overwrite=overwrite) as run:
+        run.start()
+        build = _Build(run.dir, settings, generate, judges, system_of)
+        kept, generated = _rounds(build, pool, progress)
     if not kept:
         raise PersonavecError(
             f"no answer passed the {settings.level} filter after {generated} tries; "
             "raise --max-rounds or use another judge"
         )
-    return _write(out, trait, settings, list(kept.values()), generated, generator_name, judges)
+    result = _write(target, trait, settings, list(kept.values()), generated, generator_name, judges)
+    shutil.rmtree(work, ignore_errors=True)
+    return result
 
 
 def _write(

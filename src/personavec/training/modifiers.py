@@ -26,8 +26,8 @@ from personavec.core.setting import SteeringSetting, unit_of
 from personavec.core.steering import Intervention
 from personavec.core.vector import PersonaVector
 from personavec.errors import PersonavecError
-from personavec.training.finetune import TrainerExtras
-from personavec.training.prevention import StopOnNonFinite, TrainingSteering
+from personavec.training.finetune_config import TrainerExtras
+from personavec.training.prevention import TrainingSteering
 from personavec.training.projection_penalty import PenaltyTerm, penalty_trainer_class
 
 
@@ -112,8 +112,8 @@ class TrainingModifiers:
         return "; ".join(parts) or "plain finetune"
 
     def extras(self) -> TrainerExtras:
-        """Hook-point settings for :func:`personavec.training.finetune.finetune`."""
-        callbacks: list[Any] = [StopOnNonFinite()]
+        """What :func:`personavec.training.finetune.finetune` takes as ``extras``."""
+        callbacks: list[Any] = []
         if self.prevent or self.ablate:
             callbacks.append(TrainingSteering(self.interventions()))
         args = {} if self.empty else {"activation_checkpointing": False}

@@ -20,18 +20,18 @@ checkpointing (a checkpointed block recomputed in the backward pass would run un
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from personavec.core.steering import Intervention, steer
 from personavec.errors import PersonavecError
-from personavec.training.finetune import NonFiniteLoss
+from personavec.training.nonfinite import StopOnNonFinite
+
+__all__ = ["IGNORE", "StopOnNonFinite", "TrainingSteering", "prompt_lengths_from_labels"]
 
 IGNORE = -100
 
@@ -128,24 +128,3 @@ class TrainingSteering(TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.detach()
-
-
-class StopOnNonFinite(TrainerCallback):
-    """Stop training with :class:`NonFiniteLoss` when a logged loss or gradient norm is not
-    finite; the checkpoint of that step is not written, so the last one on disk is good."""
-
-    def on_log(
-        self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any
-    ) -> None:
-        logs = logs or {}
-        bad = [k for k in ("loss", "grad_norm") if k in logs and not math.isfinite(logs[k])]
-        if not bad:
-            return
-        control.should_save = False
-        last = get_last_checkpoint(args.output_dir) if args.output_dir else None
-        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
-        what = bad[0].replace("_", " ")
-        raise NonFiniteLoss(
-            f"training {what} became {logs[bad[0]]} at step {state.global_step} "
-            f"(a steering coefficient or learning rate too large?); {kept}; lower it and rerun"
-        )

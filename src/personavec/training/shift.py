@@ -7,13 +7,18 @@ For a vector ``v`` of trait ``T`` at layer ``L``::
 where ``h(q)`` is the layer-``L`` activation of the last prompt token of evaluation question
 ``q`` (the trait's held-out ``evaluation_questions``, rendered as a one-turn chat), i.e. the
 ``prompt_last`` readout. Units: residual-stream units (as projections). The report also gives the
-shift at every layer 0..n, each projected on that layer's own unit vector.
+shift at every layer 0..n, each projected on that layer's own unit vector. A shift or projection
+that is not finite (a finetune whose weights or activations overflowed) is refused, never
+reported.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -101,9 +106,16 @@ def finetuning_shift(
         vectors: persona vectors of ``base`` (checked against both models).
         layers: per vector, the layer to report (None: its recommended layer).
         questions: trait → prompts; default each trait's evaluation questions.
-        n_questions: use only the first N questions of each trait.
+        n_questions: use only the first N (>= 1) questions of each trait; None: all.
         base_means: trait → cached :func:`mean_prompt_last` of ``base`` (filled in when given).
+
+    Raises:
+        PersonavecError: bad input, or a result that is not finite.
     """
+    if n_questions is not None and n_questions < 1:
+        raise PersonavecError(
+            f"--questions must be at least 1, got {n_questions}; omit it to use every question"
+        )
     chosen = list(layers) if layers is not None else [None] * len(vectors)
     if len(chosen) != len(vectors):
         raise PersonavecError(f"got {len(chosen)} layers for {len(vectors)} vectors")
@@ -136,7 +148,27 @@ def finetuning_shift(
                 source=str(vector.path) if vector.path else None,
             )
         )
+        _check_finite(report.shifts[-1], finetuned.spec)
     return report
+
+
+def _check_finite(shift: VectorShift, finetuned: str) -> None:
+    values = (shift.shift, shift.base_projection, shift.finetuned_projection, *shift.per_layer)
+    if not all(math.isfinite(x) for x in values):
+        raise PersonavecError(
+            f"the shift of {finetuned} along '{shift.trait}' at layer {shift.layer} is not "
+            f"finite ({shift.shift}); its weights or activations overflowed — retrain it with a "
+            "lower learning rate"
+        )
+
+
+def is_shift_report(path: Path) -> bool:
+    """Whether ``path`` is a JSON shift report (what ``personavec shift`` may replace)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and {"base", "finetuned", "shifts"} <= data.keys()
 
 
 def _prompts(trait: str, questions: Mapping[str, Sequence[str]] | None, n: int | None) -> list[str]:
