@@ -7,11 +7,9 @@ See ``docs/serving.md`` for the API. Every refusal is an :class:`ApiError` answe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import json
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -31,8 +29,9 @@ from personavec.engines.limits import check_context_length
 from personavec.engines.sampling import sample_seed
 from personavec.errors import PersonavecError
 from personavec.serve.config import ServeConfig
-from personavec.serve.jobs import Failed, Finished, Job, JobEvent
-from personavec.serve.responses import ChoiceState, Kind, ResponseBuilder
+from personavec.serve.events import collect, deliver, stream_events
+from personavec.serve.jobs import Job, JobEvent
+from personavec.serve.responses import Kind, ResponseBuilder
 from personavec.serve.scheduler import Scheduler
 from personavec.serve.schemas import (
     ApiError,
@@ -43,7 +42,6 @@ from personavec.serve.schemas import (
 from personavec.serve.vectors import VectorRegistry
 
 STATIC = Path(__file__).parent / "static"
-_POLL_S = 0.5  # how often a waiting non-streaming request checks for a disconnect
 
 
 @dataclass
@@ -276,7 +274,7 @@ async def _complete(
             readout=readout,
             stops=body.stops,
             logprobs=body.logprob_count,
-            report=functools.partial(_deliver, loop, events, p * body.n + k),
+            report=functools.partial(deliver, loop, events, p * body.n + k),
             setting=setting,
         )
         for p, ids in enumerate(prompts)
@@ -289,11 +287,11 @@ async def _complete(
     deadline = loop.time() + config.request_timeout_s
     if body.stream:
         usage = body.stream_options is not None and body.stream_options.include_usage
-        stream = _stream(request, events, jobs, builder, deadline, include_usage=usage)
+        stream = stream_events(request, events, jobs, builder, deadline, include_usage=usage)
         return StreamingResponse(
             stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
-    choices = await _collect(request, events, jobs, deadline)
+    choices = await collect(request, events, jobs, deadline)
     return JSONResponse(builder.response(choices))
 
 
@@ -316,113 +314,3 @@ def _describe_setting(
         )
         parts.append(f"guard [{guards}]")
     return " and ".join(parts)
-
-
-def _deliver(
-    loop: asyncio.AbstractEventLoop,
-    events: asyncio.Queue[tuple[int, JobEvent]],
-    choice: int,
-    event: JobEvent,
-) -> None:
-    """Called from the scheduler's thread: hand the event to the request's loop."""
-    # RuntimeError: the loop is gone (the server is shutting down), so nobody is listening.
-    with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(events.put_nowait, (choice, event))
-
-
-def _cancel(jobs: list[Job]) -> None:
-    for job in jobs:
-        job.cancelled.set()
-
-
-async def _next_event(
-    request: Request,
-    events: asyncio.Queue[tuple[int, JobEvent]],
-    jobs: list[Job],
-    deadline: float,
-) -> tuple[int, JobEvent] | None:
-    """The next event; None when the client went away; 504 at the deadline."""
-    loop = asyncio.get_running_loop()
-    while True:
-        left = deadline - loop.time()
-        if left <= 0:
-            _cancel(jobs)
-            raise ApiError(
-                504,
-                "the request timed out; ask for fewer tokens or retry",
-                kind="timeout_error",
-                code="timeout",
-            )
-        try:
-            return await asyncio.wait_for(events.get(), min(left, _POLL_S))
-        except TimeoutError:
-            if await request.is_disconnected():
-                _cancel(jobs)
-                return None
-
-
-async def _collect(
-    request: Request,
-    events: asyncio.Queue[tuple[int, JobEvent]],
-    jobs: list[Job],
-    deadline: float,
-) -> list[ChoiceState]:
-    choices = [ChoiceState() for _ in jobs]
-    open_choices = len(jobs)
-    while open_choices:
-        item = await _next_event(request, events, jobs, deadline)
-        if item is None:
-            raise ApiError(499, "the client closed the connection")
-        index, event = item
-        if isinstance(event, Failed):
-            _cancel(jobs)
-            raise _failure_error(event)
-        choices[index].add(event)
-        open_choices -= isinstance(event, Finished)
-    return choices
-
-
-async def _stream(
-    request: Request,
-    events: asyncio.Queue[tuple[int, JobEvent]],
-    jobs: list[Job],
-    builder: ResponseBuilder,
-    deadline: float,
-    *,
-    include_usage: bool,
-) -> AsyncGenerator[str, None]:
-    """Server-sent events; stops (and frees the jobs' rows) when the client goes away."""
-    choices = [ChoiceState() for _ in jobs]
-    open_choices = len(jobs)
-    try:
-        while open_choices:
-            try:
-                item = await _next_event(request, events, jobs, deadline)
-            except ApiError as exc:
-                yield _sse(exc.body())
-                return
-            if item is None:
-                return
-            index, event = item
-            if isinstance(event, Failed):
-                yield _sse(_failure_error(event).body())
-                return
-            choices[index].add(event)
-            open_choices -= isinstance(event, Finished)
-            chunk = builder.chunk(index, event)
-            if chunk is not None:
-                yield _sse(chunk)
-        if include_usage:
-            yield _sse(builder.usage_chunk(choices))
-        yield "data: [DONE]\n\n"
-    finally:
-        _cancel(jobs)
-
-
-def _failure_error(event: Failed) -> ApiError:
-    kind = "server_error" if event.status >= 500 else "invalid_request_error"
-    return ApiError(event.status, event.message, kind=kind)
-
-
-def _sse(body: dict[str, Any]) -> str:
-    return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
