@@ -89,24 +89,12 @@ def _load_checked(
 
 
 def _prompt_row(row: Any, where: str, system: str | None) -> tuple[str, list[dict[str, str]]]:
-    if not isinstance(row, dict):
-        raise PersonavecError(f"{where}: expected an object with 'prompt' or 'messages'")
-    if isinstance(row.get("messages"), list):
-        messages = row["messages"]
-        if not messages or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m
-            for m in messages
-        ):
-            raise PersonavecError(f"{where}: 'messages' must be a list of role/content objects")
-        chat = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
-        if chat[-1]["role"] != "user":
-            raise PersonavecError(f"{where}: 'messages' must end with a user message")
-        if system is not None and chat[0]["role"] != "system":
-            chat.insert(0, {"role": "system", "content": system})
-        return chat[-1]["content"], chat
-    if isinstance(row.get("prompt"), str):
-        return row["prompt"], _one_turn(row["prompt"], system)
-    raise PersonavecError(f"{where}: expected a 'prompt' string or a 'messages' list")
+    from personavec.runs.chat_rows import parse_chat_row
+
+    chat = [dict(m) for m in parse_chat_row(row, where, "prompt").prompt]  # the one row parser
+    if system is not None and chat[0]["role"] != "system":
+        chat.insert(0, {"role": "system", "content": system})
+    return chat[-1]["content"], chat
 
 
 def _one_turn(prompt: str, system: str | None) -> list[dict[str, str]]:

@@ -1,14 +1,9 @@
 """Project conversations in a JSONL file onto persona vectors (``personavec project``).
 
-Each input row is one of:
-
-* ``{"messages": [...]}``: a chat (roles ``system``/``user``/``assistant``). The last assistant
-  turn is the response and everything before it the prompt; a chat that ends with a user turn is
-  prompt-only;
-* ``{"prompt": "...", "response": "..."}`` (``system`` and ``response`` optional);
-* ``{"question": "...", "response": "..."}``: a run's ``rollouts.jsonl``/``scored.jsonl`` rows
-  (``system`` optional; ``response_token_ids`` wins over the text when present);
-* ``{"text": "..."}``: a user prompt with no response.
+Rows are parsed by :func:`personavec.runs.chat_rows.parse_chat_row` in its ``optional`` mode
+(the same parser as ``screen``, ``finetune`` and ``steer``): ``{"messages": [...]}`` chats (a
+chat that ends with a user turn is prompt-only), ``{"prompt"|"question": ..., "response": ...}``
+rows (``response_token_ids`` wins over the text when present) and ``{"text": ...}`` prompts.
 
 Other keys are kept untouched. For every vector (trait ``T`` at layer ``L``) each row gains:
 
@@ -35,13 +30,13 @@ import torch
 
 from personavec.core.capture import Example, capture, capture_tokens
 from personavec.core.layers import check_layer
-from personavec.core.models import LoadedModel, Message
+from personavec.core.models import LoadedModel
 from personavec.core.projection import project, token_projections
 from personavec.core.vector import PersonaVector
 from personavec.errors import PersonavecError
+from personavec.runs.chat_rows import parse_chat_row
 from personavec.store import atomic_write_text
 
-ROLES = ("system", "user", "assistant")
 READOUTS_USED = ("prompt_last", "response_avg")
 
 
@@ -65,40 +60,10 @@ def column(trait: str, layer: int, readout: str) -> str:
     return f"proj.{trait}.L{layer}.{readout}"
 
 
-def _text(value: Any, where: str, key: str, *, allow_empty: bool = False) -> str:
-    if not isinstance(value, str):
-        raise PersonavecError(f"{where}: {key!r} must be a string; fix that row")
-    if not allow_empty and not value.strip():
-        raise PersonavecError(f"{where}: {key!r} is empty; give it some text or drop the row")
-    return value
-
-
-def _parse_messages(raw: Any, where: str) -> ParsedRow:
-    if not isinstance(raw, list) or not raw:
-        raise PersonavecError(f"{where}: 'messages' must be a non-empty list of chat turns")
-    messages: list[Message] = []
-    for index, turn in enumerate(raw, start=1):
-        if not isinstance(turn, Mapping) or "role" not in turn or "content" not in turn:
-            raise PersonavecError(
-                f"{where}: message {index} lacks 'role' or 'content'; give both for every turn"
-            )
-        role = turn["role"]
-        if role not in ROLES:
-            raise PersonavecError(
-                f"{where}: message {index} has role {role!r}; use system, user or assistant"
-            )
-        content = _text(
-            turn["content"], where, f"message {index} content", allow_empty=role != "user"
-        )
-        messages.append({"role": role, "content": content})
-    if not any(m["role"] == "user" for m in messages):
-        raise PersonavecError(f"{where}: the conversation has no user turn; add one")
-    if messages[-1]["role"] == "assistant":
-        prompt, response = messages[:-1], messages[-1]["content"]
-    else:
-        prompt, response = messages, ""
-    if not any(m["role"] == "user" for m in prompt):
-        raise PersonavecError(f"{where}: the assistant answers before any user turn; add one")
+def parse_row(row: Any, where: str) -> ParsedRow:
+    """Turn one input row into examples; raise a one-line :class:`PersonavecError` if invalid."""
+    parsed = parse_chat_row(row, where, "optional")
+    messages = parsed.messages
     turns = None
     if sum(m["role"] == "user" for m in messages) > 1:
         turns = [
@@ -106,39 +71,8 @@ def _parse_messages(raw: Any, where: str) -> ParsedRow:
             for i, m in enumerate(messages)
             if m["role"] == "assistant" and any(p["role"] == "user" for p in messages[:i])
         ]
-    return ParsedRow(Example(prompt, response), bool(response), turns)
-
-
-def parse_row(row: Any, where: str) -> ParsedRow:
-    """Turn one input row into examples; raise a one-line :class:`PersonavecError` if invalid."""
-    if not isinstance(row, Mapping):
-        raise PersonavecError(f"{where}: each line must be a JSON object; fix that line")
-    if "messages" in row:
-        return _parse_messages(row["messages"], where)
-    user_key = next((k for k in ("prompt", "question", "text") if k in row), None)
-    if user_key is None:
-        raise PersonavecError(
-            f"{where}: the row has none of 'messages', 'prompt', 'question' or 'text'; add one"
-        )
-    user = _text(row[user_key], where, user_key)
-    messages: list[Message] = []
-    if user_key != "text" and row.get("system") is not None:
-        messages.append({"role": "system", "content": _text(row["system"], where, "system")})
-    messages.append({"role": "user", "content": user})
-    response = ""
-    if user_key != "text" and row.get("response") is not None:
-        response = _text(row["response"], where, "response", allow_empty=True)
-    ids = row.get("response_token_ids") if user_key == "question" else None
-    if ids is not None:
-        if not isinstance(ids, list) or not all(
-            isinstance(i, int) and not isinstance(i, bool) for i in ids
-        ):
-            raise PersonavecError(
-                f"{where}: 'response_token_ids' must be a list of integer token ids; "
-                "fix it or drop the key to use the response text"
-            )
-        return ParsedRow(Example(messages, response, ids), bool(ids))
-    return ParsedRow(Example(messages, response), bool(response))
+    example = Example(parsed.prompt, parsed.response, parsed.response_ids)
+    return ParsedRow(example, parsed.has_response, turns)
 
 
 def resolve_vector_layers(

@@ -2,8 +2,10 @@
 
 Sources (chosen by :func:`open_source`):
 
-* ``*.jsonl`` / ``*.json``: one JSON object per line, either ``{"messages": [...]}`` (the last
-  assistant turn is the response) or ``{"prompt"|"question": ..., "response": ..., "system"?}``;
+* ``*.jsonl`` / ``*.json``: one JSON object per line, parsed by
+  :func:`personavec.runs.chat_rows.parse_chat_row` in its ``response`` mode (the parser
+  ``finetune`` uses too): ``{"messages": [...]}`` (the last turn, an assistant turn, is the
+  response) or ``{"prompt"|"question": ..., "response": ..., "system"?}``;
 * ``*.parquet``: the same fields as columns (``messages`` as a list of structs or a JSON string);
 * a directory written by ``datasets.Dataset.save_to_disk`` (read with ``datasets``).
 
@@ -24,7 +26,7 @@ from typing import Any
 
 from personavec.core.capture import Example
 from personavec.errors import PersonavecError
-from personavec.pipeline.project import parse_row
+from personavec.runs.chat_rows import parse_chat_row
 
 
 class ScreenDataError(PersonavecError):
@@ -59,11 +61,9 @@ class BadRow:
 
 def _row_to_sample(row: Any, index: int, where: str, own_column: str | None) -> Sample | BadRow:
     try:
-        parsed = parse_row(row, where)
+        parsed = parse_chat_row(row, where, "response")
     except PersonavecError as exc:
         return BadRow(index, where, str(exc).removeprefix(f"{where}: "))
-    if not parsed.has_response:
-        return BadRow(index, where, "no response to screen (empty or missing)")
     own: str | None = None
     if own_column is not None:
         value = row.get(own_column)
@@ -72,7 +72,8 @@ def _row_to_sample(row: Any, index: int, where: str, own_column: str | None) -> 
         own = value
     raw_id = row.get("id")
     identity = str(raw_id) if raw_id is not None else str(index)
-    return Sample(index, identity, parsed.example, own)
+    example = Example(parsed.prompt, parsed.response, parsed.response_ids)
+    return Sample(index, identity, example, own)
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[Any, str, str | None]]:
@@ -95,7 +96,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[Any, str, str | None]]:
 def _normalise_parquet_row(row: dict[str, Any]) -> dict[str, Any]:
     messages = row.get("messages")
     if isinstance(messages, str):
-        with contextlib.suppress(json.JSONDecodeError):  # else parse_row reports "not a list"
+        with contextlib.suppress(json.JSONDecodeError):  # else the parser reports "not a list"
             row["messages"] = json.loads(messages)
     return {k: v for k, v in row.items() if v is not None}
 

@@ -1,8 +1,12 @@
 """Chat-format datasets (``{"messages": [...]}`` per JSONL line, as TRL and OpenAI use).
 
-Any such file is accepted wherever personavec takes a dataset. A row trains on its **last
-assistant turn**; the turns before it are the prompt. Rows are validated up front so a bad file
-fails with one line before anything is trained or written.
+Any such file is accepted wherever personavec takes a dataset. Rows are parsed by
+:func:`personavec.runs.chat_rows.parse_chat_row` in its ``response`` mode — the parser
+``screen`` uses too, so a row ``screen`` refuses is never trained on: a row trains on its
+response (the last turn, an assistant turn) and the turns before it are the prompt; a chat that
+ends with a user turn, or whose answer is empty, is refused. ``{"prompt": ..., "response": ...}``
+rows (e.g. ``screen --write-filtered`` output of such data) are accepted too. Rows are validated
+up front so a bad file fails with one line before anything is trained or written.
 """
 
 from __future__ import annotations
@@ -17,8 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from personavec.core.models import Message, format_chat
 from personavec.errors import PersonavecError
-
-ROLES = ("system", "user", "assistant")
+from personavec.runs.chat_rows import ChatRowError, parse_chat_row
 
 
 class DatasetError(PersonavecError):
@@ -36,25 +39,15 @@ class ChatRow:
         return [*self.prompt, {"role": "assistant", "content": self.completion}]
 
 
-def parse_chat_row(raw: Any, where: str) -> ChatRow:
-    """Validate one ``{"messages": [...]}`` row (one-line error naming ``where``)."""
-    if not isinstance(raw, dict) or not isinstance(raw.get("messages"), list):
-        raise DatasetError(
-            f'{where}: expected {{"messages": [...]}}; convert the row to chat format'
-        )
-    messages: list[Message] = []
-    for turn in raw["messages"]:
-        if not isinstance(turn, dict) or turn.get("role") not in ROLES:
-            raise DatasetError(f"{where}: every turn needs a role in {', '.join(ROLES)}")
-        if not isinstance(turn.get("content"), str):
-            raise DatasetError(f"{where}: every turn needs text 'content'")
-        messages.append({"role": turn["role"], "content": turn["content"]})
-    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-    if last is None or not messages[last]["content"].strip():
-        raise DatasetError(f"{where}: the row has no assistant turn to train on; add one")
-    if not any(m["role"] == "user" for m in messages[:last]):
-        raise DatasetError(f"{where}: the assistant turn has no user turn before it")
-    return ChatRow(messages[:last], messages[last]["content"])
+def training_row(raw: Any, where: str) -> ChatRow:
+    """One row to train on (one-line :class:`DatasetError` naming ``where``)."""
+    try:
+        parsed = parse_chat_row(raw, where, "response")
+    except ChatRowError as exc:
+        raise DatasetError(str(exc)) from None
+    if not parsed.response:  # token ids alone are not a training target
+        raise DatasetError(f"{where}: the row has no answer text to train on; add one")
+    return ChatRow(parsed.prompt, parsed.response)
 
 
 def read_chat_dataset(path: str | Path) -> list[ChatRow]:
@@ -71,7 +64,7 @@ def read_chat_dataset(path: str | Path) -> list[ChatRow]:
                 raw = json.loads(line)
             except json.JSONDecodeError:
                 raise DatasetError(f"{source}:{number} is not valid JSON; fix that line") from None
-            rows.append(parse_chat_row(raw, f"{source}:{number}"))
+            rows.append(training_row(raw, f"{source}:{number}"))
     if not rows:
         raise DatasetError(f"{source} holds no examples; build one with `personavec dataset build`")
     return rows
