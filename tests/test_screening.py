@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from personavec.cli.app import app
 from personavec.core.models import LoadedModel
 from personavec.core.vector import PersonaVector
 from personavec.engines.generation import GenerationRequest, HFEngine, SamplingConfig
+from personavec.errors import PersonavecError
 from personavec.screening.api import screen
 from personavec.screening.data import Sample, iter_samples
 from personavec.screening.run import ScreenConfig
@@ -54,7 +56,7 @@ def hand_response_avg(loaded: LoadedModel, messages: list[dict], response: str) 
 
 
 def config_for(data: Path, vector: Path, model: Path, **kw: object) -> ScreenConfig:
-    settings = {"mode": "full", "max_new_tokens": 6, "batch_size": 3, **kw}
+    settings: dict[str, Any] = {"mode": "full", "max_new_tokens": 6, "batch_size": 3, **kw}
     return ScreenConfig(data=str(data), vectors=[str(vector)], model=str(model), **settings)
 
 
@@ -193,6 +195,34 @@ def test_filter_keeps_exactly_rows_under_threshold(
     assert 0 < len(expected) < len(lines)
     assert out.read_text().splitlines(keepends=True) == expected
     assert _digest(data) == before
+
+
+def test_write_filtered_never_replaces_an_unrelated_file(
+    tiny: LoadedModel, tiny_dir: Path, vector_path: Path, tmp_path: Path
+) -> None:
+    """``--write-filtered`` onto an existing file is refused before any work unless
+    ``overwrite``; re-running the same screen may replace its own earlier output."""
+    data = write_jsonl(tmp_path / "d.jsonl", chat_rows(6))
+    out = tmp_path / "notes.jsonl"
+    out.write_text("my own notes\n")
+    config = config_for(data, vector_path, tiny_dir)
+    run = tmp_path / "run"
+    options = {"loaded": tiny, "drop_above": "p50", "show_progress": False}
+    with pytest.raises(PersonavecError, match=r"notes\.jsonl exists; pass --overwrite"):
+        screen(config, run, write_filtered_to=str(out), **options)  # type: ignore[arg-type]
+    assert out.read_text() == "my own notes\n" and not run.exists()
+    kept = tmp_path / "kept.jsonl"
+    first = screen(config, run, write_filtered_to=str(kept), **options)  # type: ignore[arg-type]
+    again = screen(config, run, write_filtered_to=str(kept), **options)  # type: ignore[arg-type]
+    assert again.filtered == first.filtered
+    forced = screen(
+        config,
+        tmp_path / "run2",
+        write_filtered_to=str(out),
+        overwrite=True,
+        **options,  # type: ignore[arg-type]
+    )
+    assert forced.filtered is not None and out.read_text() != "my own notes\n"
 
 
 @pytest.mark.parametrize(

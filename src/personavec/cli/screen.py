@@ -58,11 +58,13 @@ def screen_command(
     ] = None,
     write_filtered: Annotated[
         str | None,
-        typer.Option(help="Write the kept rows to this JSONL."),
+        typer.Option(
+            help="Write the kept rows to this JSONL (an existing file needs --overwrite)."
+        ),
     ] = None,
     engine: Annotated[
         str,
-        typer.Option(help="local (in-process) or ray (Ray Data pipeline)."),
+        typer.Option(help="local (in-process) or ray (a pool of Ray model actors)."),
     ] = "local",
     ray_address: Annotated[
         str | None,

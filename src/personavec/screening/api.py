@@ -9,7 +9,7 @@ and optionally writes the kept samples.
 from __future__ import annotations
 
 import dataclasses
-import shutil
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,22 +18,25 @@ import numpy as np
 
 from personavec.core.models import LoadedModel, load_model
 from personavec.errors import PersonavecError
+from personavec.progress import stage
+from personavec.runs.identity import weights_sha256
 from personavec.runs.run import locked_run_dir
-from personavec.screening.data import DataScan
+from personavec.screening.data import DataScan, iter_samples
 from personavec.screening.filtering import DropRule, FilterResult, thresholds, write_filtered
-from personavec.screening.ray_engine import RayOptions, run_on_ray, start_ray, write_ray_input
+from personavec.screening.ray_engine import RayJob, RayOptions, run_on_ray, start_ray
 from personavec.screening.report import summarize, write_histogram, write_report
 from personavec.screening.run import (
     ScreenConfig,
+    batches,
     check_data,
     load_vectors,
+    plan,
     prepare_run,
     run_in_process,
-    selected_indices,
 )
 from personavec.screening.score import Target, Timing, make_targets, score_column
-from personavec.screening.table import SCORES_JSONL, column_values, finished_through, write_parquet
-from personavec.store import atomic_write_json
+from personavec.screening.table import SCORES_JSONL, column_values, write_parquet
+from personavec.store import atomic_write_json, check_output_file
 
 Engine = Literal["local", "ray"]
 
@@ -60,7 +63,12 @@ class ScreenResult:
 
 
 def _validate_options(
-    config: ScreenConfig, drop_above: str | None, write_to: str | None, engine: str
+    config: ScreenConfig,
+    directory: Path,
+    drop_above: str | None,
+    write_to: str | None,
+    engine: str,
+    overwrite: bool,
 ) -> DropRule | None:
     if engine not in ("local", "ray"):
         raise PersonavecError(f"unknown --engine {engine!r}; use local or ray")
@@ -68,7 +76,31 @@ def _validate_options(
         raise PersonavecError("--write-filtered needs --drop-above VALUE or pNN")
     if drop_above is not None and config.sample is not None:
         raise PersonavecError("filtering needs every row scored; drop --sample")
+    if write_to is not None:  # an unrelated file is never replaced; this run's own output is
+        check_output_file(
+            write_to,
+            overwrite=overwrite,
+            flag="--write-filtered",
+            replaceable=lambda path: _filtered_earlier(directory) == str(path),
+        )
     return DropRule.parse(drop_above) if drop_above is not None else None
+
+
+def _filtered_earlier(directory: Path) -> str | None:
+    """The kept-samples file a finished run in ``directory`` wrote, if any."""
+    try:
+        summary = json.loads((directory / "summary.json").read_text(encoding="utf-8"))
+        return str(summary["filtered"]["path"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def model_identity(loaded: LoadedModel, engine: Engine, ray: RayOptions) -> dict[str, str]:
+    """The scoring model's part of a run's identity: dtype, device (the actors' with Ray) and
+    weights hash."""
+    dtype = str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
+    device = ray.device() if engine == "ray" else str(loaded.device)
+    return {"dtype": dtype, "device": device, "weights_sha256": weights_sha256(loaded.model)}
 
 
 def _score(
@@ -82,34 +114,33 @@ def _score(
     overwrite: bool,
     show_progress: bool,
 ) -> Timing:
+    identity = model_identity(loaded, engine, ray)
     if engine == "local":
-        done = run_in_process(
-            loaded, config, run_dir, found=found, overwrite=overwrite, show_progress=show_progress
-        )
+        prepare_run(config, run_dir, identity, overwrite=overwrite)
+        done = run_in_process(loaded, config, run_dir, found=found, show_progress=show_progress)
         return done.timing
     started = start_ray(ray)  # before writing anything: an unreachable cluster fails cleanly
     try:
-        prepare_run(config, run_dir, overwrite=overwrite)
-        start = finished_through(run_dir / SCORES_JSONL) + 1
-        keep = selected_indices(found.n_rows, config.sample, config.seed)
-        _, bad = write_ray_input(
-            config.data,
-            run_dir / "ray_input.parquet",
-            own_column=config.own_column,
-            start=start,
-            keep=keep,
+        prepare_run(config, run_dir, identity, overwrite=overwrite)
+        todo = plan(config, run_dir, found)
+        items = iter_samples(config.data, own_column=config.own_column, start=todo.start)
+        job = RayJob(
+            config.model,
+            config.vectors,
+            config.layer,
+            config.settings,
+            config.force,
+            identity["dtype"],
         )
-        shutil.rmtree(run_dir / "ray_output", ignore_errors=True)
-        run_on_ray(
-            run_dir,
-            model=config.model,
-            vector_paths=config.vectors,
-            layer=config.layer,
-            settings=config.settings,
-            force=config.force,
-            options=ray,
-            bad=bad,
-        )
+        with stage("screening", todo.total, enabled=show_progress) as advance:
+            advance(todo.reused)
+            run_on_ray(
+                run_dir / SCORES_JSONL,
+                batches(items, config.batch_size, todo.keep),
+                job,
+                ray,
+                advance=lambda done: advance(todo.reused + done),
+            )
     finally:
         if started:
             import ray as ray_module
@@ -189,7 +220,7 @@ def _screen_locked(
     show_progress: bool,
 ) -> ScreenResult:
     """:func:`screen` once the run directory is locked."""
-    rule = _validate_options(config, drop_above, write_filtered_to, engine)
+    rule = _validate_options(config, directory, drop_above, write_filtered_to, engine, overwrite)
     found = check_data(config)
     ref_config = dataclasses.replace(config, data=reference, sample=None) if reference else None
     ref_found = check_data(ref_config) if ref_config is not None else None

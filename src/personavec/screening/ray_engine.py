@@ -1,35 +1,34 @@
-"""The screening engine as a Ray Data pipeline (``personavec screen --engine ray``).
+"""The screening engine on Ray (``personavec screen --engine ray``): a pool of model actors.
 
-1. The selected rows are written, streaming, to ``ray_input.parquet`` in the run directory.
-2. ``read_parquet → map_batches(ScreenWorker, compute=ActorPoolStrategy(size=actors))``: a
-   pool of actors, each holding the model and the vectors, scores batches with the same
-   :func:`score_batch` as the in-process engine (generation + capture), with ``num_gpus`` per
-   actor when asked.
-3. The scored rows are written as Parquet (``ray_output/``), then appended in input order to
-   ``scores.jsonl`` so the summary, report and filtering are shared with the in-process engine.
+The driver streams the selected rows from the data (as the in-process engine does), sends each
+batch to one of ``actors`` Ray actors — each holds the model and the vectors and scores with the
+same :func:`score_batch` as the in-process engine, with ``num_gpus`` per actor when asked — and
+appends every finished batch to ``scores.jsonl`` *in input order* as soon as it and the batches
+before it are back (at most two batches per actor are in flight). A killed run therefore keeps
+every appended batch, and the next run (same command) starts after the last finished row and
+scores no row twice; a finished run re-run is a no-op. The summary, report and filtering are
+shared with the in-process engine.
 
 Locally ``ray.init()`` starts a private Ray; with an address it joins an existing cluster (the
-run directory and the model must then be readable by every node: a shared filesystem).
+data is read by the driver; the model and vectors must be readable by every node).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import socket
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from personavec.errors import PersonavecError
-from personavec.screening.data import BadRow, Sample, iter_samples
+from personavec.screening.data import BadRow, Sample
 from personavec.screening.score import ScoreSettings, make_targets, score_batch
-from personavec.store import append_jsonl, atomic_output
+from personavec.store import append_jsonl
 
 
 class RayEngineError(PersonavecError):
@@ -54,6 +53,10 @@ class RayOptions:
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
     num_cpus: int | None = None
+
+    def device(self) -> str:
+        """Where the actors put the model: CUDA when they hold GPUs, else the CPU."""
+        return "cuda" if self.gpus_per_actor > 0 else "cpu"
 
 
 def _check_reachable(address: str) -> None:
@@ -121,7 +124,7 @@ def check_capacity(options: RayOptions) -> None:
 
 
 class ScreenWorker:
-    """A Ray actor: loads the model and vectors once, then scores batches of rows."""
+    """A Ray actor: loads the model and vectors once, then scores batches of samples."""
 
     def __init__(
         self,
@@ -132,6 +135,7 @@ class ScreenWorker:
         force: bool,
         threads: int,
         device: str,
+        dtype: str | None = None,
     ) -> None:
         import torch
 
@@ -140,7 +144,7 @@ class ScreenWorker:
         from personavec.engines.generation import HFEngine
 
         torch.set_num_threads(max(1, threads))
-        self.loaded = load_model(model, device=device)
+        self.loaded = load_model(model, device=device, dtype=dtype)
         parsed = [PersonaVector.from_bytes(b) for b in vectors]
         for vector in parsed:
             vector.check_compatible(self.loaded.model, force=force)
@@ -148,161 +152,85 @@ class ScreenWorker:
         self.settings = ScoreSettings(**settings)
         self.engine = HFEngine(self.loaded) if self.settings.mode == "full" else None
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from personavec.core.capture import Example
-
-        samples = []
-        for i in range(len(batch["index"])):
-            own = batch["own_response"][i]
-            samples.append(
-                Sample(
-                    int(batch["index"][i]),
-                    str(batch["id"][i]),
-                    Example(json.loads(batch["messages"][i]), str(batch["response"][i])),
-                    None if own is None or own == "" else str(own),
-                )
-            )
+    def score(self, samples: list[Sample]) -> list[dict[str, Any]]:
+        """The rows of :func:`score_batch` for ``samples``."""
         rows, _ = score_batch(self.loaded, samples, self.targets, self.settings, self.engine)
-        columns: dict[str, np.ndarray] = {}
-        for name in rows[0]:
-            values = [row[name] for row in rows]
-            if name in ("id", "own_response"):
-                columns[name] = np.asarray(values, dtype=object)
-            elif name == "index":
-                columns[name] = np.asarray(values, dtype=np.int64)
-            else:
-                columns[name] = np.asarray(
-                    [np.nan if v is None else v for v in values], dtype=np.float64
-                )
-        return columns
+        return rows
 
 
-def write_ray_input(
-    data: str | Path,
-    target: Path,
-    *,
-    own_column: str | None,
-    start: int,
-    keep: set[int] | None,
-) -> tuple[int, list[BadRow]]:
-    """Write the selected rows from ``start`` on as Parquet; return (rows written, bad rows)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    schema = pa.schema(
-        [
-            ("index", pa.int64()),
-            ("id", pa.string()),
-            ("messages", pa.string()),
-            ("response", pa.string()),
-            ("own_response", pa.string()),
-        ]
-    )
-    written = 0
-    bad: list[BadRow] = []
-    chunk: list[Sample] = []
-    with atomic_output(target, "wb") as handle:
-        writer = pq.ParquetWriter(handle, schema)
-
-        def flush() -> None:
-            columns = {
-                "index": [s.index for s in chunk],
-                "id": [s.id for s in chunk],
-                "messages": [json.dumps(list(s.example.messages)) for s in chunk],
-                "response": [s.example.response for s in chunk],
-                "own_response": [s.own_response for s in chunk],
-            }
-            writer.write_table(pa.Table.from_pydict(columns, schema=schema))
-            chunk.clear()
-
-        for item in iter_samples(data, own_column=own_column, start=start):
-            if keep is not None and item.index not in keep:
-                continue
-            if isinstance(item, BadRow):
-                bad.append(item)
-                continue
-            chunk.append(item)
-            written += 1
-            if len(chunk) >= 1024:
-                flush()
-        if chunk:
-            flush()
-        writer.close()
-    return written, bad
+def skipped_rows(bad: Sequence[BadRow]) -> list[dict[str, Any]]:
+    """The table rows of bad rows (kept in the table with their reason)."""
+    return [{"index": b.index, "id": str(b.index), "skipped": b.reason} for b in bad]
 
 
-def _to_rows(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    names = list(batch)
-    rows = []
-    for i in range(len(batch["index"])):
-        row: dict[str, Any] = {}
-        for name in names:
-            value = batch[name][i]
-            if isinstance(value, (float, np.floating)):
-                row[name] = None if np.isnan(value) else float(value)
-            elif isinstance(value, (np.integer,)):
-                row[name] = int(value)
-            else:
-                row[name] = value
-        rows.append(row)
-    return rows
+@dataclass(frozen=True)
+class RayJob:
+    """What the actors need: the model spec, vector bytes and how to score."""
+
+    model: str
+    vector_paths: Sequence[str]
+    layer: int | None
+    settings: ScoreSettings
+    force: bool
+    dtype: str | None = None
 
 
-def run_on_ray(
-    run_dir: Path,
-    *,
-    model: str,
-    vector_paths: Sequence[str],
-    layer: int | None,
-    settings: ScoreSettings,
-    force: bool,
-    options: RayOptions,
-    bad: Sequence[BadRow],
-) -> int:
-    """Score ``run_dir/ray_input.parquet`` on Ray and append the rows (and ``bad``) in order."""
+def _start_actors(job: RayJob, options: RayOptions) -> list[Any]:
     import ray
 
     check_capacity(options)
-    device = "cuda" if options.gpus_per_actor > 0 else "cpu"
-    worker_args = {
-        "model": model,
-        "vectors": [Path(p).read_bytes() for p in vector_paths],
-        "layer": layer,
-        "settings": {
-            "mode": settings.mode,
-            "max_new_tokens": settings.max_new_tokens,
-            "batch_size": settings.batch_size,
-        },
-        "force": force,
-        "threads": max(1, int(options.cpus_per_actor)),
-        "device": device,
-    }
-    source = ray.data.read_parquet(str(run_dir / "ray_input.parquet"))
-    scored = source.map_batches(
-        ScreenWorker,
-        fn_constructor_kwargs=worker_args,
-        batch_size=settings.batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=options.actors),
-        num_cpus=options.cpus_per_actor,
-        num_gpus=options.gpus_per_actor or None,
+    actor = ray.remote(ScreenWorker).options(
+        num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor
     )
-    output = run_dir / "ray_output"
-    scored.write_parquet(str(output))
-    pending = sorted(bad, key=lambda b: b.index)
+    args = {
+        "model": job.model,
+        "vectors": [Path(p).read_bytes() for p in job.vector_paths],
+        "layer": job.layer,
+        "settings": asdict(job.settings),
+        "force": job.force,
+        "threads": max(1, int(options.cpus_per_actor)),
+        "device": options.device(),
+        "dtype": job.dtype,
+    }
+    return [actor.remote(**args) for _ in range(options.actors)]
+
+
+def run_on_ray(
+    table: Path,
+    batches: Iterable[tuple[list[Sample], list[BadRow]]],
+    job: RayJob,
+    options: RayOptions,
+    *,
+    advance: Callable[[int], None] = lambda done: None,
+) -> int:
+    """Score ``batches`` on a pool of actors; append each batch's rows (and its bad rows) to
+    ``table`` in input order as soon as it is back. Returns the rows appended.
+
+    The actors are started at the first batch that has samples (none for a finished run).
+    """
+    import ray
+
+    actors: list[Any] = []
+    pending: deque[tuple[Any, list[BadRow]]] = deque()
     done = 0
-    ordered = ray.data.read_parquet(str(output)).sort("index")
-    for batch in ordered.iter_batches(batch_size=1024, batch_format="numpy"):
-        rows = _to_rows(batch)
-        for row in rows:
-            row.setdefault("skipped", None)
-        last = rows[-1]["index"]
-        extra = [b for b in pending if b.index < last]
-        pending = pending[len(extra) :]
-        rows += [{"index": b.index, "id": str(b.index), "skipped": b.reason} for b in extra]
+
+    def flush_one() -> None:
+        nonlocal done
+        ref, bad = pending.popleft()
+        rows = (ray.get(ref) if ref is not None else []) + skipped_rows(bad)
         rows.sort(key=lambda r: int(r["index"]))
-        append_jsonl(run_dir / "scores.jsonl", rows)
+        append_jsonl(table, rows)
         done += len(rows)
-    tail = [{"index": b.index, "id": str(b.index), "skipped": b.reason} for b in pending]
-    append_jsonl(run_dir / "scores.jsonl", tail)
-    return done + len(tail)
+        advance(done)
+
+    for number, (samples, bad) in enumerate(batches):
+        ref = None
+        if samples:
+            actors = actors or _start_actors(job, options)
+            ref = actors[number % len(actors)].score.remote(samples)
+        pending.append((ref, bad))
+        while len(pending) > 2 * max(1, options.actors):
+            flush_one()
+    while pending:
+        flush_one()
+    return done

@@ -4,6 +4,11 @@ The run directory holds ``config.json`` (the run's identity), ``scores.jsonl`` (
 batch), and when finished ``scores.parquet``, ``summary.json``, ``histogram.png`` and
 ``report.md``. Rows are read, scored and appended one batch at a time, so memory is flat in the
 dataset's size; a killed run resumes after its last finished row, scoring no row twice.
+
+The directory is claimed with the run primitive (:func:`personavec.runs.run.claim_run`) under
+the full identity (:func:`prepare_run`): every setting of :class:`ScreenConfig`, content hashes
+of the data and of every vector, and the model's dtype, device and weights hash. Either engine
+resumes the other's rows, since both score the same way.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,9 +25,10 @@ from personavec.core.vector import PersonaVector
 from personavec.engines.generation import HFEngine
 from personavec.errors import PersonavecError
 from personavec.progress import stage
-from personavec.runs.identity import files_sha256
-from personavec.runs.run import claim_run
+from personavec.runs.identity import file_sha256, files_sha256
+from personavec.runs.run import claim_run, prepare_run_dir
 from personavec.screening.data import BadRow, DataScan, Sample, ScreenDataError, iter_samples, scan
+from personavec.screening.ray_engine import skipped_rows
 from personavec.screening.score import (
     Mode,
     ScoreSettings,
@@ -35,7 +41,17 @@ from personavec.screening.table import SCORES_JSONL, finished_through
 from personavec.store import append_jsonl
 
 OnBad = Literal["error", "skip"]
-_OUTPUTS = (SCORES_JSONL, "scores.parquet", "summary.json", "report.md", "histogram.png")
+OUTPUTS = (
+    SCORES_JSONL,
+    "scores.parquet",
+    "summary.json",
+    "report.md",
+    "histogram.png",
+    "reference",
+    "ray_input.parquet",
+    "ray_output",
+)
+"""What a screening run writes (``ray_*``: written by the Ray engine of earlier versions)."""
 
 
 @dataclass
@@ -69,7 +85,6 @@ class ScreenConfig:
     seed: int = 0
     on_bad: OnBad = "error"
     force: bool = False
-    data_key: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
         ScoreSettings(self.mode, self.max_new_tokens, self.batch_size)  # validates
@@ -77,19 +92,22 @@ class ScreenConfig:
             raise PersonavecError(f"unknown --on-bad {self.on_bad!r}; use error or skip")
         if self.sample is not None and self.sample < 1:
             raise PersonavecError("--sample must be at least 1")
-        self.data_key = data_key(self.data)
 
     @property
     def settings(self) -> ScoreSettings:
         return ScoreSettings(self.mode, self.max_new_tokens, self.batch_size)
 
 
-def data_key(path: str | Path) -> str:
-    """A cheap identity of the data (path, size, modification time), not of its content."""
+def data_sha256(path: str | Path) -> str:
+    """Content hash of the data: the file's bytes, or every file of a saved dataset directory
+    (relative path and bytes)."""
     source = Path(path)
-    stat = source.stat() if source.exists() else None
-    raw = f"{source.resolve()}|{stat.st_size if stat else 0}|{stat.st_mtime_ns if stat else 0}"
-    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+    if not source.is_dir():
+        return file_sha256(source)
+    digest = hashlib.sha256()
+    for item in sorted(p for p in source.rglob("*") if p.is_file()):
+        digest.update(f"{item.relative_to(source)}|{file_sha256(item)}|".encode())
+    return digest.hexdigest()[:16]
 
 
 def vector_key(paths: Sequence[str]) -> list[str]:
@@ -123,7 +141,7 @@ def load_vectors(loaded: LoadedModel, paths: Sequence[str], *, force: bool) -> l
     return [PersonaVector.load(p, model=loaded.model, force=force) for p in paths]
 
 
-def _batches(
+def batches(
     items: Iterator[Sample | BadRow], size: int, keep: set[int] | None
 ) -> Iterator[tuple[list[Sample], list[BadRow]]]:
     """Groups of up to ``size`` samples, with the bad rows met on the way (input order)."""
@@ -155,11 +173,51 @@ class ScoredRun:
     timing: Timing
 
 
-def prepare_run(config: ScreenConfig, run_dir: Path, *, overwrite: bool = False) -> None:
-    """Check a reused run directory matches ``config``, then record the configuration."""
-    identity = {**asdict(config), "vectors": vector_key(config.vectors)}
-    run = claim_run(run_dir, identity, outputs=_OUTPUTS, overwrite=overwrite)
-    run.start(info={"vector_paths": config.vectors})
+def prepare_run(
+    config: ScreenConfig,
+    run_dir: Path,
+    model: dict[str, str],
+    *,
+    overwrite: bool = False,
+) -> bool:
+    """Claim the (locked) run directory for ``config`` scored by ``model`` (``dtype``,
+    ``device`` and ``weights_sha256``); return whether earlier rows are resumed.
+
+    Raises:
+        PersonavecError: The directory holds a run with another identity (without
+            ``overwrite``); the message names what changed.
+    """
+    settings = {k: v for k, v in asdict(config).items() if k not in ("vectors", "force")}
+    identity = {
+        **settings,
+        "vectors": vector_key(config.vectors),
+        "data_sha256": data_sha256(config.data),
+        "dtype": model["dtype"],
+        "device": model["device"],
+    }
+    run = claim_run(prepare_run_dir(run_dir), identity, outputs=OUTPUTS, overwrite=overwrite)
+    run.start(info={"vector_paths": config.vectors}, weights_sha256=model["weights_sha256"])
+    return run.resumed
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What is left to score: rows from ``start`` on, the subsample ``keep`` (None: all), the
+    selected rows in all and those already in the table."""
+
+    start: int
+    keep: set[int] | None
+    total: int
+    reused: int
+
+
+def plan(config: ScreenConfig, run_dir: Path, found: DataScan) -> Plan:
+    """The rows still to score in ``run_dir`` (after the last finished one)."""
+    start = finished_through(run_dir / SCORES_JSONL) + 1
+    keep = selected_indices(found.n_rows, config.sample, config.seed)
+    total = len(keep) if keep is not None else found.n_rows
+    reused = sum(1 for i in keep if i < start) if keep is not None else start
+    return Plan(start, keep, total, reused)
 
 
 def run_in_process(
@@ -168,31 +226,28 @@ def run_in_process(
     run_dir: str | Path,
     *,
     found: DataScan,
-    overwrite: bool = False,
     show_progress: bool = True,
 ) -> ScoredRun:
-    """Score every selected row into ``run_dir/scores.jsonl`` (resuming a partial run)."""
+    """Score every selected row into ``run_dir/scores.jsonl`` (resuming a partial run); the
+    directory must have been claimed with :func:`prepare_run`."""
     directory = Path(run_dir)
     vectors = load_vectors(loaded, config.vectors, force=config.force)
     targets = make_targets(vectors, config.layer)
-    prepare_run(config, directory, overwrite=overwrite)
     table = directory / SCORES_JSONL
-    start = finished_through(table) + 1
-    keep = selected_indices(found.n_rows, config.sample, config.seed)
-    total = len(keep) if keep is not None else found.n_rows
-    reused = sum(1 for i in keep if i < start) if keep is not None else start
+    todo = plan(config, directory, found)
+    start, keep, total, reused = todo.start, todo.keep, todo.total, todo.reused
     engine = HFEngine(loaded) if config.mode == "full" else None
     timing = Timing()
     scored = skipped = 0
     items = iter_samples(config.data, own_column=config.own_column, start=start)
     with stage("screening", total, enabled=show_progress) as advance:
         advance(reused)
-        for samples, bad in _batches(items, config.batch_size, keep):
+        for samples, bad in batches(items, config.batch_size, keep):
             rows: list[dict[str, Any]] = []
             if samples:
                 rows, spent = score_batch(loaded, samples, targets, config.settings, engine)
                 timing.add(spent)
-            rows += [{"index": b.index, "id": str(b.index), "skipped": b.reason} for b in bad]
+            rows += skipped_rows(bad)
             rows.sort(key=lambda r: int(r["index"]))
             append_jsonl(table, rows)
             scored += len(samples)
