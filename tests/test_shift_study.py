@@ -10,7 +10,6 @@ import torch
 
 from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
 from personavec.errors import PersonavecError
-from personavec.studies.common import load_like_base
 from personavec.studies.shift_study import StudySettings, shift_study
 from personavec.training.dataset import meta_path_for
 from personavec.training.finetune import FinetuneConfig
@@ -176,7 +175,7 @@ def test_finetunes_are_loaded_like_the_base(tmp_path: Path) -> None:
     records = shift_study(base, [_vector(base)], settings, config, run, show_progress=False)
     saved = json.loads((run / "config.json").read_text())
     assert (saved["dtype"], saved["device"]) == ("float64", "cpu")
-    tuned = load_like_base(run / "finetunes" / f"evil-strong-{records[1].key}", base)
+    tuned = load_finetuned(run / "finetunes" / f"evil-strong-{records[1].key}", like=base)
     assert next(tuned.model.parameters()).dtype == torch.float64
     assert tuned.device == base.device
 

@@ -18,14 +18,15 @@ capability as multiple-choice accuracy (the shipped set by default, any MMLU-for
 (:mod:`personavec.training.shift`; none for post-hoc steering, whose weights are the plain
 finetune's). Every finetune uses the same data, settings and seed.
 
-Every finetune is loaded like the base (same dtype and device, :mod:`.common`). The directory
-is opened with the run primitive (:func:`personavec.runs.run.open_run`) under the study's full
-identity: every setting (the layer resolved, the unit, positions), the finetune settings, content
-hashes of the dataset, the vector, the MC set and the held-out text, and the base model's id,
-dtype, device and weights hash. The same identity resumes (finished finetunes, answers and
-variant records are reused); another is refused in one line naming what changed, or with
-``overwrite`` deleted and recomputed. Each variant's files are stored under ``NAME-KEY``, ``KEY``
-being the hash of its settings (:func:`personavec.runs.rows.record_key`), never its name alone.
+Every finetune is loaded like the base (same dtype and device: ``load_finetuned(path,
+like=base)``). The directory is opened with the run primitive
+(:func:`personavec.runs.run.open_run`) under the study's full identity: every setting (the layer
+resolved, the unit, positions), the finetune settings, content hashes of the dataset, the
+vector, the MC set and the held-out text, and the base model's id, dtype, device and weights
+hash. The same identity resumes (finished finetunes, answers and variant records are reused);
+another is refused in one line naming what changed, or with ``overwrite`` deleted and
+recomputed. Each variant's files are stored under ``NAME-KEY``, ``KEY`` being the hash of its
+settings (:func:`personavec.runs.rows.record_key`), never its name alone.
 
 Run directory: ``config.json``, ``finetunes/NAME-KEY/``, ``eval/NAME-KEY/answers.jsonl``,
 ``judgments.sqlite``, ``models/NAME-KEY.json`` (written last per variant), ``report.md``,
@@ -54,7 +55,7 @@ from personavec.runs.identity import content_sha256, vector_sha256, weights_sha2
 from personavec.runs.rows import record_key
 from personavec.runs.run import open_run
 from personavec.store import atomic_write_json
-from personavec.studies.common import Log, base_identity, load_like_base
+from personavec.studies.common import Log, base_identity
 from personavec.studies.prevent_study_report import write_report
 from personavec.studies.prevent_study_types import (
     Capability,
@@ -64,6 +65,7 @@ from personavec.studies.prevent_study_types import (
 )
 from personavec.training.chat_data import ChatRow
 from personavec.training.finetune import FinetuneConfig, finetune
+from personavec.training.finetuned import load_finetuned
 from personavec.training.modifiers import TrainingModifiers, build_modifiers
 from personavec.training.shift import finetuning_shift, vector_layer
 from personavec.traits.library import load_trait
@@ -259,7 +261,7 @@ def _trained(ctx: StudyContext, variant: Variant) -> tuple[LoadedModel, float]:
         show_progress=ctx.show_progress,
         extras=mods.extras(),
     )
-    return load_like_base(result.path, ctx.base), float(result.record["metrics"]["train_loss"])
+    return load_finetuned(result.path, like=ctx.base), float(result.record["metrics"]["train_loss"])
 
 
 def _measure(

@@ -8,10 +8,10 @@ trained on it and merged, and every finetune (plus the base, as reference) is
   finetune is scored by the same judge), and
 * measured: its finetuning shift along every trait's vector (:mod:`personavec.training.shift`).
 
-Every finetune is loaded like the base (same dtype and device, :mod:`.common`). Then, per trait,
-Pearson r between the shift along the trait's vector and the trait score over the finetunes;
-pooled over traits; and the cross-trait baseline (trait score against the shift along *other*
-traits' vectors).
+Every finetune is loaded like the base (same dtype and device: ``load_finetuned(path,
+like=base)``). Then, per trait, Pearson r between the shift along the trait's vector and the
+trait score over the finetunes; pooled over traits; and the cross-trait baseline (trait score
+against the shift along *other* traits' vectors).
 
 The directory is opened with the run primitive (:func:`personavec.runs.run.open_run`) under the
 study's full identity: every setting, the finetune settings, each vector's content hash and the
@@ -49,7 +49,7 @@ from personavec.runs.identity import file_sha256, vector_sha256, weights_sha256
 from personavec.runs.rows import record_key
 from personavec.runs.run import open_run
 from personavec.store import atomic_write_json
-from personavec.studies.common import Log, base_identity, load_like_base
+from personavec.studies.common import Log, base_identity
 from personavec.studies.shift_study_report import write_report
 from personavec.studies.shift_study_types import ModelRecord, StudySettings
 from personavec.training.chat_data import read_chat_dataset
@@ -61,6 +61,7 @@ from personavec.training.dataset import (
     meta_path_for,
 )
 from personavec.training.finetune import FinetuneConfig, finetune
+from personavec.training.finetuned import load_finetuned
 from personavec.training.prompt_pool import load_prompt_pool
 from personavec.training.shift import finetuning_shift, vector_layer
 from personavec.traits.library import load_trait
@@ -212,7 +213,7 @@ def _one_finetune(ctx: StudyContext, trait: str, level: str) -> ModelRecord:
         merge=True,
         show_progress=ctx.show_progress,
     )
-    tuned = load_like_base(result.path, ctx.base)
+    tuned = load_finetuned(result.path, like=ctx.base)
     ctx.log(f"{name}: evaluating and measuring the shift")
     loss = result.record["metrics"]["train_loss"]
     record = _measure(
