@@ -89,10 +89,11 @@ def library_answer(loaded: LoadedModel, messages: Any, tokens: int) -> str:
 def test_rows_that_go_non_finite_fail_alone_and_the_others_equal_their_solo_answers(
     server: tuple[str, Any], tiny: LoadedModel
 ) -> None:
-    """Four requests share one batch: two good ones, one whose steering overflows the residual
-    at once (prefill) and one whose guards fire only at a generated token (a decoding step),
-    with a change that overflows to infinity there. Each bad one gets a 400 naming its
-    setting; the good ones get the answer they get alone."""
+    """Five requests are admitted together: two good ones, one whose steering overflows the
+    residual at once (prefill), one whose guards fire only at a generated token (a decoding
+    step) with a change that overflows to infinity there, and one whose guard overflows float32
+    when its hooks are built. Each bad one gets a 400 naming its setting; the good ones get the
+    answer they get alone."""
     url, app = server
     model = tiny.model_id
     reading = ask(url, model, monitor=["up"]).choices[0].model_extra["persona"]
@@ -109,13 +110,15 @@ def test_rows_that_go_non_finite_fail_alone_and_the_others_equal_their_solo_answ
         "overflow": {"steering": [{"vector": "up", "coef": 3e38, "layer": 1}]},
         # two rules on one vector fire together: -6e38 overflows to -inf
         "guard": {"guard": [{"vector": name, "threshold": threshold, "coef": 3e38}] * 2},
+        # coef · v overflows float32 itself: found when the row's hooks are built
+        "dtype": {"guard": [{"vector": "up", "threshold": 0.0, "coef": 5e38}]},
     }
     alone = {key: ask(url, model, **body) for key, body in good.items()}
     stats = app.state.server.scheduler.stats
     stats.largest_batch = 0
     calls = {key: (lambda b=body: ask(url, model, **b)) for key, body in {**good, **bad}.items()}
     together = concurrently(calls)
-    assert stats.largest_batch == 4  # all four shared the batch
+    assert stats.largest_batch == 5  # all five were admitted together
     for key in good:
         assert together[key].choices[0].message.content == alone[key].choices[0].message.content
     served, solo = (r["steered"].choices[0].model_extra["persona"] for r in (together, alone))
@@ -127,6 +130,9 @@ def test_rows_that_go_non_finite_fail_alone_and_the_others_equal_their_solo_answ
     assert "steering [up]" in overflow.message and "NaN or inf" in overflow.message
     assert isinstance(guard, openai.BadRequestError)
     assert f"guard [{name}" in guard.message
+    dtype = together["dtype"]
+    assert isinstance(dtype, openai.BadRequestError)
+    assert "guard [up coef 5e+38]" in dtype.message and "overflows" in dtype.message
     assert httpx.get(url + "/health").json()["active"] == 0
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from personavec.core.models import LoadedModel
 from personavec.engines.generation import HFEngine
-from personavec.errors import PersonavecError
+from personavec.errors import PersonavecError, SteeringError
 from personavec.serve.decoder import Decoder, joins_batches
 from personavec.serve.jobs import Failed, Job
 from personavec.serve.schemas import ApiError
@@ -132,13 +132,13 @@ class Scheduler:
         except Exception as exc:
             failure = exc
         if len(jobs) == 1:
-            jobs[0].report(_failure(failure))
+            jobs[0].report(_failure(failure, jobs[0]))
             return
         for job in jobs:
             try:
                 decoder.admit([job])
             except Exception as exc:
-                job.report(_failure(exc))
+                job.report(_failure(exc, job))
 
     def _take(self, running: int) -> list[Job] | None:
         """Queued jobs to admit now (None: stop). With nothing running, wait for work, then give
@@ -165,9 +165,12 @@ class Scheduler:
             return taken
 
 
-def _failure(exc: Exception) -> Failed:
-    """A one-line :class:`Failed`: 400 for a problem with the request, 500 otherwise."""
+def _failure(exc: Exception, job: Job | None = None) -> Failed:
+    """A one-line :class:`Failed`: 400 for a problem with the request (a steering problem names
+    ``job``'s setting), 500 otherwise."""
     if not isinstance(exc, PersonavecError):
         log.error("batch failed", exc_info=exc)
     message = str(exc).splitlines()[0] if str(exc) else repr(exc)
+    if isinstance(exc, SteeringError) and job is not None and job.setting:
+        message = f"{job.setting}: {message}"
     return Failed(message, 400 if isinstance(exc, PersonavecError) else 500)
