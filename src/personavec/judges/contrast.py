@@ -23,10 +23,12 @@ calibration raises :class:`JudgeCalibrationError`.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -34,8 +36,10 @@ from personavec.core.models import LoadedModel, chat_messages, encode_prompt, en
 from personavec.core.padding import left_pad
 from personavec.errors import PersonavecError
 from personavec.judges.base import Aspect, JudgeItem, content_hash
-from personavec.traits.schema import Polarity, TraitSpec
+from personavec.judges.prefix_scoring import grouped_logprobs, head_is_plain
+from personavec.traits.schema import TraitSpec
 
+Reference = Literal["neg", "neutral"]
 CALIBRATION_VERSION = "logistic-90-10-v1"
 _LOGIT_90 = math.log(9.0)
 
@@ -148,6 +152,18 @@ def _score_batch(loaded: LoadedModel, batch: Sequence[_Sequence]) -> list[torch.
     return out
 
 
+def _model_in(model: torch.nn.Module, dtype: str | None) -> torch.nn.Module:
+    """``model`` itself, or a copy of it in ``dtype`` (the loaded model is left untouched)."""
+    if dtype is None:
+        return model
+    target = getattr(torch, dtype, None)
+    if not isinstance(target, torch.dtype):
+        raise PersonavecError(f"unknown dtype {dtype!r}; use float32 or bfloat16")
+    if next(model.parameters()).dtype == target:
+        return model
+    return copy.deepcopy(model).to(target)
+
+
 class ContrastJudge:
     """Trait score 0-100 from the contrastive likelihood of the answer (see the module docstring).
 
@@ -159,6 +175,15 @@ class ContrastJudge:
             faster; the number used is part of the identity.
         calibration: a known calibration (e.g. from an earlier run); fitted from the trait's
             examples on first use when ``None``.
+        shared_prefix: score through :mod:`~personavec.judges.prefix_scoring` (each
+            (system prompt, question) prompt computed once, LM head at answer positions only);
+            ``False`` runs every prompt + answer sequence in full (the reference path; same
+            scores up to float rounding, used by ``benchmarks/bench_judge.py``).
+        dtype: score with a copy of the model in this dtype (e.g. ``"bfloat16"``; shared-prefix
+            path only); ``None`` uses the loaded model as it is. Part of the identity.
+        reference: what the eliciting prompts are contrasted with: ``"neg"`` (the suppressing
+            prompts, ``D`` above) or ``"neutral"`` (the model's own default prompt:
+            ``D = (1/n) Σ_i mean_t log p(a_t | pos_i, …) − mean_t log p(a_t | no system, …)``).
     """
 
     def __init__(
@@ -169,6 +194,9 @@ class ContrastJudge:
         *,
         max_pairs: int | None = None,
         calibration: Calibration | None = None,
+        shared_prefix: bool = True,
+        dtype: str | None = None,
+        reference: Reference = "neg",
     ) -> None:
         if batch_size < 1:
             raise PersonavecError(f"batch_size must be at least 1, got {batch_size}")
@@ -183,6 +211,12 @@ class ContrastJudge:
             else min(max_pairs, len(trait.instructions))
         )
         self._calibration = calibration
+        self.shared_prefix = shared_prefix and head_is_plain(loaded.model)
+        self.dtype = dtype
+        if reference not in ("neg", "neutral"):
+            raise PersonavecError(f"unknown contrast reference {reference!r}; use neg or neutral")
+        self.reference: Reference = reference
+        self._model = _model_in(loaded.model, dtype) if self.shared_prefix else loaded.model
 
     @property
     def aspect(self) -> Aspect:
@@ -205,7 +239,10 @@ class ContrastJudge:
             "\x01".join(trait.negative_examples),
             "\x01".join(trait.extraction_questions),
         )
-        return f"contrast:{self.loaded.model_id}:{digest}"
+        suffix = f":{self.dtype}" if self.dtype else ""
+        if self.reference != "neg":
+            suffix += f":ref-{self.reference}"
+        return f"contrast:{self.loaded.model_id}:{digest}{suffix}"
 
     @property
     def calibration(self) -> Calibration:
@@ -214,6 +251,14 @@ class ContrastJudge:
             self._calibration = self._fit_calibration()
         return self._calibration
 
+    def _terms(self) -> list[tuple[str | None, float]]:
+        """(system prompt, weight) of each teacher-forced sequence: ``D = Σ w · mean log p``."""
+        n = self.n_pairs
+        positive = [(self.trait.system_prompt("pos", i), 1.0 / n) for i in range(n)]
+        if self.reference == "neutral":
+            return [*positive, (None, -1.0)]
+        return [*positive, *[(self.trait.system_prompt("neg", i), -1.0 / n) for i in range(n)]]
+
     def raw_contrast(self, items: Sequence[JudgeItem]) -> list[float | None]:
         """``D`` per item in nats/token (see the module docstring); ``None`` for empty answers."""
         tokenizer = self.loaded.tokenizer
@@ -221,22 +266,36 @@ class ContrastJudge:
             encode_response(tokenizer, item.answer) if item.answer.strip() else [] for item in items
         ]
         sequences: list[tuple[list[int], list[int]]] = []
-        owners: list[tuple[int, Polarity]] = []
+        owners: list[tuple[int, float]] = []
         for k, item in enumerate(items):
             if not answers[k]:
                 continue
-            for i in range(self.n_pairs):
-                for polarity in ("pos", "neg"):
-                    system = self.trait.system_prompt(polarity, i)
-                    prompt = encode_prompt(tokenizer, chat_messages(item.question, system))
-                    sequences.append((prompt, answers[k]))
-                    owners.append((k, polarity))
-        logprobs = answer_logprobs(self.loaded, sequences, batch_size=self.batch_size)
+            for system, weight in self._terms():
+                prompt = encode_prompt(tokenizer, chat_messages(item.question, system))
+                sequences.append((prompt, answers[k]))
+                owners.append((k, weight))
+        logprobs = self._logprobs(sequences)
         totals = [0.0] * len(items)
-        for (k, polarity), values in zip(owners, logprobs, strict=True):
-            sign = 1.0 if polarity == "pos" else -1.0
-            totals[k] += sign * float(values.mean())
-        return [totals[k] / self.n_pairs if answers[k] else None for k in range(len(items))]
+        for (k, weight), values in zip(owners, logprobs, strict=True):
+            totals[k] += weight * float(values.mean())
+        return [totals[k] if answers[k] else None for k in range(len(items))]
+
+    def _logprobs(self, sequences: Sequence[tuple[list[int], list[int]]]) -> list[torch.Tensor]:
+        if not self.shared_prefix:
+            return answer_logprobs(self.loaded, sequences, batch_size=self.batch_size)
+        groups: dict[tuple[int, ...], list[list[int]]] = {}
+        for prompt, answer in sequences:
+            groups.setdefault(tuple(prompt), []).append(answer)
+        scored = grouped_logprobs(
+            self.loaded, groups, batch_size=self.batch_size, model=self._model
+        )
+        taken = dict.fromkeys(scored, 0)
+        out = []
+        for prompt, _ in sequences:
+            key = tuple(prompt)
+            out.append(scored[key][taken[key]])
+            taken[key] += 1
+        return out
 
     def score(self, items: Sequence[JudgeItem]) -> list[float | None]:
         """Scores in [0, 100], one per item; ``None`` for empty answers."""

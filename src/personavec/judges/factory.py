@@ -15,7 +15,7 @@ spec                      judge
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from personavec.errors import PersonavecError
 from personavec.judges.base import Aspect, Judge
@@ -48,6 +48,7 @@ def make_judge(
     concurrency: int = 8,
     timeout_s: float | None = None,
     contrast_pairs: int | None = None,
+    contrast_reference: str | None = None,
 ) -> Judge:
     """The judge named by ``spec`` for ``aspect`` (table in the module docstring).
 
@@ -61,6 +62,8 @@ def make_judge(
             environment; ``timeout_s`` seconds per request, see ``llm_client``).
         contrast_pairs: For ``contrast``: use only the trait's first instruction pairs (None:
             all; fewer is faster and noisier).
+        contrast_reference: For ``contrast``: ``"neg"`` or ``"neutral"`` (see
+            :class:`~personavec.judges.contrast.ContrastJudge`; None: its default).
     """
     if aspect not in ("trait", "coherence"):
         raise PersonavecError(f"unknown judge aspect {aspect!r}; use 'trait' or 'coherence'")
@@ -82,7 +85,9 @@ def make_judge(
     if name == "heuristic":
         return _heuristic_judge(aspect)
     if name in ("embedding", "contrast"):
-        return _offline_trait_judge(name, aspect, trait, loaded_model, contrast_pairs)
+        return _offline_trait_judge(
+            name, aspect, trait, loaded_model, contrast_pairs, contrast_reference
+        )
     raise _unknown(spec)
 
 
@@ -128,6 +133,7 @@ def _offline_trait_judge(
     trait: TraitSpec | None,
     loaded_model: LoadedModel | None,
     contrast_pairs: int | None = None,
+    contrast_reference: str | None = None,
 ) -> Judge:
     """``embedding`` or ``contrast``: trait judges that run on this machine."""
     if aspect != "trait":
@@ -147,5 +153,8 @@ def _offline_trait_judge(
             f"the contrast judge is unavailable in this installation ({exc}); "
             "use embedding or openai:MODEL"
         ) from exc
-    judge: Judge = ContrastJudge(loaded_model, _need_trait(name, trait), max_pairs=contrast_pairs)
+    options: dict[str, Any] = {"max_pairs": contrast_pairs}
+    if contrast_reference is not None:
+        options["reference"] = contrast_reference
+    judge: Judge = ContrastJudge(loaded_model, _need_trait(name, trait), **options)
     return judge
