@@ -32,20 +32,12 @@ import torch
 from personavec.core.models import LoadedModel, chat_messages, encode_prompt
 from personavec.core.padding import left_pad
 from personavec.errors import PersonavecError
+from personavec.metrics.mc_question import MCQuestion
 from personavec.metrics.mc_text import choice_text_logprobs
 
 LETTERS = string.ascii_uppercase
 Scoring = Literal["letter", "text"]
 SCORINGS: tuple[str, ...] = ("letter", "text")
-
-
-@dataclass(frozen=True)
-class MCQuestion:
-    """A question, its choices (2-26) and the index of the right one."""
-
-    question: str
-    choices: tuple[str, ...]
-    answer: int
 
 
 @dataclass

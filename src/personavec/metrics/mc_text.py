@@ -15,7 +15,6 @@ inside :func:`~personavec.core.hooks.teacher_forcing`, so active steering hooks 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,9 +22,7 @@ from personavec.core.hooks import teacher_forcing
 from personavec.core.models import LoadedModel, chat_messages, encode_prompt, encode_response
 from personavec.core.padding import left_pad
 from personavec.errors import PersonavecError
-
-if TYPE_CHECKING:
-    from personavec.metrics.capability import MCQuestion
+from personavec.metrics.mc_question import MCQuestion
 
 
 def _pairs(

@@ -254,13 +254,7 @@ def _screen_locked(
     table, summary = _finish(directory, config, targets, limits)
     filtered = None
     if write_filtered_to is not None and limits is not None:
-        filtered = write_filtered(config.data, directory / SCORES_JSONL, limits, write_filtered_to)
-        summary["filtered"] = {
-            "path": str(filtered.path),
-            "kept": filtered.kept,
-            "dropped": filtered.dropped,
-        }
-        atomic_write_json(directory / "summary.json", summary)
+        filtered = _write_kept(config, directory, summary, limits, write_filtered_to)
     notes = [f"Bad rows skipped: {found.n_bad}."] if found.n_bad else []
     if limits is not None:
         notes += [f"Threshold {c}: {v:.4f} ({drop_above})." for c, v in limits.items()]
@@ -268,6 +262,24 @@ def _screen_locked(
         notes.append(f"Kept {filtered.kept}, dropped {filtered.dropped} → {filtered.path}.")
     write_report(directory, config.data, targets, config.mode, summary, notes=notes)
     return ScreenResult(directory, table, summary, limits, filtered, timing)
+
+
+def _write_kept(
+    config: ScreenConfig,
+    directory: Path,
+    summary: dict[str, Any],
+    limits: dict[str, float],
+    target: str,
+) -> FilterResult:
+    """Write the kept rows to ``target`` and record them in ``summary.json``."""
+    filtered = write_filtered(config.data, directory / SCORES_JSONL, limits, target)
+    summary["filtered"] = {
+        "path": str(filtered.path),
+        "kept": filtered.kept,
+        "dropped": filtered.dropped,
+    }
+    atomic_write_json(directory / "summary.json", summary)
+    return filtered
 
 
 def _limits(

@@ -13,7 +13,7 @@ import torch
 from personavec.core.models import LoadedModel
 from personavec.core.vector import PersonaVector
 from personavec.errors import PersonavecError
-from personavec.metrics.capability import MCQuestion
+from personavec.metrics.mc_question import MCQuestion
 from personavec.pipeline.evaluate import EvalSettings, Judges
 from personavec.runs.identity import content_sha256
 from personavec.studies.common import Log
