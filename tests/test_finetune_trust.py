@@ -4,6 +4,7 @@ base, weight identity, bad settings refused, finished work never lost, modes fol
 from __future__ import annotations
 
 import gc
+import json
 import os
 import weakref
 from collections.abc import Iterator
@@ -214,3 +215,22 @@ def test_finetunes_load_like_the_base(tmp_path: Path, merge: bool) -> None:
     )
     with pytest.raises(PersonavecError, match="finetuned from"):
         load_finetuned(tmp_path / "ft", like=tiny_model("llama", seed=1))
+
+
+def test_checkpoints_are_a_locked_run_directory(tmp_path: Path) -> None:
+    from personavec.runs.lock import RunLockedError, run_lock
+    from test_finetune import _Kill
+
+    loaded = tiny_model("llama")
+    with pytest.raises(KeyboardInterrupt):
+        finetune(loaded, ROWS, tmp_path / "ft", CONFIG, show_progress=False, callbacks=[_Kill()])
+    work = tmp_path / ".ft.partial"
+    assert json.loads((work / "config.json").read_text())["config"]["learning_rate"] == 5e-3
+    with run_lock(work), pytest.raises(RunLockedError, match="another personavec process"):
+        finetune(loaded, ROWS, tmp_path / "ft", CONFIG, show_progress=False)
+    other = FinetuneConfig(rank=4, alpha=8, learning_rate=1e-3, batch_size=2, max_steps=4)
+    with pytest.raises(PersonavecError, match=r"different config.*--overwrite"):
+        finetune(loaded, ROWS, tmp_path / "ft", other, show_progress=False)
+    assert (work / "checkpoints" / "checkpoint-2").is_dir()  # kept for a resume
+    result = finetune(loaded, ROWS, tmp_path / "ft", other, show_progress=False, overwrite=True)
+    assert result.record["metrics"]["resumed_from"] is None and not work.exists()

@@ -16,8 +16,10 @@ directory and renamed into place at the end; a finished one holds the marker fil
   the mean training loss over *all* steps, also those before a resume; ``losses`` the loss of
   each step.
 
-Checkpoints live in ``.<out>.partial/`` next to it while training; a killed run resumes from the
-latest one (same seed → the same final adapter as an uninterrupted run). A loss, gradient norm
+Checkpoints live in ``.<out>.partial/`` next to it while training, a run directory opened
+through the run primitive (locked; identity = base, settings, extras and rows): a killed run
+resumes from the latest one (same seed → the same final adapter as an uninterrupted run); the
+leftover of a run with other settings is refused unless ``overwrite``. A loss, gradient norm
 or trained weight that is not finite stops the finetune with :class:`NonFiniteLoss`; it is never
 marked complete. Training runs on a copy of the base; the copy and the trainer are freed (and
 the CUDA cache emptied) when :func:`finetune` returns or raises.
@@ -54,9 +56,10 @@ from personavec.training.finetune_dir import (
     RECORD,
     FinetuneResult,
     check_output,
-    prepare_work,
+    open_work,
     publish,
     reuse,
+    work_dir,
 )
 from personavec.training.finetuned import base_identity
 from personavec.training.nonfinite import StopOnNonFinite, check_finite_weights
@@ -205,17 +208,26 @@ def finetune(
     existing = reuse(target, identity, overwrite)
     if existing is not None:
         return existing
-    work = prepare_work(target, identity)
     try:
-        record = _train(
-            loaded, rows, config, work, target, identity, merge, show_progress, callbacks, extras
-        )
+        with open_work(target, identity, overwrite) as work:
+            record = _train(
+                loaded,
+                rows,
+                config,
+                work,
+                target,
+                identity,
+                merge,
+                show_progress,
+                callbacks,
+                extras,
+            )
     except PersonavecError as exc:  # drop the frames that hold the trainer
         exc.__context__ = exc.__cause__ = None
         raise exc.with_traceback(None) from None
     finally:
         _free_memory()
-    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(work_dir(target), ignore_errors=True)
     return FinetuneResult(target, record)
 
 

@@ -6,21 +6,25 @@ record ``personavec_finetune.json``). Anything else — a file, a directory of o
 refused before any work, with or without ``--overwrite``: a finetune only ever replaces another
 finetune. The result is written to a temporary directory beside ``out`` and renamed into place;
 finished work is never deleted by a late error (a failed rename leaves it where it was written,
-and the error says where). Written files and directories follow the umask like every other
-personavec output (``0666``/``0777`` masked), not ``tempfile``'s ``0600``/``0700``.
+and the error says where). Checkpoints live in ``.<name>.partial/``, a run directory
+(:func:`open_work`): locked while training, resumed when its identity matches. Written files
+and directories follow the umask like every other personavec output (``0666``/``0777``
+masked), not ``tempfile``'s ``0600``/``0700``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from personavec.runs.run import open_run
 from personavec.store import atomic_write_json
 from personavec.training.finetune_config import FinetuneError
 
@@ -94,17 +98,22 @@ def reuse(target: Path, identity: dict[str, Any], overwrite: bool) -> FinetuneRe
     return None
 
 
-def prepare_work(target: Path, identity: dict[str, Any]) -> Path:
-    """The checkpoint directory: kept when it belongs to an interrupted run of the same
-    finetune, cleared otherwise."""
+@contextlib.contextmanager
+def open_work(target: Path, identity: dict[str, Any], overwrite: bool) -> Iterator[Path]:
+    """The locked checkpoint directory ``.<name>.partial`` of ``target``, opened through the
+    run primitive (:func:`personavec.runs.run.open_run`) with the parts of ``identity`` that
+    change the adapter: checkpoints of an interrupted run of the same finetune are resumed,
+    those of another one refused unless ``overwrite``, and a second process is refused.
+    Checkpoints left by an older personavec (``identity.json``, no ``config.json``) lack the
+    weight hash, cannot be compared and are discarded, as that version did on any change."""
+    keys = {k: identity.get(k) for k in ("base", "config", "merged", "training")}
+    keys["rows_sha256"] = identity["dataset"]["rows_sha256"]
     work = work_dir(target)
-    saved = work / "identity.json"
-    same = saved.is_file() and same_run(json.loads(saved.read_text()), identity)
-    if work.exists() and not same:
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(saved, identity)
-    return work
+    if (work / "identity.json").is_file() and not (work / "config.json").is_file():
+        shutil.rmtree(work)  # an older personavec's checkpoints: no weight hash to compare
+    with open_run(work, keys, outputs=("checkpoints/checkpoint-*",), overwrite=overwrite) as run:
+        run.start()
+        yield run.dir
 
 
 def _umask() -> int:

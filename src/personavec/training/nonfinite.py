@@ -37,7 +37,7 @@ class StopOnNonFinite(TrainerCallback):
         what = bad[0].replace("_", " ")
         raise NonFiniteLoss(
             f"training {what} became {logs[bad[0]]} at step {state.global_step} {ADVICE}; "
-            f"{_kept(args.output_dir)}; lower it and rerun"
+            f"{_kept(args.output_dir)}; lower it and rerun with --overwrite"
         )
 
 
@@ -49,5 +49,5 @@ def check_finite_weights(model: nn.Module) -> None:
         if param.requires_grad and not bool(torch.isfinite(param).all()):
             raise NonFiniteLoss(
                 f"the trained weight {name} is not finite {ADVICE}; the finetune is not marked "
-                "complete; lower it and rerun"
+                "complete; lower it and rerun with --overwrite"
             )
