@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from personavec.core.models import LoadedModel, load_model
 from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
+from personavec.screening.table import iter_scores
 from tiny_models import tiny_model
 
 QUESTIONS = [
@@ -82,3 +89,38 @@ def chat_rows(n: int) -> list[dict[str, Any]]:
 def write_jsonl(path: Path, rows: list[Any]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+TESTS = Path(__file__).resolve().parent
+
+
+def screen_command(data: Path, vector: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    """``personavec screen`` on a tiny model: full mode, 3 new tokens, batches of 2."""
+    return [
+        sys.executable, "-m", "personavec", "screen", str(data), "-v", str(vector),
+        "-m", str(model), "--out", str(out), "--mode", "full", "--max-new-tokens", "3",
+        "--batch-size", "2", "--quiet", *extra,
+    ]  # fmt: skip
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of a ``personavec`` subprocess that imports this checkout."""
+    path = os.pathsep.join([str(SRC), str(TESTS), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+
+
+def kill_after_rows(command: list[str], out: Path, rows: int = 6) -> list[dict[str, Any]]:
+    """Run ``command``, SIGKILL it (and every process it started) as soon as ``out`` holds
+    ``rows`` scored rows, and return the rows it kept; fail if it ended first."""
+    process = subprocess.Popen(command, env=subprocess_env(), start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if sum(1 for _ in iter_scores(out / "scores.jsonl")) >= rows:
+            break
+        time.sleep(0.01)
+    if process.poll() is not None:
+        pytest.fail("the screen ended before it could be killed; give it more rows")
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    return list(iter_scores(out / "scores.jsonl"))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from personavec.core.models import LoadedModel
 from personavec.core.vector import PersonaVector
 from personavec.errors import PersonavecError
 from personavec.studies.prevent_study import (
@@ -133,6 +134,16 @@ def _quick(tmp_path: Path, **changes: object) -> tuple[StudySettings, FinetuneCo
     return settings, config, load_capability(mc, text, None)
 
 
+def _inputs(tmp_path: Path) -> tuple[LoadedModel, PersonaVector, Path]:
+    """A tiny base, an evil vector file for it and the ROWS dataset file."""
+    loaded = tiny_model("llama")
+    loaded.model.config.architectures = ["LlamaForCausalLM"]
+    vector = PersonaVector.load(make_vector(loaded, tmp_path / "v.safetensors", trait="evil"))
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"messages": r.messages()}) + "\n" for r in ROWS))
+    return loaded, vector, data
+
+
 @pytest.mark.parametrize(
     ("changes", "named"),
     [
@@ -146,11 +157,7 @@ def test_rerun_with_other_settings_is_refused_then_recomputed_with_overwrite(
 ) -> None:
     """Another --layer, --relative/--raw or --positions is refused in one line naming it (no
     mixed table); with --overwrite the old records are deleted and every variant recomputed."""
-    loaded = tiny_model("llama")
-    loaded.model.config.architectures = ["LlamaForCausalLM"]
-    vector = PersonaVector.load(make_vector(loaded, tmp_path / "v.safetensors", trait="evil"))
-    data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps({"messages": r.messages()}) + "\n" for r in ROWS))
+    loaded, vector, data = _inputs(tmp_path)
     run = tmp_path / "run"
     settings, config, capability = _quick(tmp_path)
     args = (loaded, vector, ROWS, data)
@@ -173,11 +180,7 @@ def test_rerun_with_other_settings_is_refused_then_recomputed_with_overwrite(
 
 
 def test_rerun_with_another_vector_or_mc_file_is_refused(tmp_path: Path) -> None:
-    loaded = tiny_model("llama")
-    loaded.model.config.architectures = ["LlamaForCausalLM"]
-    vector = PersonaVector.load(make_vector(loaded, tmp_path / "v.safetensors", trait="evil"))
-    data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps({"messages": r.messages()}) + "\n" for r in ROWS))
+    loaded, vector, data = _inputs(tmp_path)
     run = tmp_path / "run"
     settings, config, capability = _quick(tmp_path)
     prevent_study(

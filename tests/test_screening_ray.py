@@ -1,13 +1,9 @@
-"""The Ray Data engine (local Ray, 2 CPUs) scores exactly what the in-process engine scores."""
+"""The Ray engine (local Ray, 2 CPUs): the same scores as the in-process engine; a killed Ray
+screen resumes without rescoring; a finished one re-run is a no-op."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,12 +12,17 @@ from personavec.screening.api import screen
 from personavec.screening.ray_engine import RayOptions
 from personavec.screening.run import ScreenConfig
 from personavec.screening.table import iter_scores, read_table
-from screening_helpers import chat_rows, load_tiny, make_vector, save_tiny, write_jsonl
+from screening_helpers import (
+    chat_rows,
+    kill_after_rows,
+    load_tiny,
+    make_vector,
+    save_tiny,
+    screen_command,
+    write_jsonl,
+)
 
 pytest.importorskip("ray")
-
-SRC = Path(__file__).resolve().parents[1] / "src"
-TESTS = Path(__file__).resolve().parent
 
 
 def test_ray_engine_equals_in_process(tmp_path: Path) -> None:
@@ -57,19 +58,6 @@ def test_ray_engine_equals_in_process(tmp_path: Path) -> None:
     )
 
 
-def _command(data: Path, vector: Path, model: Path, out: Path) -> list[str]:
-    return [
-        sys.executable, "-m", "personavec", "screen", str(data), "-v", str(vector),
-        "-m", str(model), "--out", str(out), "--mode", "full", "--max-new-tokens", "3",
-        "--batch-size", "2", "--engine", "ray", "--actors", "1", "--quiet",
-    ]  # fmt: skip
-
-
-def _env() -> dict[str, str]:
-    path = os.pathsep.join([str(SRC), str(TESTS), os.environ.get("PYTHONPATH", "")])
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
-
-
 def test_killed_ray_screen_keeps_its_blocks_and_a_finished_one_is_a_no_op(tmp_path: Path) -> None:
     """A Ray screen killed with SIGKILL keeps every appended block; the same command resumes
     without rescoring them and gives the uninterrupted scores; re-running the finished screen
@@ -81,19 +69,8 @@ def test_killed_ray_screen_keeps_its_blocks_and_a_finished_one_is_a_no_op(tmp_pa
     vector = make_vector(tmp_path / "evil", loaded, layer=1)
     data = write_jsonl(tmp_path / "d.jsonl", chat_rows(80))
     out = tmp_path / "killed"
-    process = subprocess.Popen(
-        _command(data, vector, model_dir, out), env=_env(), start_new_session=True
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        if sum(1 for _ in iter_scores(out / "scores.jsonl")) >= 6:
-            break
-        time.sleep(0.01)
-    if process.poll() is not None:
-        pytest.fail("the screen finished (or failed) before it could be killed")
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    partial = list(iter_scores(out / "scores.jsonl"))
+    command = screen_command(data, vector, model_dir, out, "--engine", "ray", "--actors", "1")
+    partial = kill_after_rows(command, out)
     assert 6 <= len(partial) < 80 and not (out / "scores.parquet").exists()
     marked = [{**row, "mark": "kept"} for row in partial]  # rescored rows would lose the mark
     (out / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in marked))

@@ -1,4 +1,4 @@
-"""What every study shares: the base model's identity and the finetune settings.
+"""What every study shares: the base model's identity, the evaluation and the finetune settings.
 
 A study compares finetuned models with their base, so every finetune is loaded like the base
 (``load_finetuned(path, like=base)``: same dtype and device; a bf16 finetune against an fp32
@@ -9,14 +9,58 @@ in its ``config.json``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from personavec.core.models import LoadedModel
+from personavec.judges.contrast import ContrastJudge
+from personavec.pipeline.evaluate import EvalSettings, Judges, prepare_evaluation
 from personavec.training.finetune import FinetuneConfig
 from personavec.training.finetuned import dtype_name
+from personavec.traits.library import load_trait
 
 Log = Callable[[str], None]
 """Where a study reports what it is doing (one line per call)."""
+
+
+class EvaluationOptions(Protocol):
+    """The evaluation settings every study has (its ``StudySettings``)."""
+
+    @property
+    def questions(self) -> int: ...
+    @property
+    def samples(self) -> int: ...
+    @property
+    def max_new_tokens(self) -> int: ...
+    @property
+    def judge(self) -> str: ...
+    @property
+    def judge_pairs(self) -> int | None: ...
+    @property
+    def coherence_judge(self) -> str: ...
+    @property
+    def seed(self) -> int: ...
+
+
+def study_evaluation(
+    base: LoadedModel, trait: str, s: EvaluationOptions
+) -> tuple[EvalSettings, list[str], Judges]:
+    """The evaluation of ``trait`` every model of a study gets: held-out questions and judges
+    built on the *base* model (so every finetune is scored by the same judge); a contrast judge
+    with ``judge_pairs`` instruction pairs when given."""
+    spec = load_trait(trait)
+    judge: str | ContrastJudge = s.judge
+    if s.judge == "contrast" and s.judge_pairs is not None:
+        judge = ContrastJudge(base, spec, max_pairs=s.judge_pairs)
+    return prepare_evaluation(
+        base,
+        spec,
+        judge,
+        questions=s.questions,
+        samples=s.samples,
+        max_new_tokens=s.max_new_tokens,
+        seed=s.seed,
+        coherence_judge=s.coherence_judge,
+    )
 
 
 def base_identity(base: LoadedModel) -> dict[str, Any]:

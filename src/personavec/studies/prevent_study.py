@@ -49,13 +49,12 @@ from personavec.core.vector import PersonaVector
 from personavec.errors import PersonavecError
 from personavec.metrics.capability import evaluate_multiple_choice
 from personavec.metrics.perplexity import perplexity
-from personavec.pipeline.evaluate import prepare_evaluation
 from personavec.pipeline.evaluate_cells import generate_cell, judge_rows, summarise_cell
 from personavec.runs.identity import content_sha256, vector_sha256, weights_sha256
 from personavec.runs.rows import record_key
 from personavec.runs.run import open_run
 from personavec.store import atomic_write_json
-from personavec.studies.common import Log, base_identity
+from personavec.studies.common import Log, base_identity, study_evaluation
 from personavec.studies.prevent_study_report import write_report
 from personavec.studies.prevent_study_types import (
     Capability,
@@ -68,7 +67,6 @@ from personavec.training.finetune import FinetuneConfig, finetune
 from personavec.training.finetuned import load_finetuned
 from personavec.training.modifiers import TrainingModifiers, build_modifiers
 from personavec.training.shift import finetuning_shift, vector_layer
-from personavec.traits.library import load_trait
 
 __all__ = [
     "STUDY_OUTPUTS",
@@ -168,33 +166,13 @@ def prevent_study(
     with open_run(run_dir, study_identity(ctx), outputs=STUDY_OUTPUTS, overwrite=overwrite) as run:
         ctx.run_dir = run.dir
         run.start(weights_sha256=weights_sha256(base.model))
-        ctx.evaluation = _prepare(ctx)
+        ctx.evaluation = study_evaluation(base, vector.meta.trait, settings)
         plain = next(v for v in plan if v.method == "finetune")
         records: list[VariantRecord] = []
         for variant in plan:
             records.append(_variant(ctx, variant, plain))
             write_report(records, ctx, run.dir)  # partial results are readable as they come
     return records
-
-
-def _prepare(ctx: StudyContext) -> Any:
-    s = ctx.settings
-    spec = load_trait(ctx.vector.meta.trait)
-    judge: Any = s.judge
-    if s.judge == "contrast" and s.judge_pairs is not None:
-        from personavec.judges.contrast import ContrastJudge
-
-        judge = ContrastJudge(ctx.base, spec, max_pairs=s.judge_pairs)
-    return prepare_evaluation(
-        ctx.base,
-        spec,
-        judge,
-        questions=s.questions,
-        samples=s.samples,
-        max_new_tokens=s.max_new_tokens,
-        seed=s.seed,
-        coherence_judge=s.coherence_judge,
-    )
 
 
 def _variant_plan(ctx: StudyContext) -> list[Variant]:

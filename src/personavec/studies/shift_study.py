@@ -42,14 +42,13 @@ from personavec.core.models import LoadedModel
 from personavec.core.setting import SteeringSetting
 from personavec.core.vector import PersonaVector
 from personavec.errors import PersonavecError
-from personavec.judges.contrast import ContrastJudge
-from personavec.pipeline.evaluate import EvalSettings, Judges, prepare_evaluation
+from personavec.pipeline.evaluate import EvalSettings, Judges
 from personavec.pipeline.evaluate_cells import generate_cell, judge_rows, summarise_cell
 from personavec.runs.identity import file_sha256, vector_sha256, weights_sha256
 from personavec.runs.rows import record_key
 from personavec.runs.run import open_run
 from personavec.store import atomic_write_json
-from personavec.studies.common import Log, base_identity
+from personavec.studies.common import Log, base_identity, study_evaluation
 from personavec.studies.shift_study_report import write_report
 from personavec.studies.shift_study_types import ModelRecord, StudySettings
 from personavec.training.chat_data import read_chat_dataset
@@ -130,7 +129,7 @@ def shift_study(
         run.start(weights_sha256=weights_sha256(base.model))
         ctx = StudyContext(base, by_trait, settings, config, run.dir, log, show_progress)
         for trait in settings.traits:
-            ctx.evals[trait] = _prepare(ctx, trait)
+            ctx.evals[trait] = study_evaluation(base, trait, settings)
         records = [_measure(ctx, ModelRecord("base", None, None, 0, None, {}, {}, {}), base)]
         for trait in settings.traits:
             for level in settings.levels:
@@ -138,24 +137,6 @@ def shift_study(
                 write_report(records, settings, run.dir)  # partial results readable as they come
         write_report(records, settings, run.dir)
     return records
-
-
-def _prepare(ctx: StudyContext, trait: str) -> tuple[EvalSettings, list[str], Judges]:
-    spec = load_trait(trait)
-    s = ctx.settings
-    judge: str | ContrastJudge = s.judge
-    if s.judge == "contrast" and s.judge_pairs is not None:
-        judge = ContrastJudge(ctx.base, spec, max_pairs=s.judge_pairs)
-    return prepare_evaluation(
-        ctx.base,
-        spec,
-        judge,
-        questions=s.questions,
-        samples=s.samples,
-        max_new_tokens=s.max_new_tokens,
-        seed=s.seed,
-        coherence_judge=s.coherence_judge,
-    )
 
 
 def _build(ctx: StudyContext, trait: str, level: str, data: Path) -> None:
