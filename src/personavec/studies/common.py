@@ -9,7 +9,8 @@ in its ``config.json``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 from personavec.core.models import LoadedModel
 from personavec.judges.contrast import ContrastJudge
@@ -22,27 +23,24 @@ Log = Callable[[str], None]
 """Where a study reports what it is doing (one line per call)."""
 
 
-class EvaluationOptions(Protocol):
-    """The evaluation settings every study has (its ``StudySettings``)."""
+@dataclass(frozen=True, kw_only=True)
+class StudyEvaluation:
+    """How every model of a study is evaluated (the fields each study's settings share):
+    ``questions`` held-out questions × ``samples`` answers of ≤ ``max_new_tokens`` tokens,
+    judged by ``judge`` (a contrast judge with ``judge_pairs`` instruction pairs when given; None:
+    all) and ``coherence_judge``; ``seed`` for sampling (and the finetunes)."""
 
-    @property
-    def questions(self) -> int: ...
-    @property
-    def samples(self) -> int: ...
-    @property
-    def max_new_tokens(self) -> int: ...
-    @property
-    def judge(self) -> str: ...
-    @property
-    def judge_pairs(self) -> int | None: ...
-    @property
-    def coherence_judge(self) -> str: ...
-    @property
-    def seed(self) -> int: ...
+    questions: int = 10
+    samples: int = 1
+    max_new_tokens: int = 48
+    judge: str = "contrast"
+    judge_pairs: int | None = None
+    coherence_judge: str = "heuristic"
+    seed: int = 0
 
 
 def study_evaluation(
-    base: LoadedModel, trait: str, s: EvaluationOptions
+    base: LoadedModel, trait: str, s: StudyEvaluation
 ) -> tuple[EvalSettings, list[str], Judges]:
     """The evaluation of ``trait`` every model of a study gets: held-out questions and judges
     built on the *base* model (so every finetune is scored by the same judge); a contrast judge

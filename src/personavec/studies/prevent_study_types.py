@@ -16,13 +16,13 @@ from personavec.errors import PersonavecError
 from personavec.metrics.mc_question import MCQuestion
 from personavec.pipeline.evaluate import EvalSettings, Judges
 from personavec.runs.identity import content_sha256
-from personavec.studies.common import Log
+from personavec.studies.common import Log, StudyEvaluation
 from personavec.training.chat_data import ChatRow
 from personavec.training.finetune import FinetuneConfig
 
 
-@dataclass(frozen=True)
-class StudySettings:
+@dataclass(frozen=True, kw_only=True)
+class StudySettings(StudyEvaluation):
     """What the study trains and measures (part of the study's identity).
 
     ``coefs`` are the preventative coefficients α (raw, or fractions of the layer's typical norm
@@ -37,14 +37,7 @@ class StudySettings:
     layer: int | None = None
     relative: bool = False
     positions: str = "all"
-    questions: int = 10
-    samples: int = 1
-    max_new_tokens: int = 48
-    judge: str = "contrast"
-    judge_pairs: int | None = None
-    coherence_judge: str = "heuristic"
     mc_questions: int | None = None
-    seed: int = 0
 
     def __post_init__(self) -> None:
         values = (*self.coefs, *(self.posthoc_coefs or ()), *self.penalty_weights)

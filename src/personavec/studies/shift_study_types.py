@@ -5,27 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from personavec.errors import PersonavecError
+from personavec.studies.common import StudyEvaluation
 from personavec.training.dataset import LEVELS
 
 
-@dataclass(frozen=True)
-class StudySettings:
-    """What the study builds, trains and measures (part of the study's identity)."""
+@dataclass(frozen=True, kw_only=True)
+class StudySettings(StudyEvaluation):
+    """What the study builds, trains and measures (part of the study's identity); the held-out
+    questions of each trait are also the prompts of the shift."""
 
     traits: tuple[str, ...]
     levels: tuple[str, ...] = LEVELS
     n: int = 150
     """Rows per dataset."""
     build_max_new_tokens: int = 64
-    questions: int = 10
-    """Held-out evaluation questions per trait (also the prompts of the shift)."""
     samples: int = 2
-    max_new_tokens: int = 48
-    judge: str = "contrast"
-    judge_pairs: int | None = None
-    """Instruction pairs of the contrast judge (None: all)."""
-    coherence_judge: str = "heuristic"
-    seed: int = 0
 
     def __post_init__(self) -> None:
         if not self.traits:
