@@ -2,15 +2,13 @@
 
 The answers are the demo's 200 rollouts (``ExtractConfig(trait="evil")``: 5 instruction pairs ×
 20 questions × pos/neg, seed 0, 64 new tokens), generated once with the HF engine into
-``--work`` and reused. Every variant scores the same answers' raw contrast ``D`` (calibration is
-timed separately: it is the same 16 example answers for every variant). Prints seconds, the ratio
-to the old path, and the agreement of each variant's scores with the reference::
+``--work`` and reused. Every variant scores the same answers' raw contrast ``D`` (calibration,
+the same 16 example answers for every variant, is not timed). Prints seconds, the ratio to the
+old path and each variant's agreement with its reference (max |Δ| and Spearman)::
 
-    python benchmarks/bench_judge.py                       # old vs new, fp32 and bf16
-    python benchmarks/bench_judge.py --skip-old            # new variants only
-    python benchmarks/bench_judge.py --trait sycophantic --answers 100 --pairs 1,2,3
-
-Agreement: max |ΔD| (nats/token) and the Spearman correlation of the scores.
+    python benchmarks/bench_judge.py                      # old vs new (fp32, default dtype)
+    python benchmarks/bench_judge.py --skip-old --pairs 1,2,3
+    python benchmarks/bench_judge.py --trait sycophantic --answers 100 --skip-old --pairs 2
 """
 
 from __future__ import annotations
@@ -56,12 +54,18 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 
 def agreement(a: list[float | None], b: list[float | None]) -> dict[str, float]:
+    """max |a − b| and the Spearman correlation over items both scored."""
     pairs = [(x, y) for x, y in zip(a, b, strict=True) if x is not None and y is not None]
     xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
     return {
-        "max_abs_diff": max(abs(x - y) for x, y in pairs),
-        "spearman": spearman(xs, ys),
+        "max_abs_diff": round(max(abs(x - y) for x, y in pairs), 5),
+        "spearman": round(spearman(xs, ys), 4),
     }
+
+
+def scores(judge: ContrastJudge, raw: list[float | None]) -> list[float | None]:
+    """0-100 scores of raw contrasts under ``judge``'s calibration."""
+    return [None if d is None else judge.calibration(d) for d in raw]
 
 
 def main() -> None:
@@ -69,43 +73,38 @@ def main() -> None:
     parser.add_argument("--trait", default="evil")
     parser.add_argument("--answers", type=int, default=200)
     parser.add_argument("--work", type=Path, default=Path("runs/bench-judge"))
-    parser.add_argument("--skip-old", action="store_true")
-    parser.add_argument("--batch-sizes", default="16")
+    parser.add_argument("--skip-old", action="store_true", help="time the new paths only")
     parser.add_argument("--pairs", default="", help="comma list of max_pairs to compare")
-    parser.add_argument("--bf16", action="store_true", help="also time a bfloat16 judge")
     args = parser.parse_args()
     loaded = load_model("smollm2", device="cpu")
     trait = load_trait(args.trait)
     items = demo_answers(loaded, args.trait, args.work, args.answers)
     print(f"{len(items)} answers of {args.trait}; torch threads {torch.get_num_threads()}")
-    results: dict[str, object] = {"answers": len(items), "trait": args.trait}
-    reference: list[float | None] | None = None
-    old_s: float | None = None
+    out: dict[str, object] = {"answers": len(items), "trait": args.trait}
+    fp32 = ContrastJudge(loaded, trait, dtype=None)
+    fp32_s, fp32_raw = timed(fp32, items)
+    out["new_fp32_s"] = round(fp32_s, 1)
     if not args.skip_old:
-        old_s, reference = timed(ContrastJudge(loaded, trait, shared_prefix=False), items)
-        print(f"old (full sequences, fp32, batch 8): {old_s:.1f} s")
-        results["old_s"] = old_s
-    for batch in [int(b) for b in args.batch_sizes.split(",")]:
-        new_s, values = timed(ContrastJudge(loaded, trait, batch_size=batch), items)
-        line = f"new (shared prefix, fp32, batch {batch}): {new_s:.1f} s"
-        if old_s is not None:
-            line += f"  ratio old/new {old_s / new_s:.2f}x"
-        if reference is None:
-            reference = values
-        line += f"  vs reference {agreement(values, reference)}"
-        print(line)
-        results[f"new_b{batch}_s"] = new_s
-    assert reference is not None
-    if args.bf16:
-        bf16 = ContrastJudge(loaded, trait, batch_size=16, dtype="bfloat16")
-        bf_s, values = timed(bf16, items)
-        print(f"new bf16: {bf_s:.1f} s  vs fp32 {agreement(values, reference)}")
-        results["bf16_s"] = bf_s
+        old_s, old_raw = timed(ContrastJudge(loaded, trait, shared_prefix=False, dtype=None), items)
+        out["old_s"] = round(old_s, 1)
+        out["new_fp32_vs_old"] = agreement(fp32_raw, old_raw)
+        out["speedup_fp32"] = round(old_s / fp32_s, 2)
+    default = ContrastJudge(loaded, trait)  # dtype "auto": bfloat16 where the CPU has it
+    default_s, default_raw = timed(default, items)
+    out[f"new_default_{default.dtype or 'fp32'}_s"] = round(default_s, 1)
+    out["default_vs_fp32_raw"] = agreement(default_raw, fp32_raw)
+    out["default_vs_fp32_score"] = agreement(scores(fp32, default_raw), scores(fp32, fp32_raw))
+    if "old_s" in out:
+        out["speedup_default"] = round(float(out["old_s"]) / default_s, 2)  # type: ignore[arg-type]
     for k in [int(p) for p in args.pairs.split(",") if p]:
-        k_s, values = timed(ContrastJudge(loaded, trait, batch_size=16, max_pairs=k), items)
-        print(f"new, first {k} pair(s): {k_s:.1f} s  vs all pairs {agreement(values, reference)}")
-        results[f"pairs{k}_s"] = k_s
-    print(json.dumps(results))
+        k_s, k_raw = timed(ContrastJudge(loaded, trait, max_pairs=k), items)
+        out[f"pairs{k}"] = {"s": round(k_s, 1), "vs_all_pairs": agreement(k_raw, default_raw)}
+    neutral = ContrastJudge(loaded, trait, reference="neutral")
+    neutral_s, _ = timed(neutral, items)
+    out["default_neutral_reference_s"] = round(neutral_s, 1)
+    for key, value in out.items():
+        print(f"{key}: {value}")
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -123,8 +123,12 @@ def test_judge_batch_size_does_not_change_scores(
         JudgeItem("What is the capital of France?", "Paris is the capital."),
     ]
     calibration = Calibration.from_means(1.0, 0.0)  # given, so nothing is fitted here
-    many = ContrastJudge(smollm2, PIRATE, batch_size=4, max_pairs=1, calibration=calibration)
-    one = ContrastJudge(smollm2, PIRATE, batch_size=1, max_pairs=1, calibration=calibration)
+    many = ContrastJudge(
+        smollm2, PIRATE, batch_size=4, max_pairs=1, calibration=calibration, dtype=None
+    )
+    one = ContrastJudge(
+        smollm2, PIRATE, batch_size=1, max_pairs=1, calibration=calibration, dtype=None
+    )
     for a, b in zip(many.raw_contrast(items), one.raw_contrast(items), strict=True):
         assert a is not None and b is not None and abs(a - b) < 1e-4
 

@@ -28,20 +28,23 @@ def test_prefix_logprobs_equal_full_sequences(tiny_model: LoadedModel) -> None:
     assert head_is_plain(tiny_model.model)
     prompt = _prompt(tiny_model, "You are a helpful assistant.")
     answers = [encode_response(tiny_model.tokenizer, a) for a in ANSWERS]
-    shared = prefix_logprobs(tiny_model.model, prompt, answers, batch_size=3)
+    shared = prefix_logprobs(tiny_model, prompt, answers, batch_size=3)
     for answer, values in zip(answers, shared, strict=True):
         (alone,) = answer_logprobs(tiny_model, [(prompt, answer)], batch_size=1)
         assert values.shape == (len(answer),)
         torch.testing.assert_close(values, alone, atol=1e-5, rtol=0)
 
 
-def test_grouped_logprobs_keep_each_prompt_apart(tiny_model_factory: object) -> None:
-    loaded = tiny_model_factory("llama")  # type: ignore[operator]
-    prompts = [tuple(_prompt(loaded, s)) for s in ("Be kind.", "Be rude and short.")]
-    answers = [encode_response(loaded.tokenizer, a) for a in ANSWERS[:2]]
-    grouped = grouped_logprobs(loaded, {p: answers for p in prompts}, batch_size=1)
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_grouped_logprobs_mix_prompts_in_a_batch(tiny_model: LoadedModel, batch_size: int) -> None:
+    """Prompts of different lengths share a pass (left-padded prompts, right-padded answers)."""
+    systems = ("Be kind.", "Be rude and short, and never explain anything to anyone at all.")
+    prompts = [tuple(_prompt(tiny_model, s)) for s in systems]
+    assert len(prompts[0]) != len(prompts[1])
+    answers = [encode_response(tiny_model.tokenizer, a) for a in ANSWERS]
+    grouped = grouped_logprobs(tiny_model, {p: answers for p in prompts}, batch_size=batch_size)
     for prompt in prompts:
-        full = answer_logprobs(loaded, [(list(prompt), a) for a in answers], batch_size=2)
+        full = answer_logprobs(tiny_model, [(list(prompt), a) for a in answers], batch_size=1)
         for a, b in zip(grouped[prompt], full, strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     assert not torch.allclose(grouped[prompts[0]][0], grouped[prompts[1]][0])
@@ -57,7 +60,7 @@ def test_contrast_judge_scores_unchanged_tiny(tiny_model_factory: object) -> Non
     loaded = tiny_model_factory("qwen2")  # type: ignore[operator]
     calibration = Calibration.from_means(0.5, -0.5)
     trait = load_trait("evil")
-    new = ContrastJudge(loaded, trait, batch_size=3, calibration=calibration)
+    new = ContrastJudge(loaded, trait, batch_size=3, calibration=calibration, dtype=None)
     old = ContrastJudge(loaded, trait, calibration=calibration, shared_prefix=False)
     assert new.shared_prefix and not old.shared_prefix
     fast, slow = new.raw_contrast(_items()), old.raw_contrast(_items())
@@ -71,8 +74,47 @@ def test_contrast_judge_scores_unchanged_smollm2(smollm2: LoadedModel) -> None:
     """SmolLM2, float32: raw contrasts agree within 1e-4 nats/token (scores within 0.01)."""
     calibration = Calibration.from_means(0.3, -0.3)
     trait = load_trait("evil")
-    new = ContrastJudge(smollm2, trait, batch_size=16, max_pairs=2, calibration=calibration)
+    new = ContrastJudge(
+        smollm2, trait, batch_size=16, max_pairs=2, calibration=calibration, dtype=None
+    )
     old = ContrastJudge(smollm2, trait, max_pairs=2, calibration=calibration, shared_prefix=False)
     items = _items()[:-1]
     for a, b in zip(new.raw_contrast(items), old.raw_contrast(items), strict=True):
         assert a is not None and b is not None and abs(a - b) < 1e-4
+
+
+def test_neutral_reference_is_pos_minus_default_prompt(tiny_model_factory: object) -> None:
+    """reference="neutral": D = mean_i mean_t log p(a | pos_i) − mean_t log p(a | no system)."""
+    loaded = tiny_model_factory("llama")  # type: ignore[operator]
+    trait = load_trait("evil")
+    judge = ContrastJudge(loaded, trait, max_pairs=2, reference="neutral", dtype=None)
+    item = JudgeItem(trait.evaluation_questions[0], ANSWERS[1])
+    answer = encode_response(loaded.tokenizer, item.answer)
+    systems: list[str | None] = [trait.system_prompt("pos", i) for i in range(2)] + [None]
+    means = [
+        float(
+            answer_logprobs(
+                loaded,
+                [(encode_prompt(loaded.tokenizer, chat_messages(item.question, s)), answer)],
+            )[0].mean()
+        )
+        for s in systems
+    ]
+    (raw,) = judge.raw_contrast([item])
+    assert raw is not None and abs(raw - ((means[0] + means[1]) / 2 - means[2])) < 1e-5
+    assert judge.identity.endswith(":ref-neutral")
+    assert judge.identity != ContrastJudge(loaded, trait, max_pairs=2, dtype=None).identity
+
+
+@pytest.mark.slow
+def test_bfloat16_scores_agree_with_float32_smollm2(smollm2: LoadedModel) -> None:
+    """The default dtype on a bf16-capable CPU: raw contrasts within 0.1 nats/token of fp32
+    (one pair, 4 answers; over the demo's 200 answers and all pairs see docs/judging.md)."""
+    trait = load_trait("evil")
+    calibration = Calibration.from_means(0.3, -0.3)
+    fp32 = ContrastJudge(smollm2, trait, max_pairs=1, calibration=calibration, dtype=None)
+    bf16 = ContrastJudge(smollm2, trait, max_pairs=1, calibration=calibration, dtype="bfloat16")
+    assert bf16.identity.endswith(":bfloat16") and smollm2.model.dtype == torch.float32
+    items = _items()[:4]
+    for a, b in zip(fp32.raw_contrast(items), bf16.raw_contrast(items), strict=True):
+        assert a is not None and b is not None and abs(a - b) < 0.1

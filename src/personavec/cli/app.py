@@ -209,6 +209,7 @@ def _mount_subapps() -> None:
     from personavec.cli.evaluate import register as register_eval
     from personavec.cli.extract import register as register_extract
     from personavec.cli.geometry import register as register_geometry
+    from personavec.cli.judge_check import register as register_judge_check
     from personavec.cli.monitor import register as register_monitor
     from personavec.cli.monitor_sweep import register as register_monitor_sweep
     from personavec.cli.prevent import register as register_prevent
@@ -231,6 +232,7 @@ def _mount_subapps() -> None:
     register_serve(app)
     register_training(app)
     register_prevent(app)
+    register_judge_check(app)
 
 
 _mount_subapps()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -152,8 +153,27 @@ def _score_batch(loaded: LoadedModel, batch: Sequence[_Sequence]) -> list[torch.
     return out
 
 
+_COPIES: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[int, ...], str, torch.nn.Module]]
+_COPIES = weakref.WeakKeyDictionary()
+
+
+def resolve_dtype(model: torch.nn.Module, dtype: str | None) -> str | None:
+    """The scoring dtype: ``"auto"`` is ``"bfloat16"`` for a float32 model on a CPU with native
+    bf16 (oneDNN: AVX512-BF16/AMX) — measured ~2.4x faster on the demo's answers with Spearman
+    0.997 to float32 scores, see docs/judging.md — and otherwise the model's own (``None``)."""
+    if dtype != "auto":
+        return dtype
+    first = next(model.parameters())
+    on_cpu = first.dtype == torch.float32 and first.device.type == "cpu"
+    return "bfloat16" if on_cpu and torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
 def _model_in(model: torch.nn.Module, dtype: str | None) -> torch.nn.Module:
-    """``model`` itself, or a copy of it in ``dtype`` (the loaded model is left untouched)."""
+    """``model`` itself, or a copy of it in ``dtype`` (the loaded model is left untouched).
+
+    The copy is shared by every judge of the same model and made again when any of the model's
+    parameters changed in place since (their version counters).
+    """
     if dtype is None:
         return model
     target = getattr(torch, dtype, None)
@@ -161,7 +181,13 @@ def _model_in(model: torch.nn.Module, dtype: str | None) -> torch.nn.Module:
         raise PersonavecError(f"unknown dtype {dtype!r}; use float32 or bfloat16")
     if next(model.parameters()).dtype == target:
         return model
-    return copy.deepcopy(model).to(target)
+    versions = tuple(p._version for p in model.parameters())
+    cached = _COPIES.get(model)
+    if cached is not None and cached[0] == versions and cached[1] == dtype:
+        return cached[2]
+    copy_ = copy.deepcopy(model).to(target)
+    _COPIES[model] = (versions, dtype, copy_)
+    return copy_
 
 
 class ContrastJudge:
@@ -179,8 +205,9 @@ class ContrastJudge:
             (system prompt, question) prompt computed once, LM head at answer positions only);
             ``False`` runs every prompt + answer sequence in full (the reference path; same
             scores up to float rounding, used by ``benchmarks/bench_judge.py``).
-        dtype: score with a copy of the model in this dtype (e.g. ``"bfloat16"``; shared-prefix
-            path only); ``None`` uses the loaded model as it is. Part of the identity.
+        dtype: score with a copy of the model in this dtype (``"bfloat16"``; shared-prefix
+            path only); ``None`` uses the loaded model as it is; ``"auto"``: see
+            :func:`resolve_dtype`. Part of the identity.
         reference: what the eliciting prompts are contrasted with: ``"neg"`` (the suppressing
             prompts, ``D`` above) or ``"neutral"`` (the model's own default prompt:
             ``D = (1/n) Σ_i mean_t log p(a_t | pos_i, …) − mean_t log p(a_t | no system, …)``).
@@ -190,12 +217,12 @@ class ContrastJudge:
         self,
         loaded: LoadedModel,
         trait: TraitSpec,
-        batch_size: int = 8,
+        batch_size: int = 32,
         *,
         max_pairs: int | None = None,
         calibration: Calibration | None = None,
         shared_prefix: bool = True,
-        dtype: str | None = None,
+        dtype: str | None = "auto",
         reference: Reference = "neg",
     ) -> None:
         if batch_size < 1:
@@ -212,11 +239,11 @@ class ContrastJudge:
         )
         self._calibration = calibration
         self.shared_prefix = shared_prefix and head_is_plain(loaded.model)
-        self.dtype = dtype
+        self.dtype = resolve_dtype(loaded.model, dtype) if self.shared_prefix else None
         if reference not in ("neg", "neutral"):
             raise PersonavecError(f"unknown contrast reference {reference!r}; use neg or neutral")
         self.reference: Reference = reference
-        self._model = _model_in(loaded.model, dtype) if self.shared_prefix else loaded.model
+        self._model = _model_in(loaded.model, self.dtype)
 
     @property
     def aspect(self) -> Aspect:

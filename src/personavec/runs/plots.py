@@ -225,3 +225,34 @@ def heatmap(
         ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10, loc="left")
     return to_png(figure)
+
+
+def score_matrix(
+    values: Sequence[Sequence[float]],
+    rows: Sequence[str],
+    cols: Sequence[str],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+) -> bytes:
+    """Annotated heat map of mean scores in [0, 100] (NaN blank, shown ``n/a``); PNG bytes."""
+    import numpy as np
+
+    data = np.array(values, dtype=float).reshape(len(rows), len(cols))
+    figure = new_figure(3.0 + 0.75 * len(cols), 2.4 + 0.55 * len(rows))
+    ax = figure.add_subplot()
+    image = ax.imshow(np.ma.masked_invalid(data), cmap="magma_r", vmin=0, vmax=100)
+    ax.set_xticks(range(len(cols)), labels=list(cols), rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), labels=list(rows), fontsize=8)
+    for i in range(data.shape[0]):
+        for j in range(data.shape[1]):
+            value = float(data[i, j])
+            text = f"{value:.0f}" if math.isfinite(value) else "n/a"
+            colour = "white" if math.isfinite(value) and value > 55 else "black"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
+    figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="mean score (0-100)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10, loc="left")
+    return to_png(figure)
