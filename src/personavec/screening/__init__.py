@@ -3,6 +3,6 @@
 Public entry points: :func:`personavec.screening.api.screen` with
 :class:`personavec.screening.run.ScreenConfig`; the per-batch scorer
 :func:`personavec.screening.score.score_batch`; thresholds and filtering in
-:mod:`personavec.screening.filtering`; the Ray Data engine in
-:mod:`personavec.screening.ray_engine`.
+:mod:`personavec.screening.filtering`; the Ray engine (a pool of model actors, resumable like
+the in-process one) in :mod:`personavec.screening.ray_engine`.
 """

@@ -100,26 +100,23 @@ def start_ray(options: RayOptions) -> bool:
 
 
 def local_cpus(options: RayOptions) -> int:
-    """CPUs a local Ray declares: at least the actors' reservation plus one for reading/writing.
-
-    Ray's CPUs are scheduling slots: if the actors held them all, the Parquet read and write tasks
-    could never run and the pipeline would wait forever.
-    """
+    """CPUs a local Ray declares: ``num_cpus`` (default all), at least the actors' reservation
+    (Ray's CPUs are scheduling slots; an actor that cannot get its slots would wait forever)."""
     wanted = options.num_cpus or os.cpu_count() or 1
-    return max(wanted, math.ceil(options.actors * options.cpus_per_actor) + 1)
+    return max(wanted, math.ceil(options.actors * options.cpus_per_actor))
 
 
 def check_capacity(options: RayOptions) -> None:
-    """Refuse a pool that would leave no CPU for Ray Data's read and write tasks."""
+    """Refuse a pool the cluster cannot place (its actors would wait forever)."""
     import ray
 
     cpus = float(ray.cluster_resources().get("CPU", 0))
-    needed = options.actors * options.cpus_per_actor + 1
+    needed = options.actors * options.cpus_per_actor
     if cpus < needed:
         raise RayEngineError(
             f"the Ray cluster has {cpus:g} CPUs but {options.actors} actors × "
-            f"{options.cpus_per_actor:g} CPUs + 1 for reading need {needed:g}; use fewer "
-            "--actors or --cpus-per-actor"
+            f"{options.cpus_per_actor:g} CPUs need {needed:g}; use fewer --actors or "
+            "--cpus-per-actor"
         )
 
 
