@@ -334,3 +334,24 @@ def test_parquet_and_datasets_inputs_score_like_jsonl(
                                         show_progress=False).table))  # fmt: skip
     assert [r["id"] for r in tables[0]] == [r["id"] for r in rows]
     assert tables[1] == tables[0] and tables[2] == tables[0]
+
+
+def test_changed_data_and_older_directories_are_refused(
+    tiny: LoadedModel, tiny_dir: Path, vector_path: Path, tmp_path: Path
+) -> None:
+    """The identity holds the data's content (not its path, size and mtime): the same file with
+    other rows of the same size is refused; a directory written before the full identity is
+    refused in one line that says to pass --overwrite."""
+    data = write_jsonl(tmp_path / "d.jsonl", chat_rows(4))
+    config = config_for(data, vector_path, tiny_dir)
+    screen(config, tmp_path / "run", loaded=tiny, show_progress=False)
+    text = data.read_text()
+    data.write_text(text.replace("Paris.", "Rome!"))  # same size
+    with pytest.raises(PersonavecError, match="different data content"):
+        screen(config, tmp_path / "run", loaded=tiny, show_progress=False)
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "scores.jsonl").write_text('{"index": 0, "id": "0", "skipped": null}\n')
+    (old / "config.json").write_text(json.dumps({"data": str(data), "data_key": "x"}))
+    with pytest.raises(PersonavecError, match=r"older personavec .*pass --overwrite"):
+        screen(config, old, loaded=tiny, show_progress=False)

@@ -10,6 +10,7 @@ import torch
 
 from personavec.core.vector import PersonaVector, VectorMetadata, config_fingerprint
 from personavec.errors import PersonavecError
+from personavec.runs.lock import RunLockedError, run_lock
 from personavec.studies.shift_study import StudySettings, shift_study
 from personavec.training.dataset import meta_path_for
 from personavec.training.finetune import FinetuneConfig
@@ -214,3 +215,18 @@ def test_cli_out_that_is_a_file_and_a_zero_lr_are_one_line_errors(tmp_path: Path
         text = result.output.strip()
         assert result.exit_code == 2 and message in text and len(text.splitlines()) <= 2, text
     assert target.read_text() == "keep me" and not (tmp_path / "run").exists()
+
+
+def test_study_takes_the_run_lock_and_refuses_an_older_directory(tmp_path: Path) -> None:
+    """shift-study took no run lock; a directory written before the full identity is refused
+    in one line that says to pass --overwrite (nothing is trained first)."""
+    base, run, settings, config = _small_study(tmp_path)
+    with run_lock(run), pytest.raises(RunLockedError):
+        shift_study(base, [_vector(base)], settings, config, run, show_progress=False)
+    (run / "models").mkdir()
+    (run / "models" / "evil-strong.json").write_text("{}")
+    old = {"settings": {"traits": ["evil"]}, "base": base.model_id, "vector_sha256": {}}
+    (run / "config.json").write_text(json.dumps(old))
+    with pytest.raises(PersonavecError, match=r"older personavec .*; pass --overwrite"):
+        shift_study(base, [_vector(base)], settings, config, run, show_progress=False)
+    assert not (run / "finetunes").exists()
