@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -339,13 +340,17 @@ def test_parquet_and_datasets_inputs_score_like_jsonl(
 def test_changed_data_and_older_directories_are_refused(
     tiny: LoadedModel, tiny_dir: Path, vector_path: Path, tmp_path: Path
 ) -> None:
-    """The identity holds the data's content (not its path, size and mtime): the same file with
-    other rows of the same size is refused; a directory written before the full identity is
-    refused in one line that says to pass --overwrite."""
+    """The identity holds the data's content, not its size and mtime: the file rewritten with
+    the same rows resumes, with other rows of the same size it is refused; a directory written
+    before the full identity is refused in one line that says to pass --overwrite."""
     data = write_jsonl(tmp_path / "d.jsonl", chat_rows(4))
     config = config_for(data, vector_path, tiny_dir)
-    screen(config, tmp_path / "run", loaded=tiny, show_progress=False)
+    first = screen(config, tmp_path / "run", loaded=tiny, show_progress=False)
     text = data.read_text()
+    os.utime(data, ns=(1, 1))  # touched: another mtime, the same rows
+    assert (
+        screen(config, tmp_path / "run", loaded=tiny, show_progress=False).summary == first.summary
+    )
     data.write_text(text.replace("Paris.", "Rome!"))  # same size
     with pytest.raises(PersonavecError, match="different data content"):
         screen(config, tmp_path / "run", loaded=tiny, show_progress=False)
