@@ -6,11 +6,13 @@ import subprocess
 import sys
 
 from personavec.runs.plots import (
+    HistogramPanel,
     Line,
     Rule,
     ScatterGroup,
     ScatterPanel,
     heatmap,
+    histograms,
     line_chart,
     scatter_panels,
     separation_chart,
@@ -52,9 +54,30 @@ def test_every_plot_is_a_png() -> None:
             colorbar_label="r",
             boxes=[[True, False], [False, True]],
         ),
+        histograms(
+            [
+                HistogramPanel("a", "ΔP", [0.1, 0.2, float("nan"), 0.4], [Rule("mean", x=0.2)]),
+                HistogramPanel("empty", "ΔP", []),
+            ]
+        ),
     ]
     for png in pngs:
         assert png.startswith(PNG) and len(png) > 1000
+
+
+def test_only_the_plots_module_draws() -> None:
+    """Every figure goes through personavec.runs.plots: no other module imports matplotlib."""
+    from pathlib import Path
+
+    import personavec
+
+    root = Path(personavec.__file__).parent
+    drawing = sorted(
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if "matplotlib" in path.read_text(encoding="utf-8")
+    )
+    assert drawing == ["runs/plots.py"]
 
 
 def test_plotting_leaves_the_backend_and_pyplot_alone() -> None:

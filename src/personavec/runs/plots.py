@@ -256,3 +256,30 @@ def score_matrix(
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10, loc="left")
     return to_png(figure)
+
+
+@dataclass
+class HistogramPanel:
+    """One histogram panel: finite ``values`` binned, with dashed/solid vertical ``rules``."""
+
+    title: str
+    xlabel: str
+    values: Sequence[float]
+    rules: list[Rule] = field(default_factory=list)
+    ylabel: str = "samples"
+
+
+def histograms(panels: Sequence[HistogramPanel], *, width: float = 5.0) -> bytes:
+    """PNG of the panels side by side (``width`` inches each); 5-50 bins by sample count."""
+    figure = new_figure(width * max(1, len(panels)), 3.6)
+    for index, panel in enumerate(panels):
+        ax = figure.add_subplot(1, max(1, len(panels)), index + 1)
+        values = [float(v) for v in panel.values if math.isfinite(float(v))]
+        ax.hist(values, bins=min(50, max(5, len(values) // 5)), color="#4c72b0")
+        _draw_rules(ax, panel.rules)
+        ax.set_title(panel.title)
+        ax.set_xlabel(panel.xlabel)
+        ax.set_ylabel(panel.ylabel)
+        if panel.rules:
+            ax.legend(fontsize=8)
+    return to_png(figure)

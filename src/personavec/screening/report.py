@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from personavec.runs.plots import HistogramPanel, Rule, histograms
 from personavec.screening.data import Sample, iter_samples
 from personavec.screening.score import Mode, Target, score_column
 from personavec.screening.stats import agreement, describe, subsample_estimates
@@ -69,33 +70,19 @@ def histogram_png(
     mode: Mode,
     limits: Mapping[str, float] | None = None,
 ) -> bytes:
-    """PNG of one ΔP histogram per vector (threshold lines when given)."""
-    import io
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(5 * len(targets), 3.6))
-    FigureCanvasAgg(figure)
-    for i, target in enumerate(targets):
+    """PNG of one ΔP histogram per vector (mean and, when given, threshold lines)."""
+    panels = []
+    for target in targets:
         column = score_column(target, mode)
-        axis = figure.add_subplot(1, len(targets), i + 1)
         values = column_values(scores, column)
         values = values[np.isfinite(values)]
-        axis.hist(values, bins=min(50, max(5, values.size // 5)), color="#4c72b0")
-        if values.size:
-            axis.axvline(float(values.mean()), color="black", linestyle="--", label="mean")
+        rules = [Rule("mean", x=float(values.mean()), color="black")] if values.size else []
         if limits and column in limits:
-            axis.axvline(limits[column], color="#c44e52", label="threshold")
-        axis.set_title(f"{target.name} (layer {target.layer})")
-        axis.set_xlabel("ΔP" if mode == "full" else "ΔP (last-prompt approximation)")
-        axis.set_ylabel("samples")
-        if values.size or (limits and column in limits):
-            axis.legend(fontsize=8)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    return buffer.getvalue()
+            rules.append(Rule("threshold", x=limits[column], color="#c44e52", style="-"))
+        xlabel = "ΔP" if mode == "full" else "ΔP (last-prompt approximation)"
+        title = f"{target.name} (layer {target.layer})"
+        panels.append(HistogramPanel(title, xlabel, values.tolist(), rules))
+    return histograms(panels)
 
 
 def _clip(text: str, limit: int = 300) -> str:
