@@ -10,6 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import TinyModelFactory
 from fixtures import SMOLLM2_ID, synthetic_vector
 from personavec.cli import app
 from personavec.cli.project import register
@@ -106,7 +107,9 @@ def close(a: float, b: float) -> bool:
     return abs(a - b) <= TOL * max(1.0, abs(b))
 
 
-def test_cli_columns_match_library(smollm2: LoadedModel, vectors, tmp_path: Path) -> None:
+def test_cli_columns_match_library(
+    smollm2: LoadedModel, vectors: tuple[Path, Path], tmp_path: Path
+) -> None:
     source = write_rows(tmp_path / "chats.jsonl", ROWS)
     result = runner.invoke(
         app,
@@ -175,7 +178,9 @@ def test_cli_columns_match_library(smollm2: LoadedModel, vectors, tmp_path: Path
     assert close(multi[-1], rows[4]["proj.evil.L15.response_avg"])
 
 
-def test_layer_option_and_library_file(smollm2: LoadedModel, vectors, tmp_path: Path) -> None:
+def test_layer_option_and_library_file(
+    smollm2: LoadedModel, vectors: tuple[Path, Path], tmp_path: Path
+) -> None:
     source = write_rows(tmp_path / "in.jsonl", ROWS[:2])
     out = project_file(smollm2, source, tmp_path / "o.jsonl", [vectors[0]], layer=4)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -213,7 +218,7 @@ def test_layer_option_and_library_file(smollm2: LoadedModel, vectors, tmp_path: 
     ],
 )
 def test_bad_input_exits_2_without_output(
-    vectors, tmp_path: Path, lines: list[str], message: str
+    vectors: tuple[Path, Path], tmp_path: Path, lines: list[str], message: str
 ) -> None:
     source = tmp_path / "bad.jsonl"
     source.write_text("\n".join(lines) + "\n")
@@ -238,7 +243,7 @@ def test_vector_from_another_model_exits_2(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad_id", [49152, 10**9, -1])
 def test_out_of_vocabulary_token_ids_exit_2_naming_the_line(
-    vectors, tmp_path: Path, bad_id: int
+    vectors: tuple[Path, Path], tmp_path: Path, bad_id: int
 ) -> None:
     good = {"question": "Any advice?", "response": "Sleep.", "response_token_ids": [28, 29]}
     bad = {"question": "Any advice?", "response": "Sleep.", "response_token_ids": [28, bad_id]}
@@ -253,7 +258,9 @@ def test_out_of_vocabulary_token_ids_exit_2_naming_the_line(
     assert not default_output(source).exists()
 
 
-def test_in_vocabulary_token_ids_are_projected(tiny_model_factory, tmp_path: Path) -> None:
+def test_in_vocabulary_token_ids_are_projected(
+    tiny_model_factory: TinyModelFactory, tmp_path: Path
+) -> None:
     tiny = tiny_model_factory("llama", n_layers=2)
     pv = synthetic_vector(
         trait="t",
@@ -282,7 +289,7 @@ def test_in_vocabulary_token_ids_are_projected(tiny_model_factory, tmp_path: Pat
 
 @pytest.mark.parametrize("ids", [["28"], [1.5], "28 29", [True], {"a": 1}])
 def test_token_ids_that_are_not_integers_exit_2_before_the_model_loads(
-    vectors, tmp_path: Path, ids: Any
+    vectors: tuple[Path, Path], tmp_path: Path, ids: Any
 ) -> None:
     rows = [{"text": "fine"}, {"question": "Q?", "response": "A.", "response_token_ids": ids}]
     source = write_rows(tmp_path / "rollouts.jsonl", rows)
