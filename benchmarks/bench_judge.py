@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--answers", type=int, default=200)
     parser.add_argument("--work", type=Path, default=Path("runs/bench-judge"))
     parser.add_argument("--skip-old", action="store_true", help="time the new paths only")
+    parser.add_argument("--old-batch", type=int, default=8, help="old path's batch (its default)")
     parser.add_argument("--pairs", default="", help="comma list of max_pairs to compare")
     args = parser.parse_args()
     loaded = load_model("smollm2", device="cpu")
@@ -85,7 +86,12 @@ def main() -> None:
     fp32_s, fp32_raw = timed(fp32, items)
     out["new_fp32_s"] = round(fp32_s, 1)
     if not args.skip_old:
-        old_s, old_raw = timed(ContrastJudge(loaded, trait, shared_prefix=False, dtype=None), items)
+        old_s, old_raw = timed(
+            ContrastJudge(
+                loaded, trait, batch_size=args.old_batch, shared_prefix=False, dtype=None
+            ),
+            items,
+        )
         out["old_s"] = round(old_s, 1)
         out["new_fp32_vs_old"] = agreement(fp32_raw, old_raw)
         out["speedup_fp32"] = round(old_s / fp32_s, 2)

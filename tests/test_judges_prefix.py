@@ -118,3 +118,23 @@ def test_bfloat16_scores_agree_with_float32_smollm2(smollm2: LoadedModel) -> Non
     items = _items()[:4]
     for a, b in zip(fp32.raw_contrast(items), bf16.raw_contrast(items), strict=True):
         assert a is not None and b is not None and abs(a - b) < 0.1
+
+
+def test_cross_trait_control_subtracts_other_traits_contrast(tiny_model_factory: object) -> None:
+    """controls=[X…]: D_Y − mean_X D_X, with D_X from X's first instruction pair only."""
+    loaded = tiny_model_factory("llama")  # type: ignore[operator]
+    evil, humorous, impolite = (load_trait(t) for t in ("evil", "humorous", "impolite"))
+    items = _items()[:3]
+    cross = ContrastJudge(
+        loaded, evil, max_pairs=2, controls=[evil, humorous, impolite], dtype=None
+    )
+    assert [spec.name for spec in cross.controls] == ["humorous", "impolite"]  # itself dropped
+    own = ContrastJudge(loaded, evil, max_pairs=2, dtype=None).raw_contrast(items)
+    others = [
+        ContrastJudge(loaded, spec, max_pairs=1, dtype=None).raw_contrast(items)
+        for spec in (humorous, impolite)
+    ]
+    for k, value in enumerate(cross.raw_contrast(items)):
+        expected = own[k] - (others[0][k] + others[1][k]) / 2  # type: ignore[operator]
+        assert value is not None and abs(value - expected) < 1e-5
+    assert cross.identity != ContrastJudge(loaded, evil, max_pairs=2, dtype=None).identity

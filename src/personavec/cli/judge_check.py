@@ -27,7 +27,7 @@ def judge_check_command(
             "--judge",
             "-j",
             help="Judge to check (repeatable): contrast, contrast-neg, contrast-neutral, "
-            "embedding, openai:MODEL. Default: contrast and embedding.",
+            "contrast-cross, embedding, openai:MODEL. Default: contrast and embedding.",
         ),
     ] = None,
     trait: Annotated[

@@ -211,6 +211,10 @@ class ContrastJudge:
         reference: what the eliciting prompts are contrasted with: ``"neg"`` (the suppressing
             prompts, ``D`` above) or ``"neutral"`` (the model's own default prompt:
             ``D = (1/n) Σ_i mean_t log p(a_t | pos_i, …) − mean_t log p(a_t | no system, …)``).
+        controls: other traits whose first instruction pair's contrast ``D_X`` is subtracted:
+            ``D_Y − mean_X D_X`` (the *cross-trait* judge, spec ``contrast-cross``). The pairs'
+            shared "misbehaving vs well-behaved assistant" axis cancels, so answers that show
+            another trait stop scoring high (docs/judging.md: specificity 0.65 → see there).
     """
 
     def __init__(
@@ -224,6 +228,7 @@ class ContrastJudge:
         shared_prefix: bool = True,
         dtype: str | None = "auto",
         reference: Reference = "neg",
+        controls: Sequence[TraitSpec] = (),
     ) -> None:
         if batch_size < 1:
             raise PersonavecError(f"batch_size must be at least 1, got {batch_size}")
@@ -243,6 +248,9 @@ class ContrastJudge:
         if reference not in ("neg", "neutral"):
             raise PersonavecError(f"unknown contrast reference {reference!r}; use neg or neutral")
         self.reference: Reference = reference
+        self.controls = [spec for spec in controls if spec.name != trait.name]
+        if self.controls and reference != "neg":
+            raise PersonavecError("control traits need reference 'neg'")
         self._model = _model_in(loaded.model, self.dtype)
 
     @property
@@ -265,6 +273,7 @@ class ContrastJudge:
             "\x01".join(trait.positive_examples),
             "\x01".join(trait.negative_examples),
             "\x01".join(trait.extraction_questions),
+            *[spec.system_prompt(p, 0) for spec in self.controls for p in ("pos", "neg")],
         )
         suffix = f":{self.dtype}" if self.dtype else ""
         if self.reference != "neg":
@@ -284,7 +293,15 @@ class ContrastJudge:
         positive = [(self.trait.system_prompt("pos", i), 1.0 / n) for i in range(n)]
         if self.reference == "neutral":
             return [*positive, (None, -1.0)]
-        return [*positive, *[(self.trait.system_prompt("neg", i), -1.0 / n) for i in range(n)]]
+        negative = [(self.trait.system_prompt("neg", i), -1.0 / n) for i in range(n)]
+        # Cross-trait control: minus the mean contrast of other traits' first pairs.
+        c = len(self.controls)
+        controls = [
+            (spec.system_prompt(polarity, 0), (-1.0 if polarity == "pos" else 1.0) / c)
+            for spec in self.controls
+            for polarity in ("pos", "neg")
+        ]
+        return [*positive, *negative, *controls]
 
     def raw_contrast(self, items: Sequence[JudgeItem]) -> list[float | None]:
         """``D`` per item in nats/token (see the module docstring); ``None`` for empty answers."""

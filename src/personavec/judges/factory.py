@@ -10,6 +10,8 @@ spec                      judge
 ``heuristic``             :class:`~personavec.judges.coherence.HeuristicCoherenceJudge`
                           (coherence only)
 ``contrast``              ``ContrastJudge`` on a loaded local model (trait only)
+``contrast-cross``        the same, minus the contrast of the other shipped traits' first
+                          instruction pairs (cross-trait control; see docs/judging.md)
 ========================  =================================================================
 """
 
@@ -24,7 +26,14 @@ from personavec.traits.schema import TraitSpec
 if TYPE_CHECKING:
     from personavec.core.models import LoadedModel
 
-VALID_SPECS = ("openai:MODEL", "anthropic:MODEL", "embedding", "heuristic", "contrast")
+VALID_SPECS = (
+    "openai:MODEL",
+    "anthropic:MODEL",
+    "embedding",
+    "heuristic",
+    "contrast",
+    "contrast-cross",
+)
 
 
 def _unknown(spec: str) -> PersonavecError:
@@ -84,7 +93,7 @@ def make_judge(
         )
     if name == "heuristic":
         return _heuristic_judge(aspect)
-    if name in ("embedding", "contrast"):
+    if name in ("embedding", "contrast", "contrast-cross"):
         return _offline_trait_judge(
             name, aspect, trait, loaded_model, contrast_pairs, contrast_reference
         )
@@ -154,6 +163,10 @@ def _offline_trait_judge(
             "use embedding or openai:MODEL"
         ) from exc
     options: dict[str, Any] = {"max_pairs": contrast_pairs}
+    if name == "contrast-cross":
+        from personavec.traits.library import list_traits, load_trait
+
+        options["controls"] = [load_trait(n) for n in list_traits()]
     if contrast_reference is not None:
         options["reference"] = contrast_reference
     judge: Judge = ContrastJudge(loaded_model, _need_trait(name, trait), **options)

@@ -38,6 +38,7 @@ OFFLINE_JUDGES: dict[str, tuple[str, dict[str, Any]]] = {
     "contrast": ("contrast", {}),
     "contrast-neg": ("contrast", {"contrast_reference": "neg"}),
     "contrast-neutral": ("contrast", {"contrast_reference": "neutral"}),
+    "contrast-cross": ("contrast-cross", {}),
     "embedding": ("embedding", {}),
 }
 OUTPUTS = ("scores.jsonl", "summary.json", "report.md", "*.png")
@@ -157,11 +158,37 @@ def make_check_judge(
     from personavec.judges.factory import make_judge
 
     spec, options = OFFLINE_JUDGES.get(name, (name, {}))
-    if spec == "contrast":
+    if spec.startswith("contrast"):
         options = {**options, "contrast_pairs": config.contrast_pairs}
     if ":" in spec:
         options = {**options, **access}
     return make_judge(spec, aspect="trait", trait=load_trait(trait), loaded_model=loaded, **options)
+
+
+def _scores(
+    name: str,
+    trait: str,
+    config: JudgeCheckConfig,
+    loaded: Any,
+    access: Mapping[str, Any],
+    items: Sequence[JudgeItem],
+    run: Any,
+    show_progress: bool,
+) -> Scores:
+    """``trait``'s judge ``name`` on every item (cached); all ``None`` when it cannot calibrate."""
+    from personavec.judges.contrast import JudgeCalibrationError
+
+    judge = make_check_judge(name, trait, config, loaded, access)
+    try:
+        found = judge_items(
+            items,
+            {f"{name} {trait}": judge},
+            run.path("judgments.sqlite"),
+            show_progress=show_progress,
+        )
+    except JudgeCalibrationError:
+        return [None] * len(items)
+    return found[f"{name} {trait}"]
 
 
 def judge_check(
@@ -190,7 +217,9 @@ def judge_check(
     with open_run(
         run_dir, _identity(config, traits, rows), outputs=OUTPUTS, overwrite=overwrite
     ) as run:
-        needs_model = any(OFFLINE_JUDGES.get(n, ("",))[0] == "contrast" for n in config.judges)
+        needs_model = any(
+            OFFLINE_JUDGES.get(n, ("",))[0].startswith("contrast") for n in config.judges
+        )
         late: dict[str, Any] = {}
         if needs_model:
             if loaded is None:
@@ -201,14 +230,10 @@ def judge_check(
         run.start(**late)
         all_scores: dict[str, dict[str, Scores]] = {}
         for name in config.judges:
-            judges = {
-                f"{name} {t}": make_check_judge(name, t, config, loaded, access or {})
+            all_scores[name] = {
+                t: _scores(name, t, config, loaded, access or {}, items, run, show_progress)
                 for t in traits
             }
-            found = judge_items(
-                items, judges, run.path("judgments.sqlite"), show_progress=show_progress
-            )
-            all_scores[name] = {t: found[f"{name} {t}"] for t in traits}
         summaries = {name: summarise(rows, all_scores[name], traits) for name in config.judges}
         files = write_report(run.dir, rows, traits, all_scores, summaries)
     return JudgeCheckResult(traits, summaries, run_dir, files)
