@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -158,3 +158,10 @@ def split_spec(text: str) -> SpecParts:
     if value and op != "cap":
         parse_coef(value)
     return SpecParts(Path(path.strip()), layers, value, positions or None, op or None)
+
+
+def format_layers(layers: Sequence[int]) -> str:
+    """Layers as the grammar writes them: ``8-16`` for a run of three or more, else ``8,12``."""
+    if len(layers) > 2 and list(layers) == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(str(x) for x in layers)

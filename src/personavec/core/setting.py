@@ -30,6 +30,7 @@ from torch import nn
 from personavec.core.grammar import (
     SPEC_HELP,
     Percentile,
+    format_layers,
     parse_coef,
     parse_layers,
     parse_threshold,
@@ -45,25 +46,12 @@ from personavec.core.steering import (
     apply_steering,
     check_operator,
 )
+from personavec.core.units import MAX_NORM_RATIO, UNITS, Unit, convert_coef, unit_of
 from personavec.core.vector import PersonaVector
 from personavec.errors import SteeringError, VectorFileError
 
-Unit = Literal["raw", "relative"]
-UNITS: tuple[str, ...] = get_args(Unit)
 SettingOp = Literal["add", "ablate", "cap"]
 SETTING_OPS: tuple[str, ...] = get_args(SettingOp)
-MAX_NORM_RATIO = 100.0
-"""An added vector longer than this many times the layer's typical residual norm is refused.
-A vector without typical norms is measured against its own norm at the layer instead (a raw
-``|coef|`` over this is refused); ``‖v_L‖`` is at most about twice the typical norm, being a
-difference of two mean activations, so the bound stays within ``2 ×`` this ratio."""
-_SAME_FACTOR = 1e-6
-"""Relative tolerance within which per-layer unit-conversion factors count as one factor."""
-
-
-def unit_of(relative: bool | None) -> Unit | None:
-    """The unit named by a ``--relative/--raw`` flag (``None``: not given)."""
-    return None if relative is None else ("relative" if relative else "raw")
 
 
 @dataclass(frozen=True, eq=False)
@@ -285,7 +273,7 @@ class SteeringSetting:
 
     def describe(self) -> str:
         """One line for people, e.g. ``steering 'evil' at layer 12 with relative coef 0.2 …``."""
-        layers = _layer_text(self.layers)
+        layers = format_layers(self.layers)
         trait = self.vector.meta.trait
         if self.is_baseline:
             return "unsteered"
@@ -345,46 +333,6 @@ class SteeringSetting:
 def apply_settings(model: nn.Module, settings: Sequence[SteeringSetting]) -> SteeringHandle:
     """Apply several settings at once (at a shared layer in order); returns one handle."""
     return apply_steering(model, [item for s in settings for item in s.interventions()])
-
-
-def convert_coef(
-    vector: PersonaVector,
-    layers: Sequence[int],
-    coef: float,
-    source: Unit,
-    target: Unit,
-    readout: str | None = None,
-) -> float:
-    """``coef`` in unit ``source`` as the coefficient in unit ``target`` that adds the same
-    vector: ``coef_raw = coef_rel · typical_norm[L] / ‖v_L‖`` (and back).
-
-    Raises:
-        SteeringError: the vector records no typical norms, or the conversion factor differs
-            between ``layers``; the message says to give the coefficient explicitly.
-    """
-    if source == target:
-        return coef
-    hint = f"give --coef in {target} units"
-    if vector.typical_norm is None:
-        raise SteeringError(
-            f"the file's coefficient {coef:g} is {source} and the vector records no typical "
-            f"norms to convert it to {target}; {hint}"
-        )
-    factors = [vector.relative_scale(layer, readout) for layer in layers]
-    if not factors or factors[0] <= 0:
-        raise SteeringError(f"the typical norm at layer {layers[0]} is zero; {hint}")
-    if any(abs(f - factors[0]) > _SAME_FACTOR * factors[0] for f in factors):
-        raise SteeringError(
-            f"the file's {source} coefficient {coef:g} means a different {target} coefficient "
-            f"at each of layers {_layer_text(layers)}; {hint}"
-        )
-    return coef * factors[0] if target == "raw" else coef / factors[0]
-
-
-def _layer_text(layers: Sequence[int]) -> str:
-    if len(layers) > 2 and list(layers) == list(range(layers[0], layers[-1] + 1)):
-        return f"{layers[0]}-{layers[-1]}"
-    return ",".join(str(x) for x in layers)
 
 
 def _resolve_threshold(
