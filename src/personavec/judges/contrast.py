@@ -7,7 +7,10 @@ For an answer ``a`` (tokens ``a_1 … a_T``) to question ``q``, and instruction 
 where ``pos_i`` / ``neg_i`` are ``trait.system_prompt("pos"|"neg", i)`` and the prompt is the
 model's chat format. The raw contrast is ``D = mean_i d_i`` over the instruction pairs used
 (all, or the first ``max_pairs``). An answer the eliciting prompts make more likely is more
-trait-like.
+trait-like. Variants: ``reference="neutral"`` contrasts with the model's default prompt instead
+of ``neg_i``; ``controls`` (the ``contrast-cross`` judge) subtracts the mean first-pair contrast
+``d_0`` of other traits, ``D − mean_X D_X``. Scoring shares each prompt's KV cache across the
+answers judged after it (:mod:`personavec.judges.prefix_scoring`).
 
 Calibration (computed once per judge object, i.e. per (model, trait), on first use): the
 trait's ``positive_examples`` and ``negative_examples`` are scored as answers, example ``k``
@@ -214,7 +217,7 @@ class ContrastJudge:
         controls: other traits whose first instruction pair's contrast ``D_X`` is subtracted:
             ``D_Y − mean_X D_X`` (the *cross-trait* judge, spec ``contrast-cross``). The pairs'
             shared "misbehaving vs well-behaved assistant" axis cancels, so answers that show
-            another trait stop scoring high (docs/judging.md: specificity 0.65 → see there).
+            another trait score lower (measured in docs/judging.md).
     """
 
     def __init__(
