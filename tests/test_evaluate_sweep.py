@@ -50,8 +50,10 @@ def judge(smollm2: LoadedModel) -> ContrastJudge:
     """The contrastive-likelihood judge on one instruction pair (5x cheaper than all five).
 
     The embedding judge barely reacts to 24-token answers of this model, so it is not used here.
+    Scored in the model's own fp32 (``dtype=None``), so the same answers judged in other batches
+    agree to float noise; the bf16 default agrees with fp32 only to its stated tolerance.
     """
-    return ContrastJudge(smollm2, load_trait("evil"), batch_size=16, max_pairs=1)
+    return ContrastJudge(smollm2, load_trait("evil"), batch_size=16, max_pairs=1, dtype=None)
 
 
 def build_vector(loaded: LoadedModel) -> PersonaVector:
