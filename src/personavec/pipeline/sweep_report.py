@@ -12,8 +12,8 @@ import math
 from dataclasses import asdict
 from typing import Any
 
-from personavec.runs.plots import Line, Rule, line_chart
 from personavec.pipeline.sweep_types import SweepResult, recommended_coef
+from personavec.runs.plots import Line, Rule, line_chart
 from personavec.store import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
