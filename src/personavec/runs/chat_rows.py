@@ -12,7 +12,8 @@ parses them here, so a row means the same thing everywhere. A row is a JSON obje
 * ``{"text": ...}``: a user prompt with no response.
 
 A user turn needs text; an assistant or system turn may be empty. An empty response counts as
-no response (whitespace is text: a model's own answer can be just that). The **mode** says what the caller needs:
+no response (whitespace is text: a model's own answer can be just that). The **mode** says what
+the caller needs:
 
 * ``"optional"`` (``project``): a response when there is one, else the prompt alone;
 * ``"response"`` (``screen``, ``finetune``, ``dataset``): a response is required — a chat that
