@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,14 @@ from personavec.errors import PersonavecError
 from personavec.judges.base import Judge, JudgeItem
 from personavec.judges.labelled import LabelledAnswer, labelled_sha256, load_labelled
 from personavec.metrics.stats import auroc
+from personavec.pipeline.judge_check_report import write_report
+from personavec.pipeline.judge_check_types import (
+    OUTPUTS,
+    JudgeCheckConfig,
+    JudgeCheckResult,
+    JudgeSummary,
+    Scores,
+)
 from personavec.runs import content_sha256, open_run, weights_sha256
 from personavec.runs.judging import judge_items
 from personavec.traits.library import load_trait
@@ -41,39 +48,6 @@ OFFLINE_JUDGES: dict[str, tuple[str, dict[str, Any]]] = {
     "contrast-cross": ("contrast-cross", {}),
     "embedding": ("embedding", {}),
 }
-OUTPUTS = ("scores.jsonl", "summary.json", "report.md", "*.png")
-Scores = list[float | None]
-
-
-@dataclass(frozen=True)
-class JudgeCheckConfig:
-    """What a judge check runs (every field is part of the run identity)."""
-
-    judges: tuple[str, ...] = ("contrast", "embedding")
-    traits: tuple[str, ...] | None = None  # default: every trait with labelled answers
-    model: str = "smollm2"
-    contrast_pairs: int | None = None
-    per_side: int | None = None  # use only the first N answers per trait and label
-    device: str = "auto"
-    dtype: str = "auto"
-
-
-@dataclass
-class JudgeSummary:
-    """One judge's figures; every mapping is keyed by trait name (matrix: row = answers' trait)."""
-
-    auroc: dict[str, float]
-    specificity: dict[str, float]
-    matrix: dict[str, dict[str, float]]
-    unscored: int = 0
-
-
-@dataclass
-class JudgeCheckResult:
-    traits: list[str]
-    summaries: dict[str, JudgeSummary]
-    run_dir: Path
-    files: list[Path] = field(default_factory=list)
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -209,8 +183,6 @@ def judge_check(
             and not given).
         access: ``base_url`` / ``api_key`` / ``timeout_s`` / ``concurrency`` for LLM judges.
     """
-    from personavec.pipeline.judge_check_report import write_report
-
     _check_judges(config.judges)
     traits, rows = _answers(config)
     items = [JudgeItem(r.question, r.answer) for r in rows]

@@ -6,9 +6,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from personavec.judges.labelled import LabelledAnswer
+from personavec.pipeline.judge_check_types import JudgeSummary, Scores
 from personavec.runs.plots import score_matrix
 from personavec.store import (
     atomic_write_bytes,
@@ -16,9 +16,6 @@ from personavec.store import (
     atomic_write_jsonl,
     atomic_write_text,
 )
-
-if TYPE_CHECKING:
-    from personavec.pipeline.judge_check import JudgeSummary, Scores
 
 
 def _fmt(value: float, digits: int = 2) -> str:
