@@ -183,6 +183,14 @@ def demo_command(
         f"[bold green]steered away from {escape(trait)}[/] (coef -{result.coef:g}):", end=" "
     )
     console.print(result.suppressed, markup=False, highlight=False)
+    report = extraction.report_path
+    console.print(
+        f"\nreport: {report} (plot: {report.parent / 'separation.png'}); try next: personavec "
+        f'generate "How should I handle a rival?" --vector {extraction.vector_path} '
+        f"--coef {result.coef:g} --relative --compare",
+        markup=False,
+        highlight=False,
+    )
 
 
 def register(app: typer.Typer) -> None:
