@@ -1,6 +1,7 @@
 """Strengths mean one thing: a unit given without a coefficient converts the file's calibrated
 coefficient, so every entry point adds the same vector (library, CLI options, ``export-gguf``,
-``evaluate``, ``--prevent``, the server); and a vector without typical norms is still checked."""
+``evaluate``, ``--prevent``, the server, the prevention study); and a vector without typical
+norms is still checked."""
 
 from __future__ import annotations
 
@@ -190,3 +191,44 @@ def test_cli_generate_applies_the_calibrated_strength_in_any_unit(tmp_path: Path
         assert coef * scale == pytest.approx(REL * float(NORMS[2]), rel=1e-5)
         outputs[flag] = result.output.split("steered:", 1)[1]
     assert outputs["--raw"] == outputs["--relative"]
+
+
+def test_prevention_study_variants_add_what_their_unit_says(tmp_path: Path) -> None:
+    """The study's preventative (training) and post-hoc (evaluation) strengths, in either unit."""
+    from personavec.core.vector import config_fingerprint
+    from personavec.studies.prevent_study import _variant_plan
+    from personavec.studies.prevent_study_types import StudyContext, StudySettings
+    from personavec.training.finetune import FinetuneConfig
+
+    lm = tiny_model("llama")
+    fitted = synthetic_vector(
+        n_layers=LAYERS,
+        hidden=HIDDEN,
+        seed=7,
+        layer=2,
+        typical_norm=NORMS,
+        fingerprint=config_fingerprint(lm.model.config),
+    )
+    pv = PersonaVector.load(fitted.save(tmp_path / "v.safetensors"))
+    v = pv.at(2).float()
+    for relative, unit_norm in ((True, float(NORMS[2])), (False, float(v.norm()))):
+        settings = StudySettings(coefs=(0.5,), penalty_weights=(), ablate=False, relative=relative)
+        ctx = StudyContext(
+            lm,
+            pv,
+            2,
+            [],
+            tmp_path,
+            settings,
+            FinetuneConfig(),
+            None,  # type: ignore[arg-type]  # capability: not read when planning variants
+            tmp_path,
+            lambda message: None,
+            False,
+        )
+        (prevent,) = [x for x in _variant_plan(ctx) if x.method == "prevent"]
+        assert prevent.mods is not None
+        assert_same_added(added(prevent.mods.interventions()), {2: v / v.norm() * 0.5 * unit_norm})
+        unit = "relative" if relative else "raw"
+        posthoc = SteeringSetting.from_vector(pv, [2], coef=-0.5, unit=unit)  # as _measure does
+        assert_same_added(added(posthoc.interventions()), {2: -v / v.norm() * 0.5 * unit_norm})
