@@ -223,7 +223,12 @@ class SteeringHandle:
     """Active steering on a model; call :meth:`remove` (or leave the ``with`` block) to undo."""
 
     def __init__(
-        self, model: nn.Module, interventions: Sequence[Intervention], blocks_path: str | None
+        self,
+        model: nn.Module,
+        interventions: Sequence[Intervention],
+        blocks_path: str | None,
+        *,
+        check_finite: bool = True,
     ) -> None:
         self.model = model
         self.interventions = list(interventions)
@@ -235,7 +240,7 @@ class SteeringHandle:
         self._finite: torch.Tensor | None = None
         deepest = max(by_layer, default=0)
         hooks = {
-            layer: [self._layer_hook(items, check=layer == deepest)]
+            layer: [self._layer_hook(items, check=layer == deepest, track=check_finite)]
             for layer, items in by_layer.items()
         }
         self._hooks: HookHandle = install_hooks(
@@ -245,11 +250,13 @@ class SteeringHandle:
     def _new_call(self, call: ForwardCall | None) -> None:
         self._finite = None
 
-    def _layer_hook(self, items: Sequence[Intervention], *, check: bool) -> LayerHook:
+    def _layer_hook(self, items: Sequence[Intervention], *, check: bool, track: bool) -> LayerHook:
         def hook(hidden: torch.Tensor, call: ForwardCall) -> torch.Tensor:
             for item in items:
                 mask = call.rows_mask(item.positions, item.rows)
                 hidden = OPERATOR_FUNCTIONS[item.op](hidden, mask, item)
+            if not track:
+                return hidden
             # One device-side flag per call, read once at the deepest steered layer.
             finite = torch.isfinite(hidden).all()
             self._finite = finite if self._finite is None else self._finite & finite
@@ -303,18 +310,22 @@ def prepare_intervention(item: Intervention, blocks: nn.ModuleList) -> Intervent
     return dataclasses.replace(item, vector=vector)
 
 
-_prepare = prepare_intervention
-
 
 def apply_steering(
     model: nn.Module,
     interventions: Sequence[Intervention] | Intervention,
     *,
     blocks_path: str | None = None,
+    check_finite: bool = True,
 ) -> SteeringHandle:
-    """Start steering ``model``; returns a handle whose ``remove()`` undoes it."""
+    """Start steering ``model``; returns a handle whose ``remove()`` undoes it.
+
+    With ``check_finite`` (the default) a forward pass whose steered activations are not finite
+    raises :func:`non_finite_error`; a caller that checks each row itself (the server) passes
+    False.
+    """
     items = [interventions] if isinstance(interventions, Intervention) else list(interventions)
-    return SteeringHandle(model, items, blocks_path)
+    return SteeringHandle(model, items, blocks_path, check_finite=check_finite)
 
 
 @contextlib.contextmanager

@@ -5,13 +5,13 @@ set changes (a row joins or leaves), so the decoding steps in between reuse it: 
 are looked up, the vectors moved to the device and the hooks registered once per membership, not
 once per step.
 
-Steering runs each row's interventions (``rows=(i,)``) through the operator table of
-:mod:`personavec.core.steering` without its batch-wide finiteness check; readings and guards come
-from one :class:`TokenMonitor` over the union of the rows' monitored vectors. Finiteness is
-checked per row instead (:class:`FiniteRows`, at the last layer, after every change): a row whose
-residual became NaN or inf, or so large that its squared norm overflows (the model's norm layers
-would turn it into zeros or NaN), fails alone, while the other rows of the same forward pass are
-untouched (rows never mix in a forward pass).
+Steering runs each row's interventions (``rows=(i,)``) through
+:func:`personavec.core.steering.apply_steering` without its batch-wide finiteness check;
+readings and guards come from one :class:`TokenMonitor` over the union of the rows' monitored
+vectors. Finiteness is checked per row instead (:class:`FiniteRows`, at the last layer, after
+every change): a row whose residual became NaN or inf, or so large that its squared norm
+overflows (the model's norm layers would turn it into zeros or NaN), fails alone, while the
+other rows of the same forward pass are untouched (rows never mix in a forward pass).
 """
 
 from __future__ import annotations
@@ -22,42 +22,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from personavec.core.hooks import ForwardCall, HookHandle, LayerHook, install_hooks
-from personavec.core.layers import check_layer, find_blocks
-from personavec.core.steering import OPERATOR_FUNCTIONS, Intervention, prepare_intervention
+from personavec.core.hooks import ForwardCall, install_hooks
+from personavec.core.layers import find_blocks
+from personavec.core.steering import SteeringHandle, apply_steering
 from personavec.monitor.monitor import ConditionalSteering, MonitorSpec, TokenMonitor
 from personavec.monitor.specs import Reading
 from personavec.serve.jobs import Job
-
-
-class RowSteering:
-    """Interventions (each restricted to its rows) installed on ``model`` until :meth:`remove`.
-
-    Vectors are prepared once (on the model's device; ``coef · v`` in the model's dtype for
-    ``add``, the float32 unit vector otherwise), as :func:`personavec.core.steering.steer` does.
-    """
-
-    def __init__(self, model: nn.Module, interventions: Sequence[Intervention]) -> None:
-        blocks = find_blocks(model)
-        by_layer: dict[int, list[Intervention]] = {}
-        for item in interventions:
-            check_layer(item.layer, len(blocks))
-            by_layer.setdefault(item.layer, []).append(prepare_intervention(item, blocks))
-        hooks = {layer: [_steering_hook(items)] for layer, items in by_layer.items()}
-        self._handle: HookHandle = install_hooks(model, hooks)
-
-    def remove(self) -> None:
-        self._handle.remove()
-
-
-def _steering_hook(items: Sequence[Intervention]) -> LayerHook:
-    def hook(hidden: torch.Tensor, call: ForwardCall) -> torch.Tensor:
-        for item in items:
-            mask = call.rows_mask(item.positions, item.rows)
-            hidden = OPERATOR_FUNCTIONS[item.op](hidden, mask, item)
-        return hidden
-
-    return hook
 
 
 class FiniteRows:
@@ -103,7 +73,9 @@ class BatchHooks:
                 dataclasses.replace(g, spec=specs[g.spec.name], rows=(index,))
                 for g in job.readout.guards
             ]
-        self._steering = RowSteering(model, interventions) if interventions else None
+        self._steering: SteeringHandle | None = (
+            apply_steering(model, interventions, check_finite=False) if interventions else None
+        )
         self._monitor: TokenMonitor | None = None
         self._finite: FiniteRows | None = None
         try:
