@@ -310,7 +310,6 @@ def prepare_intervention(item: Intervention, blocks: nn.ModuleList) -> Intervent
     return dataclasses.replace(item, vector=vector)
 
 
-
 def apply_steering(
     model: nn.Module,
     interventions: Sequence[Intervention] | Intervention,
