@@ -92,7 +92,6 @@ class Run:
     saved: dict[str, Any] | None
     recover: Recover = field(default_factory=dict)
     resumed: bool = False
-    started: bool = False
 
     def path(self, name: str) -> Path:
         """``dir / name``."""
@@ -112,7 +111,6 @@ class Run:
         self._settle(_normalised(late))
         config = {**(info or {}), **self.identity, IDENTITY_KEYS: sorted(self.identity)}
         atomic_write_json(self.dir / CONFIG_NAME, config)
-        self.started = True
 
     def _settle(self, identity: Mapping[str, Any]) -> None:
         """Add ``identity`` keys; refuse or clear when they differ from the saved run."""
