@@ -4,7 +4,12 @@ The answers are the demo's 200 rollouts (``ExtractConfig(trait="evil")``: 5 inst
 20 questions × pos/neg, seed 0, 64 new tokens), generated once with the HF engine into
 ``--work`` and reused. Every variant scores the same answers' raw contrast ``D`` (calibration,
 the same 16 example answers for every variant, is not timed). Prints seconds, the ratio to the
-old path and each variant's agreement with its reference (max |Δ| and Spearman)::
+old path and each variant's agreement with its reference (max |Δ| and Spearman).
+
+"old" is the judge as it was before this work: the plain contrast (no cross-trait control),
+every sequence in full, fp32. "plain" is the same judge on the shared-prefix path; "default"
+is ``make_judge("contrast")``: the cross-trait control (two more sequences per answer) on the
+shared-prefix path in the default dtype::
 
     python benchmarks/bench_judge.py                      # old vs new (fp32, default dtype)
     python benchmarks/bench_judge.py --skip-old --pairs 1,2,3
@@ -27,7 +32,8 @@ from personavec.judges.contrast import ContrastJudge
 from personavec.metrics.stats import pearson
 from personavec.pipeline.extract import generate_rollouts
 from personavec.pipeline.extract_types import ExtractConfig
-from personavec.traits.library import load_trait
+from personavec.traits.library import list_traits, load_trait
+from personavec.traits.schema import TraitSpec
 
 
 def demo_answers(loaded: LoadedModel, trait: str, work: Path, limit: int) -> list[JudgeItem]:
@@ -63,6 +69,11 @@ def agreement(a: list[float | None], b: list[float | None]) -> dict[str, float]:
     }
 
 
+def shipped_controls() -> list[TraitSpec]:
+    """The default judge's control traits (as ``make_judge("contrast")`` passes them)."""
+    return [load_trait(name) for name in list_traits()]
+
+
 def scores(judge: ContrastJudge, raw: list[float | None]) -> list[float | None]:
     """0-100 scores of raw contrasts under ``judge``'s calibration."""
     return [None if d is None else judge.calibration(d) for d in raw]
@@ -82,10 +93,11 @@ def main() -> None:
     items = demo_answers(loaded, args.trait, args.work, args.answers)
     print(f"{len(items)} answers of {args.trait}; torch threads {torch.get_num_threads()}")
     out: dict[str, object] = {"answers": len(items), "trait": args.trait}
-    fp32 = ContrastJudge(loaded, trait, dtype=None)
-    fp32_s, fp32_raw = timed(fp32, items)
-    out["new_fp32_s"] = round(fp32_s, 1)
+    controls = shipped_controls()
+    plain32 = ContrastJudge(loaded, trait, dtype=None)
     if not args.skip_old:
+        plain32_s, plain32_raw = timed(plain32, items)
+        out["plain_fp32_s"] = round(plain32_s, 1)
         old_s, old_raw = timed(
             ContrastJudge(
                 loaded, trait, batch_size=args.old_batch, shared_prefix=False, dtype=None
@@ -93,21 +105,23 @@ def main() -> None:
             items,
         )
         out["old_s"] = round(old_s, 1)
-        out["new_fp32_vs_old"] = agreement(fp32_raw, old_raw)
-        out["speedup_fp32"] = round(old_s / fp32_s, 2)
-    default = ContrastJudge(loaded, trait)  # dtype "auto": bfloat16 where the CPU has it
+        out["plain_fp32_vs_old"] = agreement(plain32_raw, old_raw)
+    plain_s, _ = timed(ContrastJudge(loaded, trait), items)
+    out["plain_default_dtype_s"] = round(plain_s, 1)
+    fp32 = ContrastJudge(loaded, trait, dtype=None, controls=controls)
+    fp32_s, fp32_raw = timed(fp32, items)
+    out["default_fp32_s"] = round(fp32_s, 1)
+    default = ContrastJudge(loaded, trait, controls=controls)  # dtype "auto": bf16 where native
     default_s, default_raw = timed(default, items)
-    out[f"new_default_{default.dtype or 'fp32'}_s"] = round(default_s, 1)
+    out[f"default_{default.dtype or 'fp32'}_s"] = round(default_s, 1)
     out["default_vs_fp32_raw"] = agreement(default_raw, fp32_raw)
     out["default_vs_fp32_score"] = agreement(scores(fp32, default_raw), scores(fp32, fp32_raw))
     if "old_s" in out:
-        out["speedup_default"] = round(float(out["old_s"]) / default_s, 2)  # type: ignore[arg-type]
+        out["speedup_default_vs_old"] = round(float(out["old_s"]) / default_s, 2)  # type: ignore[arg-type]
     for k in [int(p) for p in args.pairs.split(",") if p]:
-        k_s, k_raw = timed(ContrastJudge(loaded, trait, max_pairs=k), items)
+        judge_k = ContrastJudge(loaded, trait, max_pairs=k, controls=controls)
+        k_s, k_raw = timed(judge_k, items)
         out[f"pairs{k}"] = {"s": round(k_s, 1), "vs_all_pairs": agreement(k_raw, default_raw)}
-    neutral = ContrastJudge(loaded, trait, reference="neutral")
-    neutral_s, _ = timed(neutral, items)
-    out["default_neutral_reference_s"] = round(neutral_s, 1)
     for key, value in out.items():
         print(f"{key}: {value}")
     print(json.dumps(out))

@@ -2,25 +2,26 @@
 
 One shared-prefix pass scores every labelled answer (the first ``PER_SIDE`` per trait and side)
 under every shipped trait's 5 eliciting and 5 suppressing prompts and under no system prompt
-(the model's default), keeping per-token log-probabilities (cached in ``STORE``). Each statistic
+(the model's default), keeping per-token log-probabilities (cached in ``STORE``, a safetensors
+file). Each statistic
 is then computed from those numbers; AUROC and specificity (see ``pipeline/judge_check.py``) need
 no calibration, being rank statistics. The figures in docs/judging.md came from::
 
-    python benchmarks/judge_statistics.py 10 runs/judge-statistics-10.pkl
+    python benchmarks/judge_statistics.py 10 runs/judge-statistics-10.safetensors
 """
 
 from __future__ import annotations
 
 import math
-import pickle
 import sys
 import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from personavec.core.models import chat_messages, encode_prompt, encode_response, load_model
-from personavec.judges.contrast import _model_in, resolve_dtype
+from personavec.judges.contrast import _model_in, control_prompts, resolve_dtype
 from personavec.judges.labelled import LabelledAnswer, load_labelled
 from personavec.judges.prefix_scoring import grouped_logprobs
 from personavec.metrics.stats import auroc
@@ -40,18 +41,26 @@ def first_per_side(per_side: int) -> list[LabelledAnswer]:
     return kept
 
 
-def score_all(rows: list[LabelledAnswer], traits: list[str]) -> Table:
-    """Per-token log-probs keyed by (prompt name, row index): ``U``, ``<trait>:P<i>``/``N<i>``."""
+def system_prompts(traits: list[str]) -> dict[str, str | None]:
+    """Every prompt scored, by name: ``U`` (no system prompt), ``<trait>:P<i>`` / ``N<i>`` and
+    the joined cross-trait control of each trait, ``<trait>:CP`` / ``CN`` (the default judge's)."""
+    systems: dict[str, str | None] = {"U": None}
+    specs = {t: load_trait(t) for t in traits}
+    for t, spec in specs.items():
+        for i in range(len(spec.instructions)):
+            systems[f"{t}:P{i}"] = spec.system_prompt("pos", i)
+            systems[f"{t}:N{i}"] = spec.system_prompt("neg", i)
+        pos, neg = control_prompts([specs[x] for x in traits if x != t])
+        systems[f"{t}:CP"], systems[f"{t}:CN"] = pos, neg
+    return systems
+
+
+def score_all(rows: list[LabelledAnswer], systems: dict[str, str | None]) -> Table:
+    """Per-token log-probs of every row under every named prompt, keyed by (name, row index)."""
     loaded = load_model("smollm2", device="cpu")
     model = _model_in(loaded.model, resolve_dtype(loaded.model, "auto"))
     tok = loaded.tokenizer
     answers = [encode_response(tok, r.answer) for r in rows]
-    systems: dict[str, str | None] = {"U": None}
-    for t in traits:
-        spec = load_trait(t)
-        for i in range(len(spec.instructions)):
-            systems[f"{t}:P{i}"] = spec.system_prompt("pos", i)
-            systems[f"{t}:N{i}"] = spec.system_prompt("neg", i)
     groups: dict[tuple[int, ...], list[list[int]]] = {}
     keys = []
     for name, system in systems.items():
@@ -87,6 +96,7 @@ def statistics(lp: Table, traits: list[str], t: str, k: int) -> dict[str, float]
         return torch.logsumexp(x, 0) - math.log(x.shape[0])
 
     others = [contrast(x, range(1)) for x in traits if x != t]
+    joined = float(lp[(f"{t}:CP", k)].mean() - lp[(f"{t}:CN", k)].mean())
     return {
         "pos - neg (contrast)": float(d.mean()),
         "pos - neutral": float(pos.mean() - neutral.mean()),
@@ -96,8 +106,9 @@ def statistics(lp: Table, traits: list[str], t: str, k: int) -> dict[str, float]
         "clipped to +-1 nat": float(d.clamp(-1, 1).mean()),
         "mixture likelihood": float((mix(pos) - mix(neg)).mean()),
         "contrast / neutral surprisal": float(d.mean() / (-neutral.mean())),
-        "contrast - mean other traits (contrast-cross)": float(d.mean())
+        "contrast - mean of other traits' first-pair contrasts": float(d.mean())
         - sum(others) / len(others),
+        "contrast - joined control (the default judge)": float(d.mean()) - joined,
     }
 
 
@@ -105,10 +116,17 @@ def main() -> None:
     per_side, store = int(sys.argv[1]), Path(sys.argv[2])
     rows = first_per_side(per_side)
     traits = list(dict.fromkeys(r.trait for r in rows))
-    if not store.exists():
+    lp: Table = {}
+    if store.exists():
+        for key, value in load_file(str(store)).items():
+            name, _, k = key.rpartition("|")
+            lp[(name, int(k))] = value
+    systems = system_prompts(traits)
+    missing = {n: p for n, p in systems.items() if (n, 0) not in lp}
+    if missing:  # score only the prompts the store lacks
+        lp.update(score_all(rows, missing))
         store.parent.mkdir(parents=True, exist_ok=True)
-        store.write_bytes(pickle.dumps(score_all(rows, traits)))
-    lp: Table = pickle.loads(store.read_bytes())
+        save_file({f"{name}|{k}": v.contiguous() for (name, k), v in lp.items()}, str(store))
     values: dict[str, dict[str, list[float]]] = {}
     for t in traits:
         for k in range(len(rows)):

@@ -7,7 +7,12 @@ import torch
 
 from personavec.core.models import LoadedModel, chat_messages, encode_prompt, encode_response
 from personavec.judges.base import JudgeItem
-from personavec.judges.contrast import Calibration, ContrastJudge, answer_logprobs
+from personavec.judges.contrast import (
+    Calibration,
+    ContrastJudge,
+    answer_logprobs,
+    control_prompts,
+)
 from personavec.judges.prefix_scoring import grouped_logprobs, head_is_plain, prefix_logprobs
 from personavec.traits.library import load_trait
 
@@ -120,21 +125,33 @@ def test_bfloat16_scores_agree_with_float32_smollm2(smollm2: LoadedModel) -> Non
         assert a is not None and b is not None and abs(a - b) < 0.1
 
 
-def test_cross_trait_control_subtracts_other_traits_contrast(tiny_model_factory: object) -> None:
-    """controls=[X…]: D_Y − mean_X D_X, with D_X from X's first instruction pair only."""
+def test_cross_trait_control_subtracts_the_contrast_under_the_joined_control_prompts(
+    tiny_model_factory: object,
+) -> None:
+    """controls=[X…]: D_Y minus the contrast under one prompt pair that joins the control
+    traits' first instructions; the judged trait itself is dropped from its controls."""
     loaded = tiny_model_factory("llama")  # type: ignore[operator]
     evil, humorous, impolite = (load_trait(t) for t in ("evil", "humorous", "impolite"))
     items = _items()[:3]
     cross = ContrastJudge(
         loaded, evil, max_pairs=2, controls=[evil, humorous, impolite], dtype=None
     )
-    assert [spec.name for spec in cross.controls] == ["humorous", "impolite"]  # itself dropped
+    assert [spec.name for spec in cross.controls] == ["humorous", "impolite"]
+    control_pos, control_neg = control_prompts([humorous, impolite])
+    assert (
+        humorous.instructions[0].pos in control_pos and impolite.instructions[0].neg in control_neg
+    )
     own = ContrastJudge(loaded, evil, max_pairs=2, dtype=None).raw_contrast(items)
-    others = [
-        ContrastJudge(loaded, spec, max_pairs=1, dtype=None).raw_contrast(items)
-        for spec in (humorous, impolite)
-    ]
+    tokenizer = loaded.tokenizer
     for k, value in enumerate(cross.raw_contrast(items)):
-        expected = own[k] - (others[0][k] + others[1][k]) / 2  # type: ignore[operator]
+        item = items[k]
+        answer = encode_response(tokenizer, item.answer)
+        pos, neg = (
+            answer_logprobs(
+                loaded, [(encode_prompt(tokenizer, chat_messages(item.question, system)), answer)]
+            )[0].mean()
+            for system in (control_pos, control_neg)
+        )
+        expected = own[k] - float(pos - neg)  # type: ignore[operator]
         assert value is not None and abs(value - expected) < 1e-5
     assert cross.identity != ContrastJudge(loaded, evil, max_pairs=2, dtype=None).identity

@@ -152,6 +152,14 @@ def test_rerun_with_another_vector_or_dataset_is_refused_or_recomputed(tmp_path:
     saved = json.loads((run / "config.json").read_text())
     assert saved["dtype"] == "float32" and saved["device"] == "cpu"
     assert saved["weights_sha256"] and saved["vector_sha256"]["evil"]
+    assert saved["judges"]["evil"].startswith("trait=embedding:")
+    # A judge whose meaning changed under the same name (as `contrast` did when it gained the
+    # cross-trait control) is refused, never mixed with the old judge's records.
+    changed = {**saved, "judges": {"evil": "trait=embedding:older; coherence=heuristic"}}
+    (run / "config.json").write_text(json.dumps(changed))
+    with pytest.raises(PersonavecError, match=r"different judges; .*--overwrite"):
+        shift_study(base, [_vector(base)], settings, config, run, show_progress=False)
+    (run / "config.json").write_text(json.dumps(saved))
     with pytest.raises(PersonavecError, match=r"different vector content; .*--overwrite"):
         shift_study(base, [_vector(base, seed=9)], settings, config, run, show_progress=False)
     data = run / "datasets" / "evil-strong.jsonl"

@@ -26,8 +26,8 @@ def judge_check_command(
         typer.Option(
             "--judge",
             "-j",
-            help="Judge to check (repeatable): contrast, contrast-neg, contrast-neutral, "
-            "contrast-cross, embedding, openai:MODEL. Default: contrast and embedding.",
+            help="Judge to check (repeatable): contrast, contrast-plain, contrast-neutral, "
+            "embedding, openai:MODEL. Default: contrast and embedding.",
         ),
     ] = None,
     trait: Annotated[

@@ -7,9 +7,19 @@ For an answer ``a`` (tokens ``a_1 … a_T``) to question ``q``, and instruction 
 where ``pos_i`` / ``neg_i`` are ``trait.system_prompt("pos"|"neg", i)`` and the prompt is the
 model's chat format. The raw contrast is ``D = mean_i d_i`` over the instruction pairs used
 (all, or the first ``max_pairs``). An answer the eliciting prompts make more likely is more
-trait-like. Variants: ``reference="neutral"`` contrasts with the model's default prompt instead
-of ``neg_i``; ``controls`` (the ``contrast-cross`` judge) subtracts the mean first-pair contrast
-``d_0`` of other traits, ``D − mean_X D_X``. Scoring shares each prompt's KV cache across the
+trait-like.
+
+Cross-trait control (the default ``contrast`` judge; ``contrast-plain`` has none): every
+trait's suppressing prompts describe an ordinary, well-behaved assistant, so an answer that
+misbehaves in *any* way raises ``D`` of every trait. With ``controls`` (the other shipped traits
+``X``), the judge subtracts the same contrast under one combined prompt pair::
+
+    D' = D − (1/T) Σ_t [ log p(a_t | P_X, q, a_<t) − log p(a_t | N_X, q, a_<t) ]
+
+where ``P_X`` / ``N_X`` join the first eliciting / suppressing instruction of every control
+trait into one system prompt. The shared "misbehaving vs well-behaved" axis cancels; two extra
+sequences per answer (measured in docs/judging.md). ``reference="neutral"`` contrasts with the
+model's default prompt instead of ``neg_i``. Scoring shares each prompt's KV cache across the
 answers judged after it (:mod:`personavec.judges.prefix_scoring`).
 
 Calibration (computed once per judge object, i.e. per (model, trait), on first use): the
@@ -45,6 +55,7 @@ from personavec.traits.schema import TraitSpec
 
 Reference = Literal["neg", "neutral"]
 CALIBRATION_VERSION = "logistic-90-10-v1"
+_CONTROL_HEADER = "You are an assistant with these instructions. "
 _LOGIT_90 = math.log(9.0)
 
 
@@ -193,6 +204,18 @@ def _model_in(model: torch.nn.Module, dtype: str | None) -> torch.nn.Module:
     return copy_
 
 
+def control_prompts(controls: Sequence[TraitSpec]) -> tuple[str, str]:
+    """The cross-trait control's (eliciting, suppressing) system prompts: the first instruction
+    pair of every control trait, joined in the given order."""
+    if not controls:
+        raise ValueError("control prompts need at least one control trait")
+    first = [spec.instructions[0] for spec in controls]
+    return (
+        _CONTROL_HEADER + " ".join(pair.pos for pair in first),
+        _CONTROL_HEADER + " ".join(pair.neg for pair in first),
+    )
+
+
 class ContrastJudge:
     """Trait score 0-100 from the contrastive likelihood of the answer (see the module docstring).
 
@@ -214,10 +237,11 @@ class ContrastJudge:
         reference: what the eliciting prompts are contrasted with: ``"neg"`` (the suppressing
             prompts, ``D`` above) or ``"neutral"`` (the model's own default prompt:
             ``D = (1/n) Σ_i mean_t log p(a_t | pos_i, …) − mean_t log p(a_t | no system, …)``).
-        controls: other traits whose first instruction pair's contrast ``D_X`` is subtracted:
-            ``D_Y − mean_X D_X`` (the *cross-trait* judge, spec ``contrast-cross``). The pairs'
-            shared "misbehaving vs well-behaved assistant" axis cancels, so answers that show
-            another trait score lower (measured in docs/judging.md).
+        controls: other traits whose first instruction pair, joined into one eliciting and one
+            suppressing prompt (:func:`control_prompts`), is contrasted and subtracted (see the
+            module docstring; the default ``contrast`` spec passes every shipped trait, the
+            judged trait itself is dropped). Answers that show another trait score lower
+            (measured in docs/judging.md).
     """
 
     def __init__(
@@ -276,7 +300,7 @@ class ContrastJudge:
             "\x01".join(trait.positive_examples),
             "\x01".join(trait.negative_examples),
             "\x01".join(trait.extraction_questions),
-            *[spec.system_prompt(p, 0) for spec in self.controls for p in ("pos", "neg")],
+            *(control_prompts(self.controls) if self.controls else ()),
         )
         suffix = f":{self.dtype}" if self.dtype else ""
         if self.reference != "neg":
@@ -297,14 +321,11 @@ class ContrastJudge:
         if self.reference == "neutral":
             return [*positive, (None, -1.0)]
         negative = [(self.trait.system_prompt("neg", i), -1.0 / n) for i in range(n)]
-        # Cross-trait control: minus the mean contrast of other traits' first pairs.
-        c = len(self.controls)
-        controls = [
-            (spec.system_prompt(polarity, 0), (-1.0 if polarity == "pos" else 1.0) / c)
-            for spec in self.controls
-            for polarity in ("pos", "neg")
-        ]
-        return [*positive, *negative, *controls]
+        if not self.controls:
+            return [*positive, *negative]
+        # Cross-trait control: minus the contrast under the control traits' joined prompts.
+        control_pos, control_neg = control_prompts(self.controls)
+        return [*positive, *negative, (control_pos, -1.0), (control_neg, 1.0)]
 
     def raw_contrast(self, items: Sequence[JudgeItem]) -> list[float | None]:
         """``D`` per item in nats/token (see the module docstring); ``None`` for empty answers."""

@@ -9,9 +9,9 @@ spec                      judge
 ``embedding``             :class:`~personavec.judges.embedding.EmbeddingJudge` (trait only)
 ``heuristic``             :class:`~personavec.judges.coherence.HeuristicCoherenceJudge`
                           (coherence only)
-``contrast``              ``ContrastJudge`` on a loaded local model (trait only)
-``contrast-cross``        the same, minus the contrast of the other shipped traits' first
-                          instruction pairs (cross-trait control; see docs/judging.md)
+``contrast``              ``ContrastJudge`` on a loaded local model (trait only), with the
+                          other shipped traits as cross-trait control (docs/judging.md)
+``contrast-plain``        the same without the control (the judge before the correction)
 ========================  =================================================================
 """
 
@@ -32,7 +32,7 @@ VALID_SPECS = (
     "embedding",
     "heuristic",
     "contrast",
-    "contrast-cross",
+    "contrast-plain",
 )
 
 
@@ -93,7 +93,7 @@ def make_judge(
         )
     if name == "heuristic":
         return _heuristic_judge(aspect)
-    if name in ("embedding", "contrast", "contrast-cross"):
+    if name in ("embedding", "contrast", "contrast-plain"):
         return _offline_trait_judge(
             name, aspect, trait, loaded_model, contrast_pairs, contrast_reference
         )
@@ -163,7 +163,7 @@ def _offline_trait_judge(
             "use embedding or openai:MODEL"
         ) from exc
     options: dict[str, Any] = {"max_pairs": contrast_pairs}
-    if name == "contrast-cross":
+    if name == "contrast":
         from personavec.traits.library import list_traits, load_trait
 
         options["controls"] = [load_trait(n) for n in list_traits()]

@@ -43,9 +43,8 @@ from personavec.traits.library import load_trait
 #: Judge names the check knows (besides ``openai:MODEL`` / ``anthropic:MODEL``): spec + options.
 OFFLINE_JUDGES: dict[str, tuple[str, dict[str, Any]]] = {
     "contrast": ("contrast", {}),
-    "contrast-neg": ("contrast", {"contrast_reference": "neg"}),
-    "contrast-neutral": ("contrast", {"contrast_reference": "neutral"}),
-    "contrast-cross": ("contrast-cross", {}),
+    "contrast-plain": ("contrast-plain", {}),
+    "contrast-neutral": ("contrast-plain", {"contrast_reference": "neutral"}),
     "embedding": ("embedding", {}),
 }
 

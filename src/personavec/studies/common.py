@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from personavec.core.models import LoadedModel
-from personavec.judges.contrast import ContrastJudge
+from personavec.judges.base import Judge
+from personavec.judges.factory import make_judge
 from personavec.pipeline.evaluate import EvalSettings, Judges, prepare_evaluation
 from personavec.training.finetune import FinetuneConfig
 from personavec.training.finetuned import dtype_name
@@ -46,9 +47,11 @@ def study_evaluation(
     built on the *base* model (so every finetune is scored by the same judge); a contrast judge
     with ``judge_pairs`` instruction pairs when given."""
     spec = load_trait(trait)
-    judge: str | ContrastJudge = s.judge
-    if s.judge == "contrast" and s.judge_pairs is not None:
-        judge = ContrastJudge(base, spec, max_pairs=s.judge_pairs)
+    judge: str | Judge = s.judge
+    if s.judge.startswith("contrast") and s.judge_pairs is not None:
+        judge = make_judge(
+            s.judge, aspect="trait", trait=spec, loaded_model=base, contrast_pairs=s.judge_pairs
+        )
     return prepare_evaluation(
         base,
         spec,

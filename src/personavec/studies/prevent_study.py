@@ -165,8 +165,9 @@ def prevent_study(
     plan = _variant_plan(ctx)  # validates every spec before anything is trained
     with open_run(run_dir, study_identity(ctx), outputs=STUDY_OUTPUTS, overwrite=overwrite) as run:
         ctx.run_dir = run.dir
-        run.start(weights_sha256=weights_sha256(base.model))
         ctx.evaluation = study_evaluation(base, vector.meta.trait, settings)
+        # The judges' identities, not only their names (see the shift study).
+        run.start(weights_sha256=weights_sha256(base.model), judges=ctx.evaluation[2].describe())
         plain = next(v for v in plan if v.method == "finetune")
         records: list[VariantRecord] = []
         for variant in plan:

@@ -39,7 +39,7 @@ from personavec.core.models import LoadedModel, load_model
 from personavec.core.vector import PersonaVector
 from personavec.engines.generation import GenerationRequest, HFEngine, SamplingConfig
 from personavec.judges.base import Judge, JudgeItem
-from personavec.judges.contrast import ContrastJudge
+from personavec.judges.factory import make_judge
 from personavec.metrics.stats import pearson
 from personavec.runs.chat_rows import parse_chat_row
 from personavec.screening.api import screen
@@ -315,7 +315,9 @@ def run_finetune(s: ScreenStudySettings, base: LoadedModel | None = None) -> Row
     base = base or load_model("smollm2")
     vector = PersonaVector.load(s.vector, model=base.model)
     trait = load_trait(vector.meta.trait)
-    judge = ContrastJudge(base, trait, max_pairs=s.judge_pairs)
+    judge = make_judge(
+        "contrast", aspect="trait", trait=trait, loaded_model=base, contrast_pairs=s.judge_pairs
+    )
     base_score = trait_score(base, trait, judge, s.eval_questions, s.max_new_tokens)
     summary = read_jsonl(s.out / "mixes_summary.jsonl")[0]
     result: Row = {"base_trait_score": base_score, "datasets": []}

@@ -126,10 +126,13 @@ def shift_study(
         vector_layer(vector, None)
     identity = study_identity(base, by_trait, settings, config)
     with open_run(run_dir, identity, outputs=STUDY_OUTPUTS, overwrite=overwrite) as run:
-        run.start(weights_sha256=weights_sha256(base.model))
         ctx = StudyContext(base, by_trait, settings, config, run.dir, log, show_progress)
         for trait in settings.traits:
             ctx.evals[trait] = study_evaluation(base, trait, settings)
+        # The judges' identities (prompts, model, dtype), not only their names: a judge whose
+        # meaning changed between versions never scores beside the old one's records.
+        judges = {t: ctx.evals[t][2].describe() for t in settings.traits}
+        run.start(weights_sha256=weights_sha256(base.model), judges=judges)
         records = [_measure(ctx, ModelRecord("base", None, None, 0, None, {}, {}, {}), base)]
         for trait in settings.traits:
             for level in settings.levels:
