@@ -79,3 +79,19 @@ def test_contrast_pairs_limit_the_instruction_pairs() -> None:
     assert isinstance(every, ContrastJudge) and isinstance(one, ContrastJudge)
     assert (every.n_pairs, one.n_pairs) == (len(trait.instructions), 1)
     assert one.identity != every.identity
+
+
+def test_the_default_contrast_judge_controls_for_the_other_shipped_traits() -> None:
+    """``contrast`` subtracts the joined control of every other shipped trait; ``contrast-plain``
+    is the judge before the correction (no control, the identity it always had)."""
+    from personavec.judges.contrast import ContrastJudge
+    from personavec.traits.library import list_traits, load_trait
+    from tiny_models import tiny_model
+
+    loaded, trait = tiny_model("llama"), load_trait("evil")
+    default = make_judge("contrast", aspect="trait", trait=trait, loaded_model=loaded)
+    plain = make_judge("contrast-plain", aspect="trait", trait=trait, loaded_model=loaded)
+    assert isinstance(default, ContrastJudge) and isinstance(plain, ContrastJudge)
+    assert [s.name for s in default.controls] == [t for t in list_traits() if t != "evil"]
+    assert plain.controls == [] and plain.identity != default.identity
+    assert plain.identity == ContrastJudge(loaded, trait).identity
