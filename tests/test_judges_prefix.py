@@ -128,14 +128,17 @@ def test_bfloat16_scores_agree_with_float32_smollm2(smollm2: LoadedModel) -> Non
 def test_cross_trait_control_subtracts_the_contrast_under_the_joined_control_prompts(
     tiny_model_factory: object,
 ) -> None:
-    """controls=[X…]: D_Y minus the contrast under one prompt pair that joins the control
-    traits' first instructions; the judged trait itself is dropped from its controls."""
+    """controls=[X…]: D_Y − w · C, C the contrast under one prompt pair that joins the control
+    traits' first instructions, w the calibration's control weight; the judged trait itself is
+    dropped from its controls."""
     loaded = tiny_model_factory("llama")  # type: ignore[operator]
     evil, humorous, impolite = (load_trait(t) for t in ("evil", "humorous", "impolite"))
     items = _items()[:3]
+    known = Calibration.from_means(1.0, 0.0, control_weight=0.75)
     cross = ContrastJudge(
-        loaded, evil, max_pairs=2, controls=[evil, humorous, impolite], dtype=None
-    )
+        loaded, evil, max_pairs=2, controls=[evil, humorous, impolite], dtype=None,
+        calibration=known,
+    )  # fmt: skip
     assert [spec.name for spec in cross.controls] == ["humorous", "impolite"]
     control_pos, control_neg = control_prompts([humorous, impolite])
     assert (
@@ -143,7 +146,9 @@ def test_cross_trait_control_subtracts_the_contrast_under_the_joined_control_pro
     )
     own = ContrastJudge(loaded, evil, max_pairs=2, dtype=None).raw_contrast(items)
     tokenizer = loaded.tokenizer
-    for k, value in enumerate(cross.raw_contrast(items)):
+    for k, (value, parts) in enumerate(
+        zip(cross.raw_contrast(items), cross.contrasts(items), strict=True)
+    ):
         item = items[k]
         answer = encode_response(tokenizer, item.answer)
         pos, neg = (
@@ -152,6 +157,7 @@ def test_cross_trait_control_subtracts_the_contrast_under_the_joined_control_pro
             )[0].mean()
             for system in (control_pos, control_neg)
         )
-        expected = own[k] - float(pos - neg)  # type: ignore[operator]
-        assert value is not None and abs(value - expected) < 1e-5
+        assert parts is not None and own[k] is not None
+        assert abs(parts[0] - own[k]) < 1e-5 and abs(parts[1] - float(pos - neg)) < 1e-5
+        assert value is not None and abs(value - (own[k] - 0.75 * float(pos - neg))) < 1e-5
     assert cross.identity != ContrastJudge(loaded, evil, max_pairs=2, dtype=None).identity

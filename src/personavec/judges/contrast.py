@@ -22,23 +22,20 @@ sequences per answer (measured in docs/judging.md). ``reference="neutral"`` cont
 model's default prompt instead of ``neg_i``. Scoring shares each prompt's KV cache across the
 answers judged after it (:mod:`personavec.judges.prefix_scoring`).
 
-Calibration (computed once per judge object, i.e. per (model, trait), on first use): the
-trait's ``positive_examples`` and ``negative_examples`` are scored as answers, example ``k``
-paired with ``extraction_questions[k mod n]``. With ``m+`` / ``m−`` the mean ``D`` of each
-side, the score is the logistic::
-
-    score = 100 · σ((D − c) / s),   c = (m+ + m−) / 2,   s = (m+ − m−) / (2 ln 9)
-
-so an answer as trait-like as the average positive example scores 90, the average negative
-example 10, and the midpoint 50. If ``m+ ≤ m−`` the model cannot tell the trait apart and
-calibration raises :class:`JudgeCalibrationError`.
+Calibration (computed once per judge object, on first use; see
+:mod:`personavec.judges.contrast_calibration`): the trait's ``positive_examples`` and
+``negative_examples`` are scored as answers, example ``k`` paired with
+``extraction_questions[k mod n]``; with controls, the other traits' positive examples too. The
+control's weight ``w`` (the judge's statistic is ``D − w · C``) and the logistic map (average
+positive example → 90, average negative one → 10) are fitted on them. If the positive examples
+never score above the negative ones the model cannot tell the trait apart and calibration
+raises :class:`JudgeCalibrationError`.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
-import math
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,48 +47,19 @@ from personavec.core.models import LoadedModel, chat_messages, encode_prompt, en
 from personavec.core.padding import left_pad
 from personavec.errors import PersonavecError
 from personavec.judges.base import Aspect, JudgeItem, content_hash
+from personavec.judges.contrast_calibration import (
+    CALIBRATION_VERSION,
+    CONTROL_WEIGHTS,
+    Calibration,
+    Contrasts,
+    JudgeCalibrationError,
+    fit_calibration,
+)
 from personavec.judges.prefix_scoring import grouped_logprobs, head_is_plain
 from personavec.traits.schema import TraitSpec
 
 Reference = Literal["neg", "neutral"]
-CALIBRATION_VERSION = "logistic-90-10-v1"
 _CONTROL_HEADER = "You are an assistant with these instructions. "
-_LOGIT_90 = math.log(9.0)
-
-
-class JudgeCalibrationError(PersonavecError):
-    """The judge model cannot separate the trait's positive from its negative examples."""
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Logistic map from raw contrast ``D`` (nats/token) to 0-100: ``100·σ((D − center)/scale)``."""
-
-    center: float
-    scale: float
-    positive_mean: float
-    negative_mean: float
-
-    @classmethod
-    def from_means(cls, positive_mean: float, negative_mean: float) -> Calibration:
-        """Mean positive example → 90, mean negative example → 10."""
-        gap = positive_mean - negative_mean
-        if not gap > 0:
-            raise ValueError(f"positive mean must exceed negative mean, gap {gap:.4f}")
-        return cls(
-            center=(positive_mean + negative_mean) / 2,
-            scale=gap / (2 * _LOGIT_90),
-            positive_mean=positive_mean,
-            negative_mean=negative_mean,
-        )
-
-    def __call__(self, contrast: float) -> float:
-        z = (contrast - self.center) / self.scale
-        # Numerically stable logistic.
-        if z >= 0:
-            return 100.0 / (1.0 + math.exp(-z))
-        e = math.exp(z)
-        return 100.0 * e / (1.0 + e)
 
 
 @dataclass(frozen=True)
@@ -300,12 +268,21 @@ class ContrastJudge:
             "\x01".join(trait.positive_examples),
             "\x01".join(trait.negative_examples),
             "\x01".join(trait.extraction_questions),
-            *(control_prompts(self.controls) if self.controls else ()),
+            *(self._control_identity() if self.controls else ()),
         )
         suffix = f":{self.dtype}" if self.dtype else ""
         if self.reference != "neg":
             suffix += f":ref-{self.reference}"
         return f"contrast:{self.loaded.model_id}:{digest}{suffix}"
+
+    def _control_identity(self) -> list[str]:
+        """What the control adds to the identity: its prompts, the examples its weight is fitted
+        on and the weights tried."""
+        return [
+            *control_prompts(self.controls),
+            *["\x01".join(spec.positive_examples) for spec in self.controls],
+            repr(CONTROL_WEIGHTS),
+        ]
 
     @property
     def calibration(self) -> Calibration:
@@ -314,39 +291,46 @@ class ContrastJudge:
             self._calibration = self._fit_calibration()
         return self._calibration
 
-    def _terms(self) -> list[tuple[str | None, float]]:
-        """(system prompt, weight) of each teacher-forced sequence: ``D = Σ w · mean log p``."""
+    def _terms(self) -> list[tuple[str | None, float, int]]:
+        """(system prompt, weight, part) of each teacher-forced sequence: part 0 (the trait's own
+        contrast) or 1 (the control's), each ``Σ weight · mean log p``."""
         n = self.n_pairs
-        positive = [(self.trait.system_prompt("pos", i), 1.0 / n) for i in range(n)]
+        positive = [(self.trait.system_prompt("pos", i), 1.0 / n, 0) for i in range(n)]
         if self.reference == "neutral":
-            return [*positive, (None, -1.0)]
-        negative = [(self.trait.system_prompt("neg", i), -1.0 / n) for i in range(n)]
+            return [*positive, (None, -1.0, 0)]
+        negative = [(self.trait.system_prompt("neg", i), -1.0 / n, 0) for i in range(n)]
         if not self.controls:
             return [*positive, *negative]
-        # Cross-trait control: minus the contrast under the control traits' joined prompts.
         control_pos, control_neg = control_prompts(self.controls)
-        return [*positive, *negative, (control_pos, -1.0), (control_neg, 1.0)]
+        return [*positive, *negative, (control_pos, 1.0, 1), (control_neg, -1.0, 1)]
 
-    def raw_contrast(self, items: Sequence[JudgeItem]) -> list[float | None]:
-        """``D`` per item in nats/token (see the module docstring); ``None`` for empty answers."""
+    def contrasts(self, items: Sequence[JudgeItem]) -> list[tuple[float, float] | None]:
+        """Per item, the trait's own contrast and the control's (nats/token; the control's is 0
+        without controls); ``None`` for empty answers."""
         tokenizer = self.loaded.tokenizer
         answers = [
             encode_response(tokenizer, item.answer) if item.answer.strip() else [] for item in items
         ]
         sequences: list[tuple[list[int], list[int]]] = []
-        owners: list[tuple[int, float]] = []
+        owners: list[tuple[int, float, int]] = []
         for k, item in enumerate(items):
             if not answers[k]:
                 continue
-            for system, weight in self._terms():
+            for system, weight, part in self._terms():
                 prompt = encode_prompt(tokenizer, chat_messages(item.question, system))
                 sequences.append((prompt, answers[k]))
-                owners.append((k, weight))
-        logprobs = self._logprobs(sequences)
-        totals = [0.0] * len(items)
-        for (k, weight), values in zip(owners, logprobs, strict=True):
-            totals[k] += weight * float(values.mean())
-        return [totals[k] if answers[k] else None for k in range(len(items))]
+                owners.append((k, weight, part))
+        totals = [[0.0, 0.0] for _ in items]
+        for (k, weight, part), values in zip(owners, self._logprobs(sequences), strict=True):
+            totals[k][part] += weight * float(values.mean())
+        return [(totals[k][0], totals[k][1]) if answers[k] else None for k in range(len(items))]
+
+    def raw_contrast(self, items: Sequence[JudgeItem]) -> list[float | None]:
+        """``D − w · C`` per item in nats/token (see the module docstring; ``w`` is the fitted
+        control weight, so with controls this fits the calibration first); ``None`` for empty
+        answers."""
+        weight = self.calibration.control_weight if self.controls else 0.0
+        return [None if c is None else c[0] - weight * c[1] for c in self.contrasts(items)]
 
     def _logprobs(self, sequences: Sequence[tuple[list[int], list[int]]]) -> list[torch.Tensor]:
         if not self.shared_prefix:
@@ -371,19 +355,27 @@ class ContrastJudge:
         return [None if d is None else calibration(d) for d in self.raw_contrast(items)]
 
     def _fit_calibration(self) -> Calibration:
-        questions = self.trait.extraction_questions
-
-        def side(examples: Sequence[str]) -> float:
-            items = [JudgeItem(questions[k % len(questions)], a) for k, a in enumerate(examples)]
-            values = [d for d in self.raw_contrast(items) if d is not None]
-            return sum(values) / len(values)
-
-        positive = side(self.trait.positive_examples)
-        negative = side(self.trait.negative_examples)
-        if not positive > negative:
+        """Fit on the trait's examples and, with controls, the control traits' positive ones."""
+        sets = [
+            (self.trait, self.trait.positive_examples),
+            (self.trait, self.trait.negative_examples),
+            *[(spec, spec.positive_examples) for spec in self.controls],
+        ]
+        items = [
+            JudgeItem(spec.extraction_questions[k % len(spec.extraction_questions)], answer)
+            for spec, examples in sets
+            for k, answer in enumerate(examples)
+        ]
+        values = self.contrasts(items)
+        sizes = [len(sets[0][1]), len(sets[1][1]), sum(len(e) for _, e in sets[2:])]
+        parts: list[Contrasts] = []
+        for start, size in zip([0, sizes[0], sizes[0] + sizes[1]], sizes, strict=True):
+            kept = [v for v in values[start : start + size] if v is not None]
+            parts.append(Contrasts([o for o, _ in kept], [c for _, c in kept]))
+        try:
+            return fit_calibration(parts[0], parts[1], parts[2] if self.controls else None)
+        except ValueError as exc:
             raise JudgeCalibrationError(
                 f"{self.loaded.model_id} cannot separate trait {self.trait.name!r}'s positive "
-                f"from negative examples (mean contrast {positive:.3f} vs {negative:.3f} "
-                "nats/token); use a larger judge model or another judge"
-            )
-        return Calibration.from_means(positive, negative)
+                f"from negative examples ({exc}); use a larger judge model or another judge"
+            ) from exc
