@@ -46,9 +46,19 @@ def demo_answers(loaded: LoadedModel, trait: str, work: Path, limit: int) -> lis
 
 
 def timed(judge: ContrastJudge, items: list[JudgeItem]) -> tuple[float, list[float | None]]:
+    """Seconds to score ``items`` (raw contrasts), calibration fitted first and not counted:
+    it is a once-per-trait cost (timed on its own as ``calibration_s``)."""
+    _ = judge.calibration
     start = time.perf_counter()
     values = judge.raw_contrast(items)
     return time.perf_counter() - start, values
+
+
+def calibration_seconds(judge: ContrastJudge) -> float:
+    """Seconds to fit ``judge``'s calibration from the trait files' examples."""
+    start = time.perf_counter()
+    _ = judge.calibration
+    return time.perf_counter() - start
 
 
 def spearman(x: list[float], y: list[float]) -> float:
@@ -112,6 +122,7 @@ def main() -> None:
     fp32_s, fp32_raw = timed(fp32, items)
     out["default_fp32_s"] = round(fp32_s, 1)
     default = ContrastJudge(loaded, trait, controls=controls)  # dtype "auto": bf16 where native
+    out["default_calibration_s"] = round(calibration_seconds(default), 1)
     default_s, default_raw = timed(default, items)
     out[f"default_{default.dtype or 'fp32'}_s"] = round(default_s, 1)
     out["default_vs_fp32_raw"] = agreement(default_raw, fp32_raw)

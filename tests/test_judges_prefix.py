@@ -161,3 +161,27 @@ def test_cross_trait_control_subtracts_the_contrast_under_the_joined_control_pro
         assert abs(parts[0] - own[k]) < 1e-5 and abs(parts[1] - float(pos - neg)) < 1e-5
         assert value is not None and abs(value - (own[k] - 0.75 * float(pos - neg))) < 1e-5
     assert cross.identity != ContrastJudge(loaded, evil, max_pairs=2, dtype=None).identity
+
+
+def test_a_control_weight_of_zero_skips_the_control_sequences(tiny_model_factory: object) -> None:
+    """w = 0: raw_contrast equals the plain judge's D and scores 2 fewer sequences per item."""
+    loaded = tiny_model_factory("llama")  # type: ignore[operator]
+    evil, humorous = load_trait("evil"), load_trait("humorous")
+    items = _items()[:3]
+    zero = Calibration.from_means(1.0, 0.0, control_weight=0.0)
+    cross = ContrastJudge(
+        loaded, evil, max_pairs=2, controls=[humorous], dtype=None, calibration=zero
+    )
+    counted: list[int] = []
+    scorer = cross._logprobs
+
+    def counting(sequences: list[tuple[list[int], list[int]]]) -> list[torch.Tensor]:
+        counted.append(len(sequences))
+        return scorer(sequences)
+
+    cross._logprobs = counting  # type: ignore[method-assign]
+    plain = ContrastJudge(loaded, evil, max_pairs=2, dtype=None).raw_contrast(items)
+    for a, b in zip(cross.raw_contrast(items), plain, strict=True):
+        assert a is not None and b is not None and abs(a - b) < 1e-6
+    assert counted == [len(items) * 4]  # 2 pairs × (pos, neg); the control's 2 are skipped
+    assert len(cross.contrasts(items)) == len(items) and counted[-1] == len(items) * 6

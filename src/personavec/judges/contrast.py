@@ -291,22 +291,26 @@ class ContrastJudge:
             self._calibration = self._fit_calibration()
         return self._calibration
 
-    def _terms(self) -> list[tuple[str | None, float, int]]:
+    def _terms(self, with_control: bool = True) -> list[tuple[str | None, float, int]]:
         """(system prompt, weight, part) of each teacher-forced sequence: part 0 (the trait's own
-        contrast) or 1 (the control's), each ``Σ weight · mean log p``."""
+        contrast) or 1 (the control's, left out when ``with_control`` is false), each
+        ``Σ weight · mean log p``."""
         n = self.n_pairs
         positive = [(self.trait.system_prompt("pos", i), 1.0 / n, 0) for i in range(n)]
         if self.reference == "neutral":
             return [*positive, (None, -1.0, 0)]
         negative = [(self.trait.system_prompt("neg", i), -1.0 / n, 0) for i in range(n)]
-        if not self.controls:
+        if not (self.controls and with_control):
             return [*positive, *negative]
         control_pos, control_neg = control_prompts(self.controls)
         return [*positive, *negative, (control_pos, 1.0, 1), (control_neg, -1.0, 1)]
 
-    def contrasts(self, items: Sequence[JudgeItem]) -> list[tuple[float, float] | None]:
+    def contrasts(
+        self, items: Sequence[JudgeItem], *, with_control: bool = True
+    ) -> list[tuple[float, float] | None]:
         """Per item, the trait's own contrast and the control's (nats/token; the control's is 0
-        without controls); ``None`` for empty answers."""
+        without controls or with ``with_control=False``, which skips its 2 sequences per item);
+        ``None`` for empty answers."""
         tokenizer = self.loaded.tokenizer
         answers = [
             encode_response(tokenizer, item.answer) if item.answer.strip() else [] for item in items
@@ -316,7 +320,7 @@ class ContrastJudge:
         for k, item in enumerate(items):
             if not answers[k]:
                 continue
-            for system, weight, part in self._terms():
+            for system, weight, part in self._terms(with_control):
                 prompt = encode_prompt(tokenizer, chat_messages(item.question, system))
                 sequences.append((prompt, answers[k]))
                 owners.append((k, weight, part))
@@ -327,10 +331,12 @@ class ContrastJudge:
 
     def raw_contrast(self, items: Sequence[JudgeItem]) -> list[float | None]:
         """``D − w · C`` per item in nats/token (see the module docstring; ``w`` is the fitted
-        control weight, so with controls this fits the calibration first); ``None`` for empty
-        answers."""
+        control weight, so with controls this fits the calibration first; a fitted weight of 0
+        skips the control's sequences: same ``D``, 2 fewer sequences per item); ``None`` for
+        empty answers."""
         weight = self.calibration.control_weight if self.controls else 0.0
-        return [None if c is None else c[0] - weight * c[1] for c in self.contrasts(items)]
+        found = self.contrasts(items, with_control=weight != 0.0)
+        return [None if c is None else c[0] - weight * c[1] for c in found]
 
     def _logprobs(self, sequences: Sequence[tuple[list[int], list[int]]]) -> list[torch.Tensor]:
         if not self.shared_prefix:
