@@ -273,7 +273,10 @@ def test_extract_end_to_end_resumes_after_kill(tmp_path: Path) -> None:
     assert vector.meta.sample_counts["pos"] == summary["kept_pairs"]
     assert vector.meta.recommended_layer == summary["suggested_layer"]
     assert vector.typical_norm is not None
-    assert set(vector.vectors) == {"response_avg", "prompt_avg", "prompt_last"}
+    assert set(vector.vectors) == {"response_avg", "prompt_avg", "prompt_last"} | {
+        "response_avg@pca",
+        "response_avg@probe",
+    }
     for name in ("report.md", "separation.png", "scored.jsonl", "config.json"):
         assert (out / name).is_file(), name
     scored = read_jsonl(out / "scored.jsonl")

@@ -18,12 +18,14 @@ from personavec import __version__
 from personavec.cli.common import (
     DeviceOption,
     DtypeOption,
+    EstimatorOption,
     ModelOption,
     console,
     err_console,
     friendly_errors,
     print_answers,
     setting_from_options,
+    use_estimator,
 )
 from personavec.errors import PersonavecError
 
@@ -51,9 +53,12 @@ app = typer.Typer(
 
 
 @app.callback(invoke_without_command=True)
+@friendly_errors
 def main_callback(
     version: Annotated[bool, typer.Option("--version", help="Show the version and exit.")] = False,
+    estimator: EstimatorOption = None,
 ) -> None:
+    use_estimator(estimator)
     if version:
         console.print(f"personavec {__version__}")
         raise typer.Exit()
@@ -206,6 +211,7 @@ def export_gguf_command(
 
 
 def _mount_subapps() -> None:
+    from personavec.cli.compare_estimators import register as register_compare_estimators
     from personavec.cli.evaluate import register as register_eval
     from personavec.cli.extract import register as register_extract
     from personavec.cli.geometry import register as register_geometry
@@ -233,6 +239,7 @@ def _mount_subapps() -> None:
     register_training(app)
     register_prevent(app)
     register_judge_check(app)
+    register_compare_estimators(app)
 
 
 _mount_subapps()

@@ -44,6 +44,30 @@ JudgeConcurrencyOption = Annotated[
 ]
 
 
+EstimatorOption = Annotated[
+    str | None,
+    typer.Option(
+        "--estimator",
+        envvar="PERSONAVEC_ESTIMATOR",
+        help="Which stored estimator every vector file is read as: mean-diff (the file's "
+        "default), pca or probe. Give it before the command: personavec --estimator pca steer ...",
+    ),
+]
+
+
+def use_estimator(name: str | None) -> None:
+    """Make every :meth:`PersonaVector.load` of this command read ``name``'s vectors (through
+    ``$PERSONAVEC_ESTIMATOR``, so worker processes follow); ``None``: the files as stored."""
+    import os
+
+    from personavec.core.estimators import ENV_VAR, check_estimator
+
+    if name is None:
+        os.environ.pop(ENV_VAR, None)
+    else:
+        os.environ[ENV_VAR] = check_estimator(name)
+
+
 def friendly_errors(func: F) -> F:
     """Turn PersonavecError (and a few plain input errors) into one line and exit status 2."""
 

@@ -9,15 +9,18 @@ File format (safetensors, never pickle):
 * tensor ``projection_percentiles``: float32 ``[n_layers + 1, 101]``, percentiles 0..100 of the
   scalar projections ``h · v̂`` of the extraction examples' readouts at each layer (so a cap
   threshold can be given as a percentile); optional (absent in files from older versions);
+* tensors ``vector.response_avg@<estimator>`` and ``projection_percentiles@<estimator>`` for
+  the estimators other than mean-diff (``pca``, ``probe``; :mod:`personavec.core.estimators`),
+  same shapes; optional (absent in files from older versions). ``vector.response_avg`` is always
+  mean-diff in a file; :meth:`PersonaVector.with_estimator` swaps another one in;
 * header metadata key ``personavec``: JSON of :class:`VectorMetadata`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,39 +32,24 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from personavec import __version__
+from personavec.core.estimators import (
+    DEFAULT_ESTIMATOR,
+    ESTIMATOR_READOUT,
+    check_estimator,
+    estimator_readout,
+    requested_estimator,
+)
 from personavec.core.layers import LAYER_CONVENTION, check_layer
+from personavec.core.vector_tables import PERCENTILES, config_fingerprint, projection_percentiles
 from personavec.errors import SteeringError, VectorFileError
 from personavec.store import atomic_write_bytes
 
 FORMAT_VERSION = 1
 METADATA_KEY = "personavec"
-PERCENTILES = 101  # columns of ``projection_percentiles``: percentiles 0, 1, …, 100
-_FINGERPRINT_KEYS = (
-    "model_type",
-    "architectures",
-    "hidden_size",
-    "n_embd",
-    "num_hidden_layers",
-    "n_layer",
-    "num_attention_heads",
-    "n_head",
-    "num_key_value_heads",
-    "intermediate_size",
-    "vocab_size",
-    "head_dim",
-)
-
-
-def config_fingerprint(config: Any) -> str:
-    """Short sha256 of the architecture-defining config fields (not the weights).
-
-    A base model and its finetunes share a fingerprint, so a vector extracted on the base can
-    monitor a finetune; a different architecture or size does not.
-    """
-    raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    picked = {key: raw[key] for key in _FINGERPRINT_KEYS if raw.get(key) is not None}
-    blob = json.dumps(picked, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+__all__ = ["PERCENTILES", "PersonaVector", "VectorMetadata", "config_fingerprint"]
+__all__ += ["projection_percentiles"]
+_MEAN_DIFF_IN_VIEW = f"{ESTIMATOR_READOUT}@{DEFAULT_ESTIMATOR}"
+"""Where a :meth:`PersonaVector.with_estimator` view keeps mean-diff (never in a file)."""
 
 
 class VectorMetadata(BaseModel):
@@ -84,6 +72,9 @@ class VectorMetadata(BaseModel):
     recommended_layer: int | None = None
     recommended_coef: float | None = None
     calibration: dict[str, Any] | None = None
+    estimator: str = DEFAULT_ESTIMATOR  # behind response_avg: mean-diff in every file
+    estimators: dict[str, Any] = Field(default_factory=dict)  # other estimators → how made
+    recommended_estimators: dict[str, str] = Field(default_factory=dict)  # use → estimator
     personavec_version: str = __version__
     created_at: str = Field(
         default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -104,12 +95,15 @@ class PersonaVector:
             0, 1, …, 100 of ``h · v̂_L`` (hidden-state units) over the kept extraction examples'
             ``response_avg`` readouts at layer ``L``, both polarities, where ``v̂_L`` is the unit
             vector of the default readout; None in files without it.
+        estimator_percentiles: estimator name → the same table for that estimator's vectors
+            (``pca``, ``probe``; in a view made by :meth:`with_estimator` also ``mean-diff``).
     """
 
     vectors: dict[str, torch.Tensor]
     meta: VectorMetadata
     typical_norm: torch.Tensor | None = None
     projection_percentiles: torch.Tensor | None = None
+    estimator_percentiles: dict[str, torch.Tensor] = field(default_factory=dict)
     path: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -138,6 +132,57 @@ class PersonaVector:
             raise VectorFileError(f"the vector at layer {layer} is zero; pick another layer")
         return vector / norm
 
+    def with_estimator(self, name: str | None) -> PersonaVector:
+        """This vector with ``name``'s vectors (and percentiles) as the ``response_avg`` readout,
+        so every command steers, monitors and caps with that estimator; ``None``: unchanged.
+
+        Saving the result writes the file form (mean-diff under ``response_avg``), so nothing
+        is lost when a command writes a calibration back.
+        """
+        chosen = None if name is None else check_estimator(name)
+        if chosen is None or chosen == self.meta.estimator:
+            return self
+        stored = self.canonical()
+        if chosen == DEFAULT_ESTIMATOR:
+            return stored
+        if estimator_readout(chosen) not in stored.vectors:
+            where = f" {self.path}" if self.path else ""
+            raise VectorFileError(
+                f"the vector{where} holds no {name!r} estimator (it was extracted before "
+                "estimators were stored); re-run `personavec extract` on its run directory"
+            )
+        kept = stored.projection_percentiles
+        return replace(
+            stored,
+            vectors={
+                **stored.vectors,
+                ESTIMATOR_READOUT: stored.vectors[estimator_readout(chosen)],
+                _MEAN_DIFF_IN_VIEW: stored.vectors[ESTIMATOR_READOUT],
+            },
+            meta=stored.meta.model_copy(update={"estimator": chosen}),
+            projection_percentiles=stored.estimator_percentiles.get(chosen),
+            estimator_percentiles={
+                **stored.estimator_percentiles,
+                **({DEFAULT_ESTIMATOR: kept} if kept is not None else {}),
+            },
+        )
+
+    def canonical(self) -> PersonaVector:
+        """The file form: mean-diff under ``response_avg`` (undoes :meth:`with_estimator`)."""
+        chosen = self.meta.estimator
+        if chosen == DEFAULT_ESTIMATOR:
+            return self
+        vectors = dict(self.vectors)
+        vectors[ESTIMATOR_READOUT] = vectors.pop(_MEAN_DIFF_IN_VIEW)
+        percentiles = dict(self.estimator_percentiles)
+        return replace(
+            self,
+            vectors=vectors,
+            meta=self.meta.model_copy(update={"estimator": DEFAULT_ESTIMATOR}),
+            projection_percentiles=percentiles.pop(DEFAULT_ESTIMATOR, None),
+            estimator_percentiles=percentiles,
+        )
+
     # ---- validation -----------------------------------------------------------------------
     def validate(self) -> None:
         """Check shapes against the metadata and reject NaN/inf."""
@@ -145,37 +190,19 @@ class PersonaVector:
         if not self.vectors:
             raise VectorFileError("persona vector holds no tensors; re-extract it")
         for name, tensor in self.vectors.items():
-            if tuple(tensor.shape) != (rows, hidden):
-                raise VectorFileError(
-                    f"readout {name!r} has shape {tuple(tensor.shape)}, expected {(rows, hidden)}; "
-                    "the file is corrupt or was edited — re-extract it"
-                )
-            if not torch.isfinite(tensor).all():
-                raise VectorFileError(
-                    f"readout {name!r} contains NaN or inf; re-extract the vector"
-                )
+            _check_tensor(f"readout {name!r}", tensor, (rows, hidden))
         if self.typical_norm is not None:
-            if tuple(self.typical_norm.shape) != (rows,):
-                raise VectorFileError(
-                    f"typical_norm has shape {tuple(self.typical_norm.shape)}, expected {(rows,)}"
-                )
-            if not torch.isfinite(self.typical_norm).all():
-                raise VectorFileError("typical_norm contains NaN or inf; re-extract the vector")
-        if self.projection_percentiles is not None:
-            shape = tuple(self.projection_percentiles.shape)
-            if shape != (rows, PERCENTILES):
-                raise VectorFileError(
-                    f"projection_percentiles has shape {shape}, expected {(rows, PERCENTILES)}; "
-                    "re-extract the vector"
-                )
-            if not torch.isfinite(self.projection_percentiles).all():
-                raise VectorFileError(
-                    "projection_percentiles contains NaN or inf; re-extract the vector"
-                )
+            _check_tensor("typical_norm", self.typical_norm, (rows,))
+        percentiles = {"": self.projection_percentiles, **self.estimator_percentiles}
+        for name, table in percentiles.items():
+            if table is not None:
+                what = f"projection_percentiles{name and '@' + name}"
+                _check_tensor(what, table, (rows, PERCENTILES))
         if self.meta.default_readout not in self.vectors:
             raise VectorFileError(
                 f"default readout {self.meta.default_readout!r} is missing from the file"
             )
+        check_estimator(self.meta.estimator)
 
     def check_compatible(self, model: torch.nn.Module, *, force: bool = False) -> None:
         """Raise unless this vector fits ``model`` (hidden size, layer count, fingerprint).
@@ -256,7 +283,9 @@ class PersonaVector:
 
     # ---- I/O ------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
-        """Serialise to safetensors bytes."""
+        """Serialise the file form (:meth:`canonical`) to safetensors bytes."""
+        if self.meta.estimator != DEFAULT_ESTIMATOR:
+            return self.canonical().to_bytes()
         tensors = {
             f"vector.{name}": t.detach().to("cpu", torch.float32).contiguous()
             for name, t in self.vectors.items()
@@ -266,6 +295,8 @@ class PersonaVector:
         if self.projection_percentiles is not None:
             percentiles = self.projection_percentiles.detach().to("cpu", torch.float32)
             tensors["projection_percentiles"] = percentiles.contiguous()
+        for name, table in self.estimator_percentiles.items():
+            tensors[f"projection_percentiles@{name}"] = table.detach().to("cpu", torch.float32)
         meta = self.meta.model_copy(update={"readouts": sorted(self.vectors)})
         return bytes(st_save(tensors, metadata={METADATA_KEY: meta.model_dump_json()}))
 
@@ -319,13 +350,29 @@ class PersonaVector:
             meta=meta,
             typical_norm=tensors.get("typical_norm"),
             projection_percentiles=tensors.get("projection_percentiles"),
+            estimator_percentiles={
+                key.removeprefix("projection_percentiles@"): value.to(torch.float32)
+                for key, value in tensors.items()
+                if key.startswith("projection_percentiles@")
+            },
         )
 
     @classmethod
     def load(
-        cls, path: str | Path, *, model: torch.nn.Module | None = None, force: bool = False
+        cls,
+        path: str | Path,
+        *,
+        model: torch.nn.Module | None = None,
+        force: bool = False,
+        estimator: str | None = None,
     ) -> PersonaVector:
-        """Read and validate a vector file; with ``model``, also check it fits that model."""
+        """Read and validate a vector file; with ``model``, also check it fits that model.
+
+        ``estimator`` (default ``$PERSONAVEC_ESTIMATOR``, which ``personavec --estimator`` sets;
+        unset: the file as stored, i.e. mean-diff) selects the estimator every use of the
+        returned vector sees (:meth:`with_estimator`).
+        """
+        chosen = requested_estimator(estimator)
         source = Path(path)
         if not source.is_file():
             raise VectorFileError(f"vector file not found: {source}; check the path")
@@ -336,27 +383,17 @@ class PersonaVector:
             raise VectorFileError(message) from exc
         vector = cls.from_bytes(data, source=str(source))
         vector.path = source
+        vector = vector.with_estimator(chosen)
         if model is not None:
             vector.check_compatible(model, force=force)
         return vector
 
 
-def projection_percentiles(readouts: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-    """Percentiles 0..100 of each layer's scalar projections ``h · v̂``.
-
-    Args:
-        readouts: ``[examples, n_layers + 1, hidden]`` per-example readouts (any float dtype).
-        vectors: ``[n_layers + 1, hidden]`` unnormalised vectors; a zero row projects to 0.
-    Returns:
-        float32 ``[n_layers + 1, 101]``, non-decreasing along each row.
-    """
-    if readouts.ndim != 3 or readouts.shape[0] == 0 or readouts.shape[1:] != vectors.shape:
-        raise ValueError(
-            f"need readouts [examples>0, {', '.join(map(str, vectors.shape))}], "
-            f"got {tuple(readouts.shape)}"
+def _check_tensor(what: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(tensor.shape) != shape:
+        raise VectorFileError(
+            f"{what} has shape {tuple(tensor.shape)}, expected {shape}; the file is corrupt or "
+            "was edited — re-extract the vector"
         )
-    from personavec.core.projection import project_layers
-
-    projections = project_layers(readouts, vectors)  # [examples, layers]
-    levels = torch.linspace(0.0, 1.0, PERCENTILES, dtype=torch.float64)
-    return torch.quantile(projections.double(), levels, dim=0).T.float().contiguous()
+    if not torch.isfinite(tensor).all():
+        raise VectorFileError(f"{what} contains NaN or inf; re-extract the vector")

@@ -45,6 +45,7 @@ from personavec.engines.generation import Generation, GenerationRequest, HFEngin
 from personavec.errors import PersonavecError
 from personavec.judges.base import Judge, JudgeItem
 from personavec.judges.factory import make_judge
+from personavec.pipeline.extract_estimators import attach_estimators
 from personavec.pipeline.extract_report import write_report
 from personavec.pipeline.extract_selection import filter_pairs, layer_separation, suggest_layer
 from personavec.pipeline.extract_types import (
@@ -380,6 +381,7 @@ def _run_stages(
         n_rollouts=len(rollouts),
         run_dir=run_dir,
     )
+    vector = attach_estimators(vector, captured, [pos.question_index for pos, _ in kept])
     result = ExtractResult(
         run_dir=run_dir,
         vector_path=vector.save(run_dir / f"{trait.name}.safetensors"),

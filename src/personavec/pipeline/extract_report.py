@@ -52,6 +52,8 @@ def summary(result: ExtractResult, trait: TraitSpec, best: LayerSeparation) -> d
         "suggested_layer_cohens_d": best.cohens_d,
         "separation": [s.__dict__ for s in result.separation],
         "judge": result.vector.meta.judge,
+        "estimators": ["mean-diff", *result.vector.meta.estimators],
+        "recommended_estimators": result.vector.meta.recommended_estimators,
     }
 
 
@@ -76,6 +78,7 @@ def _overview(result: ExtractResult, config: ExtractConfig, trait: TraitSpec) ->
         f"- Pairs kept: **{result.kept_pairs} of {result.total_pairs}** (pos ≥ "
         f"{config.pos_threshold:g}, neg < {config.neg_threshold:g}, coherence ≥ "
         f"{config.coherence_threshold:g})",
+        *_estimators(meta.estimators, meta.recommended_estimators),
         "",
     ]
     if result.drop_reasons:
@@ -129,3 +132,19 @@ def _examples(result: ExtractResult) -> list[str]:
 def _mean(values: list[float | None]) -> str:
     numbers = [v for v in values if v is not None]
     return f"{sum(numbers) / len(numbers):.1f}" if numbers else "n/a"
+
+
+def _estimators(others: dict[str, Any], recommended: dict[str, str]) -> list[str]:
+    """The estimator lines of the overview (none for a vector without other estimators)."""
+    if not others:
+        return []
+    lines = [
+        "- Estimators stored: mean-diff (`response_avg`, the default), "
+        + ", ".join(f"{name} (`response_avg@{name}`)" for name in others)
+        + "; select one with `personavec --estimator NAME <command>`"
+    ]
+    for use in ("monitoring", "steering"):
+        if use in recommended:
+            basis = recommended.get(f"{use}_basis", "")
+            lines.append(f"- Recommended for {use}: **{recommended[use]}** ({basis})")
+    return lines

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from personavec.core.capture import Example, capture
+from personavec.core.estimators import estimator_identity
 from personavec.core.models import LoadedModel, Message
 from personavec.core.projection import project
 from personavec.core.vector import PersonaVector
@@ -225,7 +226,8 @@ def resolve_config(
             "readout": config.readout or vector.meta.default_readout,
             "ladder": ladder,
             "ladder_sha256": content_sha256(ladder),
-            "vector_sha256": content_sha256(vector.to_bytes()),
+            "vector_sha256": content_sha256(vector.to_bytes())
+            + "".join(f"@{e}" for e in estimator_identity(vector.meta.estimator).values()),
             "trait_sha256": content_sha256(trait.model_dump(mode="json")),
         }
     )

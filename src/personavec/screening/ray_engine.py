@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from personavec.core.estimators import requested_estimator
 from personavec.errors import PersonavecError
 from personavec.screening.data import BadRow, Sample
 from personavec.screening.score import ScoreSettings, make_targets, score_batch
@@ -133,6 +134,7 @@ class ScreenWorker:
         threads: int,
         device: str,
         dtype: str | None = None,
+        estimator: str | None = None,
     ) -> None:
         import torch
 
@@ -142,7 +144,7 @@ class ScreenWorker:
 
         torch.set_num_threads(max(1, threads))
         self.loaded = load_model(model, device=device, dtype=dtype)
-        parsed = [PersonaVector.from_bytes(b) for b in vectors]
+        parsed = [PersonaVector.from_bytes(b).with_estimator(estimator) for b in vectors]
         for vector in parsed:
             vector.check_compatible(self.loaded.model, force=force)
         self.targets = make_targets(parsed, layer)
@@ -188,6 +190,7 @@ def _start_actors(job: RayJob, options: RayOptions) -> list[Any]:
         "threads": max(1, int(options.cpus_per_actor)),
         "device": options.device(),
         "dtype": job.dtype,
+        "estimator": requested_estimator(),  # the driver's --estimator (actors may not see env)
     }
     return [actor.remote(**args) for _ in range(options.actors)]
 

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from personavec.core.estimators import estimator_identity, requested_estimator
 from personavec.core.models import LoadedModel
 from personavec.core.vector import PersonaVector
 from personavec.engines.generation import HFEngine
@@ -191,6 +192,7 @@ def prepare_run(
     identity = {
         **settings,
         "vectors": vector_key(config.vectors),
+        **estimator_identity(requested_estimator()),  # the files' bytes don't say which
         "data_sha256": data_sha256(config.data),
         "dtype": model["dtype"],
         "device": model["device"],
