@@ -248,7 +248,11 @@ def test_cli_estimator_option_reaches_every_vector_load(
     unknown name is a one-line error with exit status 2 and no output file."""
     from personavec.interop.gguf_export import read_control_vector
 
-    monkeypatch.delenv(ENV_VAR, raising=False)  # restored (unset) after the test
+    # The CLI's --estimator sets os.environ directly; setenv first so that monkeypatch records
+    # the variable's prior state and restores it after the test (a bare delenv of an unset
+    # variable records nothing, and the test's last value leaked into every later test).
+    monkeypatch.setenv(ENV_VAR, "mean-diff")
+    monkeypatch.delenv(ENV_VAR)
     vector, _ = _extracted(tmp_path)
     path = vector.save(tmp_path / "evil.safetensors")
     old, _ = _old_file(tmp_path)
