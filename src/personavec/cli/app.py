@@ -55,10 +55,11 @@ app = typer.Typer(
 @app.callback(invoke_without_command=True)
 @friendly_errors
 def main_callback(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", help="Show the version and exit.")] = False,
     estimator: EstimatorOption = None,
 ) -> None:
-    use_estimator(estimator)
+    use_estimator(estimator, ctx)
     if version:
         console.print(f"personavec {__version__}")
         raise typer.Exit()

@@ -55,17 +55,29 @@ EstimatorOption = Annotated[
 ]
 
 
-def use_estimator(name: str | None) -> None:
+def use_estimator(name: str | None, context: typer.Context | None = None) -> None:
     """Make every :meth:`PersonaVector.load` of this command read ``name``'s vectors (through
-    ``$PERSONAVEC_ESTIMATOR``, so worker processes follow); ``None``: the files as stored."""
+    ``$PERSONAVEC_ESTIMATOR``, so worker processes follow); ``None``: the files as stored.
+    With ``context``, the variable is restored when that command closes (so an in-process run,
+    e.g. a test's CliRunner, does not leak the choice into the next one)."""
     import os
 
     from personavec.core.estimators import ENV_VAR, check_estimator
 
+    before = os.environ.get(ENV_VAR)
     if name is None:
         os.environ.pop(ENV_VAR, None)
     else:
         os.environ[ENV_VAR] = check_estimator(name)
+
+    def restore() -> None:  # the choice lasts one command, also when it runs in-process
+        if before is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = before
+
+    if context is not None:
+        context.call_on_close(restore)
 
 
 def friendly_errors(func: F) -> F:
