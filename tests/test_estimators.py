@@ -299,3 +299,16 @@ def test_extraction_recommends_the_estimator_that_separates_held_out_pairs() -> 
     chosen = vector.meta.recommended_estimators
     assert chosen["monitoring"] == "probe" and chosen["steering"] == "mean-diff"
     assert "layer 1" in chosen["monitoring_basis"] and "not measured" in chosen["steering_basis"]
+
+
+def test_the_cli_estimator_lasts_one_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An in-process ``personavec --estimator probe ...`` leaves $PERSONAVEC_ESTIMATOR as it was."""
+    import os
+
+    monkeypatch.setenv(ENV_VAR, "mean-diff")
+    monkeypatch.delenv(ENV_VAR)
+    assert runner.invoke(app, ["--estimator", "probe", "trait", "list"]).exit_code == 0
+    assert ENV_VAR not in os.environ
+    monkeypatch.setenv(ENV_VAR, "pca")
+    assert runner.invoke(app, ["--estimator", "probe", "trait", "list"]).exit_code == 0
+    assert os.environ[ENV_VAR] == "pca"
