@@ -1,12 +1,9 @@
 """The vLLM engine against the HF engine on the real SmolLM2, fp32 on CPU (vLLM's CPU backend
-runs fp32): greedy tokens equal for plain generation; seeded sampling; steering, readings and
-guards refused in one line. vLLM is started once per session (the runtime is shared per
-checkpoint), so the module costs one engine start.
-
-The per-request controls' parity tests (every operator and position mode, a mixed batch equals
-each request alone, readings and guards equal the HF monitor's, the prefix cache never reuses KV
-across settings) are kept below but skipped: they failed on CPU and the engine refuses controls
-unless ``PERSONAVEC_VLLM_CONTROLS=1`` (issue 18, not finished)."""
+runs fp32): greedy tokens equal for plain generation, for every operator, position mode and
+multi-layer mode, each request alone and all of them in one mixed batch; readings and guards
+equal the HF monitor's; the prefix cache never reuses KV across settings; seeded sampling.
+vLLM is started once per session (the runtime is shared per checkpoint), so the module costs
+one engine start."""
 
 from __future__ import annotations
 
@@ -23,19 +20,6 @@ from personavec.monitor.specs import ConditionalSteering, MonitorSpec
 from vllm_helpers import GREEDY, hf_tokens, needs_vllm
 
 pytestmark = [needs_vllm, pytest.mark.slow]
-
-unproven = pytest.mark.skip(
-    reason="per-request controls on vLLM fail their parity tests (issue 18); refused by default"
-)
-
-
-@pytest.fixture
-def controls_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Enable the unproven per-request controls (``PERSONAVEC_VLLM_CONTROLS=1``)."""
-    from personavec.engines.vllm_engine import CONTROLS_ENV
-
-    monkeypatch.setenv(CONTROLS_ENV, "1")
-
 
 READING_TOLERANCE = 2e-3
 """Largest |vLLM − HF| of a projection ``h · v̂`` (hidden units; values are O(1–10)): the two
@@ -93,8 +77,6 @@ def test_plain_greedy_tokens_and_texts_equal_hf(smollm2: LoadedModel, engine) ->
     assert {g.finish_reason for g in got} == {"stop", "length"}  # both ends are exercised
 
 
-@unproven
-@pytest.mark.usefixtures("controls_on")
 def test_every_setting_in_one_mixed_batch_equals_hf_alone_and_vllm_alone(
     smollm2: LoadedModel,
     engine,  # type: ignore[no-untyped-def]
@@ -121,8 +103,6 @@ def test_every_setting_in_one_mixed_batch_equals_hf_alone_and_vllm_alone(
         assert alone[0].response_token_ids == want[name], name
 
 
-@unproven
-@pytest.mark.usefixtures("controls_on")
 def test_readings_and_guard_equal_the_hf_monitor(
     smollm2: LoadedModel,
     engine,  # type: ignore[no-untyped-def]
@@ -158,12 +138,10 @@ def test_readings_and_guard_equal_the_hf_monitor(
     assert worst <= READING_TOLERANCE
 
     assert got_guarded.generation.response_token_ids == want_guarded.response_token_ids
-    fired = {p for p in guarded_hf.steered[0] if p >= prompt_len - 1}
-    assert fired and set(got_guarded.guarded) == fired
+    fired = set(guarded_hf.steered[0])  # prompt and response positions alike
+    assert {p for p in fired if p >= prompt_len} and set(got_guarded.guarded) == fired
 
 
-@unproven
-@pytest.mark.usefixtures("controls_on")
 def test_prefix_cache_never_reuses_kv_across_settings(
     smollm2: LoadedModel,
     engine,  # type: ignore[no-untyped-def]
@@ -196,23 +174,6 @@ def test_prefix_cache_never_reuses_kv_across_settings(
     assert once(monitored)[0] == plain_want
 
 
-def test_steering_readings_and_guards_are_refused_in_one_line(
-    smollm2: LoadedModel,
-    engine,  # type: ignore[no-untyped-def]
-    vector: PersonaVector,
-) -> None:
-    from personavec.engines.vllm_engine import RequestControls, VLLMEngine, controls_for
-    from personavec.errors import PersonavecError
-
-    setting = SteeringSetting.from_vector(vector, 15, 4.0, "raw", "all")
-    monitored = RequestControls(monitor=(MonitorSpec("v", 15, vector.at(15)),))
-    for controls in (controls_for([setting]), monitored):
-        with pytest.raises(PersonavecError, match="not available with --engine vllm yet"):
-            engine.run([REQUEST], GREEDY, [controls])
-    with pytest.raises(PersonavecError, match="use --engine hf"):
-        VLLMEngine(smollm2, steering=[setting])
-
-
 def test_sampling_is_seeded_per_sample(engine) -> None:  # type: ignore[no-untyped-def]
     config = SamplingConfig(max_new_tokens=12, temperature=1.0, n_samples=3, seed=7)
     first = engine.generate([REQUEST], config)
@@ -222,8 +183,6 @@ def test_sampling_is_seeded_per_sample(engine) -> None:  # type: ignore[no-untyp
     assert [g.sample_index for g in first] == [0, 1, 2]
 
 
-@unproven
-@pytest.mark.usefixtures("controls_on")
 def test_non_finite_steering_is_refused(smollm2: LoadedModel, engine) -> None:  # type: ignore[no-untyped-def]
     from personavec.core.steering import Intervention
     from personavec.engines.vllm_engine import RequestControls

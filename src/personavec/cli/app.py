@@ -18,6 +18,7 @@ from personavec import __version__
 from personavec.cli.common import (
     DeviceOption,
     DtypeOption,
+    EngineOption,
     EstimatorOption,
     ModelOption,
     console,
@@ -130,13 +131,16 @@ def generate(
     force: Annotated[bool, typer.Option(help="Use a vector from another model.")] = False,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
+    engine: EngineOption = "hf",
 ) -> None:
     """Answer prompts, optionally steered by a persona vector."""
     from personavec.core.models import load_model
     from personavec.engines.answering import generate_answers
+    from personavec.engines.factory import check_engine
     from personavec.engines.generation import SamplingConfig
 
     # Every argument and file is checked before the model loads.
+    check_engine(engine)
     setting = _setting_from_options(vector, layer, coef, positions, op, threshold, mode, relative)
     config = SamplingConfig(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
@@ -145,10 +149,12 @@ def generate(
     if setting is not None:
         setting.check_compatible(loaded.model, force=force)
         console.print(setting.describe(), style="dim", markup=False, highlight=False)
-    steered = generate_answers(loaded, prompts, config, system=system, steering=setting)
+    steered = generate_answers(
+        loaded, prompts, config, system=system, steering=setting, engine=engine
+    )
     plain = None
     if compare and setting is not None:
-        plain = generate_answers(loaded, prompts, config, system=system)
+        plain = generate_answers(loaded, prompts, config, system=system, engine=engine)
     print_answers(prompts, steered, plain, "steered" if setting is not None else "assistant")
 
 

@@ -35,6 +35,13 @@ ModelOption = Annotated[
 ]
 DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
 DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")]
+EngineOption = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        help="Generation engine: hf (transformers, the reference) or vllm (`make install-vllm`).",
+    ),
+]
 JudgeTimeoutOption = Annotated[
     float | None,
     typer.Option(help="Seconds to wait for each LLM-judge answer (PERSONAVEC_JUDGE_TIMEOUT; 120)."),
@@ -42,8 +49,6 @@ JudgeTimeoutOption = Annotated[
 JudgeConcurrencyOption = Annotated[
     int, typer.Option(min=1, help="LLM-judge requests in flight at once.")
 ]
-
-
 EstimatorOption = Annotated[
     str | None,
     typer.Option(

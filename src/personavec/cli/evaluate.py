@@ -11,6 +11,7 @@ import typer
 from personavec.cli.common import (
     DeviceOption,
     DtypeOption,
+    EngineOption,
     JudgeConcurrencyOption,
     JudgeTimeoutOption,
     ModelOption,
@@ -91,16 +92,19 @@ def evaluate_command(
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    engine: EngineOption = "hf",
 ) -> None:
     """Steer on held-out questions; trait and coherence against the unsteered baseline."""
     from personavec.core.grammar import split_list
     from personavec.core.models import load_model
+    from personavec.engines.factory import check_engine
     from personavec.errors import PersonavecError
     from personavec.metrics.capability import SCORINGS, load_mc_file
     from personavec.pipeline.evaluate import evaluate_steering
     from personavec.traits.library import load_trait
 
     # Everything is checked before the model loads.
+    check_engine(engine)
     spec = load_trait(trait)
     setting = setting_from_options(
         vector, layer=layer, coef=coef, relative=relative, positions=positions
@@ -133,6 +137,7 @@ def evaluate_command(
         show_progress=not quiet,
         judge_timeout_s=judge_timeout,
         judge_concurrency=judge_concurrency,
+        engine=engine,
     )
     _print_evaluation(result)
 
@@ -197,15 +202,18 @@ def sweep_command(
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    engine: EngineOption = "hf",
 ) -> None:
     """Dose-response over layers × coefficients; pick a layer, calibrate, store in the vector."""
     from personavec.core.grammar import parse_layers, split_list
     from personavec.core.models import load_model
     from personavec.core.vector import PersonaVector
+    from personavec.engines.factory import check_engine
     from personavec.errors import PersonavecError
     from personavec.pipeline.sweep import parse_grid, sweep
     from personavec.traits.library import load_trait
 
+    check_engine(engine)
     if target_trait is not None and target_change is not None:
         raise PersonavecError("pass --target-trait or --target-change, not both")
     spec = load_trait(trait)
@@ -240,6 +248,7 @@ def sweep_command(
         show_progress=not quiet,
         judge_timeout_s=judge_timeout,
         judge_concurrency=judge_concurrency,
+        engine=engine,
     )
     _print_sweep(result)
 

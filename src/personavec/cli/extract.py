@@ -109,8 +109,12 @@ def extract_command(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
+    engine: Annotated[
+        str | None, typer.Option(help="Rollout engine: hf (default) or vllm; capture stays on hf.")
+    ] = None,
 ) -> None:
     """Extract a persona vector from a trait description, end to end (resumable)."""
+    from personavec.engines.factory import check_engine
     from personavec.pipeline.extract import extract
 
     overrides = {
@@ -128,12 +132,14 @@ def extract_command(
         "pos_threshold": pos_threshold,
         "neg_threshold": neg_threshold,
         "coherence_threshold": coherence_threshold,
+        "engine": engine,
         "min_pairs": min_pairs,
         "device": None if device == "auto" else device,
         "dtype": None if dtype == "auto" else dtype,
     }
     fields = read_config_file(config_file) if config_file is not None else {}
     config = build_config(fields, overrides, paper_scale=paper_scale)
+    check_engine(config.engine)  # a missing vLLM is named before the model loads
     result = extract(
         config,
         run_dir=out,

@@ -66,6 +66,10 @@ def screen_command(
         str,
         typer.Option(help="local (in-process) or ray (a pool of Ray model actors)."),
     ] = "local",
+    generator: Annotated[
+        str,
+        typer.Option(help="Engine of the own responses: hf or vllm (`make install-vllm`)."),
+    ] = "hf",
     ray_address: Annotated[
         str | None,
         typer.Option(help="Existing Ray cluster; default: a local Ray."),
@@ -95,6 +99,7 @@ def screen_command(
         seed=seed,
         on_bad=on_bad,  # type: ignore[arg-type]
         force=force,
+        generator=generator,
     )
     run_dir = out or Path("runs") / f"screen-{Path(data).name.split('.')[0]}"
     ray = RayOptions(ray_address, actors, cpus_per_actor, gpus_per_actor)

@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from personavec.cli.common import DeviceOption, DtypeOption, ModelOption, console, friendly_errors
+from personavec.cli.common import (
+    DeviceOption,
+    DtypeOption,
+    EngineOption,
+    ModelOption,
+    console,
+    friendly_errors,
+)
 
 
 @friendly_errors
@@ -41,6 +48,7 @@ def serve_command(
     ] = 10.0,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
+    engine: EngineOption = "hf",
 ) -> None:
     """Serve the model over an OpenAI-compatible API with per-request steering and readings."""
     from personavec.core.models import load_model
@@ -60,6 +68,7 @@ def serve_command(
         max_body_bytes=max_body_bytes,
         request_timeout_s=request_timeout,
         batch_wait_ms=batch_wait_ms,
+        engine=engine,
     )
     loaded = load_model(model, device=device, dtype=dtype)
     app = create_app(config, loaded)

@@ -18,6 +18,7 @@ from rich.markup import escape
 from personavec.cli.common import (
     DeviceOption,
     DtypeOption,
+    EngineOption,
     ModelOption,
     console,
     friendly_errors,
@@ -158,12 +159,15 @@ def steer_command(
     force: ForceOption = False,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
+    engine: EngineOption = "hf",
 ) -> None:
     """Answer prompts steered by one or more persona vectors (optionally also unsteered)."""
     from personavec.engines.answering import answer_chats
+    from personavec.engines.factory import check_engine
     from personavec.engines.generation import SamplingConfig
     from personavec.interfaces.chat import describe_all
 
+    check_engine(engine)
     settings = parse_specs(steer, relative, op, threshold)  # before the model loads
     if not settings:
         raise PersonavecError("give at least one --steer FILE[:layer[:coef[:positions[:op]]]]")
@@ -178,8 +182,8 @@ def steer_command(
     loaded = _load_checked(model, device, dtype, settings, force)
     console.print(describe_all(settings), style="dim", markup=False, highlight=False)
     chats = [messages for _, messages in items]
-    steered = answer_chats(loaded, chats, config, settings)
-    plain = answer_chats(loaded, chats, config) if compare else None
+    steered = answer_chats(loaded, chats, config, settings, engine=engine)
+    plain = answer_chats(loaded, chats, config, engine=engine) if compare else None
     rows = _answer_rows(items, steered, plain, settings)
     if out is not None:
         _write_rows(out, rows)

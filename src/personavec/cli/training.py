@@ -13,6 +13,7 @@ from rich.table import Table
 from personavec.cli.common import (
     DeviceOption,
     DtypeOption,
+    EngineOption,
     ModelOption,
     console,
     err_console,
@@ -60,11 +61,13 @@ def dataset_build(
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     quiet: QuietOpt = False,
+    engine: EngineOption = "hf",
 ) -> None:
     """Generate, judge and filter answers at a trait level; write chat-format JSONL.
 
     Resumable: a killed build picks up from its last finished batch (``.OUT.partial/``)."""
     from personavec.core.models import load_model
+    from personavec.engines.factory import check_engine
     from personavec.progress import stage
     from personavec.runs.identity import weights_sha256
     from personavec.store import check_output_file
@@ -73,6 +76,9 @@ def dataset_build(
     from personavec.training.prompt_pool import load_prompt_pool, read_questions
     from personavec.traits.library import load_trait
 
+    check_engine(engine)
+    if engine != "hf" and generator != "local":
+        raise PersonavecError("--engine is for --generator local; drop one of them")
     spec = load_trait(trait)
     settings = ds.BuildSettings(
         trait=spec.name,
@@ -96,7 +102,8 @@ def dataset_build(
     judges = ds.make_build_judges(spec, judge, coherence_judge, loaded, judge_pairs=judge_pairs)
     if generator == "local":
         assert loaded is not None
-        generate, name = ds.local_generator(loaded), f"local:{loaded.model_id}"
+        generate = ds.local_generator(loaded, engine)
+        name = f"local:{loaded.model_id}" + ("" if engine == "hf" else f":{engine}")
     else:
         generate, name = ds.openai_generator(generator, base_url=base_url), generator
     with stage(f"building {spec.name}/{level}", n, enabled=not quiet) as advance:

@@ -7,7 +7,8 @@ from collections.abc import Iterator, Sequence
 
 from personavec.core.models import LoadedModel, Message, chat_messages
 from personavec.core.setting import SteeringSetting, apply_settings
-from personavec.engines.generation import GenerationRequest, HFEngine, SamplingConfig
+from personavec.engines.factory import open_engine
+from personavec.engines.generation import GenerationRequest, SamplingConfig
 from personavec.errors import PersonavecError
 
 Steering = SteeringSetting | Sequence[SteeringSetting] | None
@@ -40,8 +41,10 @@ def answer_chats(
     steering: Steering = None,
     *,
     ids: Sequence[str] | None = None,
+    engine: str = "hf",
 ) -> list[str]:
-    """The first sample's answer to each chat, in batched generation under ``steering``."""
+    """The first sample's answer to each chat, in batched generation under ``steering``, on
+    ``engine`` (``hf`` or ``vllm``, see :func:`personavec.engines.factory.open_engine`)."""
     if not chats:
         return []
     for chat in chats:
@@ -49,8 +52,8 @@ def answer_chats(
             raise PersonavecError("every chat must end with a user message")
     keys: Sequence[str | None] = ids if ids is not None else [None] * len(chats)
     items = [GenerationRequest(list(chat), key) for chat, key in zip(chats, keys, strict=True)]
-    with steering_context(loaded, steering):
-        generations = HFEngine(loaded).generate(items, config)
+    with open_engine(engine, loaded, steering) as generator:
+        generations = generator.generate(items, config)
     return [g.response_text.strip() for g in generations if g.sample_index == 0]
 
 
@@ -61,7 +64,8 @@ def generate_answers(
     *,
     system: str | None = None,
     steering: Steering = None,
+    engine: str = "hf",
 ) -> list[str]:
     """One answer per prompt (the first sample), steered when ``steering`` is given."""
     chats = [chat_messages(p, system=system) for p in prompts]
-    return answer_chats(loaded, chats, config, steering)
+    return answer_chats(loaded, chats, config, steering, engine=engine)

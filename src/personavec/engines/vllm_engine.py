@@ -50,27 +50,10 @@ from personavec.engines.vllm_hooks import (
 from personavec.errors import PersonavecError
 from personavec.monitor.specs import Reading
 
-CONTROLS_ENV = "PERSONAVEC_VLLM_CONTROLS"
-"""Set to ``1`` to enable per-request steering, readings and guards on vLLM (development only:
-their parity tests against the HF engine do not pass yet, see docs/engines.md)."""
-
-CONTROLS_REFUSED = (
-    "steering, readings and guards are not available with --engine vllm yet (their parity with "
-    "the HF engine is not proven); use --engine hf"
-)
-
 INSTALL_HINT = (
     "vLLM is not installed; run `make install-vllm` (CPU, a second venv .venv-vllm) or "
     "`pip install 'personavec[vllm]'` (CUDA)"
 )
-
-
-def check_controls(controls: Sequence[RequestControls]) -> None:
-    """A one-line error when any of ``controls`` asks for steering, readings or guards, unless
-    ``$PERSONAVEC_VLLM_CONTROLS`` is ``1`` (see :data:`CONTROLS_ENV`). Plain generation only
-    until the parity tests pass: never a silently unsteered answer."""
-    if os.environ.get(CONTROLS_ENV) != "1" and any(not c.empty for c in controls):
-        raise PersonavecError(CONTROLS_REFUSED)
 
 
 def import_vllm() -> Any:
@@ -254,7 +237,6 @@ class VLLMEngine:
         options: VLLMOptions | None = None,
     ) -> None:
         self.loaded = loaded
-        check_controls([controls_for(steering)])
         for setting in steering:
             setting.check_compatible(loaded.model)
         self.controls = controls_for(steering)
@@ -285,7 +267,6 @@ class VLLMEngine:
         """Like :meth:`generate`, with ``controls[i]`` for request ``i`` and its readings."""
         if len(controls) != len(requests):
             raise ValueError("give one RequestControls per request")
-        check_controls(controls)
         tokenizer = self.loaded.tokenizer
         prompts = [format_chat(tokenizer, r.messages) for r in requests]
         prompt_ids = [encode_prompt(tokenizer, r.messages) for r in requests]

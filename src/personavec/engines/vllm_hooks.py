@@ -193,9 +193,12 @@ class VLLMHooks:
         self._tracked: dict[str, tuple[_Plan, RequestRecord]] = {}
         self._plans: dict[int, tuple[RequestControls, _Plan]] = {}
         self._groups: list[_Group] | None = None
-        owner = next(m for m in model.modules() if any(c is self.blocks for c in m.children()))
-        self._handles = [owner.register_forward_pre_hook(self._start, with_kwargs=True)]
-        self._handles.append(self.blocks[0].register_forward_pre_hook(self._embeddings))
+        # The pass starts at the first block, which receives ``(positions, hidden, residual)``.
+        # Not on the model owning the blocks: vLLM's compile decorator calls its ``forward``
+        # directly, so hooks on that module never run (even in eager mode).
+        self._handles = [
+            self.blocks[0].register_forward_pre_hook(self._start, with_kwargs=True),
+        ]
         for index, block in enumerate(self.blocks):
             self._handles.append(block.register_forward_hook(self._output_hook(index + 1)))
 
@@ -227,14 +230,28 @@ class VLLMHooks:
         self._handles.clear()
 
     # ---- one forward pass -----------------------------------------------------------------
-    def _start(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _start(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """The first block's pre-hook: lay out this pass's tracked tokens, then apply layer 0
+        (the embedding output, the block's ``hidden_states`` input)."""
         self._groups = None
         if not self._tracked:
-            return
-        positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
+            return None
+        names = ("positions", "hidden_states", "residual")
+        values = dict(zip(names, args, strict=False)) | kwargs
+        positions, hidden = values.get("positions"), values.get("hidden_states")
         if not isinstance(positions, torch.Tensor) or positions.ndim != 1:
-            return
+            return None
         self._groups = self._layout(positions)
+        if not isinstance(hidden, torch.Tensor) or values.get("residual") is not None:
+            return None
+        changed = self._apply(0, hidden)
+        if changed is None:
+            return None
+        if len(args) > 1:
+            return (args[0], changed, *args[2:]), kwargs
+        return args, kwargs | {"hidden_states": changed}
 
     def _layout(self, positions: torch.Tensor) -> list[_Group]:
         """Group this pass's tracked tokens by plan (see the module docstring)."""
@@ -264,12 +281,6 @@ class VLLMHooks:
                 _Group(plan, index.to(device), pos, lens.to(device), records, pos.tolist())
             )
         return groups
-
-    def _embeddings(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        if len(args) < 2 or not isinstance(args[1], torch.Tensor):
-            return None
-        changed = self._apply(0, args[1])
-        return None if changed is None else (args[0], changed, *args[2:])
 
     def _output_hook(self, layer: int) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
@@ -316,9 +327,7 @@ class VLLMHooks:
                     for token in fire.nonzero().flatten().tolist():
                         group.records[token].guarded.add(group.where[token])
         if items or plan.guards.get(layer):
-            finite = torch.isfinite(hidden[index]).all(dim=-1).cpu()
-            for token in (~finite).nonzero().flatten().tolist():
-                group.records[token].non_finite = True
+            hidden = _zero_non_finite(hidden, group)
         return hidden
 
     def _record(self, layer: int, group: _Group, values: torch.Tensor) -> None:
@@ -330,6 +339,23 @@ class VLLMHooks:
         for token, row in zip(keep, rows, strict=True):
             slot = group.records[token].readings.setdefault(group.where[token], {})
             slot.update(zip(names, row, strict=True))
+
+
+def _zero_non_finite(hidden: torch.Tensor, group: _Group) -> torch.Tensor:
+    """Flag the group's tokens that became NaN or inf and set them to zero.
+
+    The request fails (the engine raises once it finishes), but its keys and values must stay
+    finite: vLLM frees its cache blocks for reuse, and a stale NaN in a reused block would leak
+    into whichever request gets it next.
+    """
+    rows = hidden[group.index]
+    finite = torch.isfinite(rows).all(dim=-1)
+    if bool(finite.all()):
+        return hidden
+    bad = (~finite).nonzero().flatten()
+    for token in bad.tolist():
+        group.records[token].non_finite = True
+    return hidden.index_copy(0, group.index[bad], torch.zeros_like(rows[bad]))
 
 
 def merge_controls(parts: Sequence[RequestControls]) -> RequestControls:

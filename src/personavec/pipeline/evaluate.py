@@ -88,7 +88,11 @@ def open_evaluation(
     identity = {
         "trait_sha256": content_sha256(spec.model_dump(mode="json")),
         "questions": list(questions),
-        "settings": {k: v for k, v in asdict(settings).items() if k not in _ACCESS_FIELDS},
+        "settings": {
+            k: v
+            for k, v in asdict(settings).items()
+            if k not in _ACCESS_FIELDS and (k, v) != ("engine", "hf")
+        },
         **settings_identity,
     }
     with open_run(out, identity, outputs=EVAL_OUTPUTS, overwrite=overwrite) as run:
@@ -145,6 +149,7 @@ def evaluate_steering(
     show_progress: bool = True,
     judge_timeout_s: float | None = None,
     judge_concurrency: int = 8,
+    engine: str = "hf",
 ) -> EvalResult:
     """Steer with ``setting`` on held-out questions; compare with the unsteered baseline.
 
@@ -171,6 +176,7 @@ def evaluate_steering(
         coherence_judge=coherence_judge,
         judge_timeout_s=judge_timeout_s,
         judge_concurrency=judge_concurrency,
+        engine=engine,
     )
     run_identity = {
         "setting": setting.identity(),

@@ -17,7 +17,8 @@ from typing import Any
 
 from personavec.core.models import LoadedModel, chat_messages
 from personavec.core.setting import SteeringSetting
-from personavec.engines.generation import GenerationRequest, HFEngine
+from personavec.engines.factory import open_engine
+from personavec.engines.generation import GenerationRequest
 from personavec.judges.base import Aspect, Judge, JudgeItem
 from personavec.judges.factory import make_judge
 from personavec.pipeline.evaluate_types import CellResult, EvalSettings, Judges, Stat
@@ -51,6 +52,8 @@ def cell_key(
         "top_p": settings.top_p,
         "seed": settings.seed,
     }
+    if settings.engine != "hf":
+        identity["engine"] = settings.engine
     identity.update(cell.identity())
     return _digest(identity)
 
@@ -92,8 +95,8 @@ def generate_cell(
     def produce(chunk: list[int]) -> list[Row]:
         requests = [GenerationRequest(chat_messages(questions[q]), f"q{q}") for q in chunk]
         start = time.perf_counter()
-        with cell.apply(loaded.model):
-            generations = HFEngine(loaded).generate(requests, settings.sampling())
+        with open_engine(settings.engine, loaded, cell) as engine:
+            generations = engine.generate(requests, settings.sampling())
         spent["seconds"] += time.perf_counter() - start
         spent["tokens"] += sum(len(g.response_token_ids) for g in generations)
         return [

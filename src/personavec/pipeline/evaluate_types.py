@@ -37,6 +37,9 @@ class EvalSettings:
     """Seconds to wait for each LLM-judge answer (default ``$PERSONAVEC_JUDGE_TIMEOUT`` or 120)."""
     judge_concurrency: int = 8
     """LLM-judge requests in flight at once."""
+    engine: str = "hf"
+    """Generation engine of the answers (``hf`` or ``vllm``); part of identities only when not
+    ``hf``, so runs from before the option resume."""
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(

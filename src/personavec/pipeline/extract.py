@@ -41,7 +41,8 @@ from personavec.core.vector import (
     config_fingerprint,
     projection_percentiles,
 )
-from personavec.engines.generation import Generation, GenerationRequest, HFEngine, SamplingConfig
+from personavec.engines.factory import make_engine
+from personavec.engines.generation import Generation, GenerationRequest, SamplingConfig
 from personavec.errors import PersonavecError
 from personavec.judges.base import Judge, JudgeItem
 from personavec.judges.factory import make_judge
@@ -142,7 +143,7 @@ def generate_rollouts(
         seed=config.seed,
         batch_size=config.batch_size,
     )
-    engine = HFEngine(loaded)
+    engine = make_engine(config.engine, loaded)
 
     def produce(chunk: list[GenerationRequest]) -> list[dict[str, Any]]:
         generations = engine.generate(chunk, sampling)
@@ -332,7 +333,8 @@ def extract(
     """
     trait = load_trait(config.trait)
     config = config.model_copy(update={"trait_sha256": trait_sha256(trait)})
-    recover = {"trait_sha256": _saved_trait_sha256}
+    # Runs from before ``--engine`` generated with the HF engine.
+    recover = {"trait_sha256": _saved_trait_sha256, "engine": lambda _run: "hf"}
     with open_run(
         run_dir if run_dir is not None else default_run_dir(config),
         config.model_dump(),

@@ -32,6 +32,9 @@ class ExtractConfig(BaseModel):
     top_p: float = Field(default=1.0, gt=0, le=1)
     seed: int = 0
     batch_size: int = Field(default=16, ge=1)
+    engine: Literal["hf", "vllm"] = Field(
+        default="hf", description="Generation engine of the rollouts (capture stays on hf)."
+    )
     pos_threshold: float = 50.0
     neg_threshold: float = 50.0
     coherence_threshold: float = 50.0

@@ -125,6 +125,7 @@ def sweep(
     show_progress: bool = True,
     judge_timeout_s: float | None = None,
     judge_concurrency: int = 8,
+    engine: str = "hf",
 ) -> SweepResult:
     """Run the grid, choose the layer, calibrate, report; write the vector metadata last.
 
@@ -160,6 +161,7 @@ def sweep(
         coherence_judge=coherence_judge,
         judge_timeout_s=judge_timeout_s,
         judge_concurrency=judge_concurrency,
+        engine=engine,
     )
     grid_identity: dict[str, Any] = {
         "vector_sha256": vector_sha256(vector),

@@ -131,6 +131,7 @@ def _score(
             config.settings,
             config.force,
             identity["dtype"],
+            config.generator,
         )
         with stage("screening", todo.total, enabled=show_progress) as advance:
             advance(todo.reused)

@@ -135,12 +135,13 @@ class ScreenWorker:
         device: str,
         dtype: str | None = None,
         estimator: str | None = None,
+        generator: str = "hf",
     ) -> None:
         import torch
 
         from personavec.core.models import load_model
         from personavec.core.vector import PersonaVector
-        from personavec.engines.generation import HFEngine
+        from personavec.engines.factory import make_engine
 
         torch.set_num_threads(max(1, threads))
         self.loaded = load_model(model, device=device, dtype=dtype)
@@ -149,7 +150,8 @@ class ScreenWorker:
             vector.check_compatible(self.loaded.model, force=force)
         self.targets = make_targets(parsed, layer)
         self.settings = ScoreSettings(**settings)
-        self.engine = HFEngine(self.loaded) if self.settings.mode == "full" else None
+        full = self.settings.mode == "full"
+        self.engine = make_engine(generator, self.loaded) if full else None
 
     def score(self, samples: list[Sample]) -> list[dict[str, Any]]:
         """The rows of :func:`score_batch` for ``samples``."""
@@ -172,6 +174,7 @@ class RayJob:
     settings: ScoreSettings
     force: bool
     dtype: str | None = None
+    generator: str = "hf"
 
 
 def _start_actors(job: RayJob, options: RayOptions) -> list[Any]:
@@ -191,6 +194,7 @@ def _start_actors(job: RayJob, options: RayOptions) -> list[Any]:
         "device": options.device(),
         "dtype": job.dtype,
         "estimator": requested_estimator(),  # the driver's --estimator (actors may not see env)
+        "generator": job.generator,  # own responses: hf, or a vLLM engine inside each actor
     }
     return [actor.remote(**args) for _ in range(options.actors)]
 

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from personavec.core.estimators import estimator_identity, requested_estimator
 from personavec.core.models import LoadedModel
 from personavec.core.vector import PersonaVector
-from personavec.engines.generation import HFEngine
+from personavec.engines.factory import check_engine, make_engine
 from personavec.errors import PersonavecError
 from personavec.progress import stage
 from personavec.runs.identity import file_sha256, files_sha256
@@ -72,6 +72,7 @@ class ScreenConfig:
         seed: subsample seed.
         on_bad: ``error`` (reject the data when any row is bad) or ``skip`` (report and skip).
         force: accept vectors from a related model (same hidden size).
+        generator: engine of the own responses, ``hf`` or ``vllm`` (full mode only).
     """
 
     data: str
@@ -86,9 +87,11 @@ class ScreenConfig:
     seed: int = 0
     on_bad: OnBad = "error"
     force: bool = False
+    generator: str = "hf"
 
     def __post_init__(self) -> None:
         ScoreSettings(self.mode, self.max_new_tokens, self.batch_size)  # validates
+        check_engine(self.generator)
         if self.on_bad not in ("error", "skip"):
             raise PersonavecError(f"unknown --on-bad {self.on_bad!r}; use error or skip")
         if self.sample is not None and self.sample < 1:
@@ -197,7 +200,13 @@ def prepare_run(
         "dtype": model["dtype"],
         "device": model["device"],
     }
-    run = claim_run(prepare_run_dir(run_dir), identity, outputs=OUTPUTS, overwrite=overwrite)
+    run = claim_run(
+        prepare_run_dir(run_dir),
+        identity,
+        outputs=OUTPUTS,
+        overwrite=overwrite,
+        recover={"generator": lambda _run: "hf"},  # runs from before --generator
+    )
     run.start(info={"vector_paths": config.vectors}, weights_sha256=model["weights_sha256"])
     return run.resumed
 
@@ -238,7 +247,7 @@ def run_in_process(
     table = directory / SCORES_JSONL
     todo = plan(config, directory, found)
     start, keep, total, reused = todo.start, todo.keep, todo.total, todo.reused
-    engine = HFEngine(loaded) if config.mode == "full" else None
+    engine = make_engine(config.generator, loaded) if config.mode == "full" else None
     timing = Timing()
     scored = skipped = 0
     items = iter_samples(config.data, own_column=config.own_column, start=start)

@@ -27,7 +27,12 @@ from personavec.core.capture import Example, capture
 from personavec.core.models import LoadedModel
 from personavec.core.projection import project
 from personavec.core.vector import PersonaVector
-from personavec.engines.generation import GenerationRequest, HFEngine, SamplingConfig
+from personavec.engines.generation import (
+    GenerationEngine,
+    GenerationRequest,
+    HFEngine,
+    SamplingConfig,
+)
 from personavec.errors import PersonavecError
 from personavec.screening.data import Sample
 
@@ -104,7 +109,7 @@ class Timing:
 
 
 def own_responses(
-    engine: HFEngine, samples: Sequence[Sample], settings: ScoreSettings
+    engine: GenerationEngine, samples: Sequence[Sample], settings: ScoreSettings
 ) -> list[str]:
     """The model's own (greedy) response text to each sample's prompt; a column wins."""
     missing = [s for s in samples if s.own_response is None]
@@ -121,7 +126,7 @@ def score_batch(
     samples: Sequence[Sample],
     targets: Sequence[Target],
     settings: ScoreSettings,
-    engine: HFEngine | None = None,
+    engine: GenerationEngine | None = None,
 ) -> tuple[list[dict[str, Any]], Timing]:
     """Score rows for ``samples`` (input order) and the time spent; see the module docstring."""
     timing = Timing()

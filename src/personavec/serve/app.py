@@ -67,7 +67,7 @@ def create_app(config: ServeConfig, loaded: LoadedModel | None = None) -> FastAP
     """The app for ``config``; pass ``loaded`` to reuse a model already in memory."""
     loaded = loaded or load_model(config.model)
     vectors = VectorRegistry.load_dir(config.vectors_dir, loaded.model)
-    scheduler = Scheduler(
+    scheduler = _scheduler_class(config)(
         loaded,
         max_batch=config.max_batch,
         max_queue=config.max_queue,
@@ -89,6 +89,15 @@ def create_app(config: ServeConfig, loaded: LoadedModel | None = None) -> FastAP
     if STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _scheduler_class(config: ServeConfig) -> type[Scheduler]:
+    """The server's own continuous batching, or vLLM's (``--engine vllm``)."""
+    if config.engine == "vllm":
+        from personavec.serve.vllm_scheduler import VLLMScheduler
+
+        return VLLMScheduler
+    return Scheduler
 
 
 # ---- errors, auth and limits --------------------------------------------------------------

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from personavec.engines.factory import check_engine
 from personavec.errors import PersonavecError
 
 API_KEY_ENV = "PERSONAVEC_API_KEY"
@@ -27,6 +28,7 @@ class ServeConfig:
         max_body_bytes: largest request body; more gets 413.
         request_timeout_s: a request still unfinished after this many seconds is cancelled (504).
         batch_wait_ms: how long the scheduler waits for more requests before starting a batch.
+        engine: ``hf`` (the server's own continuous batching) or ``vllm``.
     """
 
     model: str = "smollm2"
@@ -40,6 +42,7 @@ class ServeConfig:
     max_body_bytes: int = 1_000_000
     request_timeout_s: float = 300.0
     batch_wait_ms: float = 10.0
+    engine: str = "hf"
 
     def __post_init__(self) -> None:
         if self.api_key is None and os.environ.get(API_KEY_ENV):
@@ -60,6 +63,7 @@ class ServeConfig:
             raise PersonavecError("request_timeout_s must be > 0 and batch_wait_ms >= 0")
         if not 0 <= self.port <= 65535:
             raise PersonavecError(f"port must be in 0..65535, got {self.port}")
+        check_engine(self.engine)
         if self.vectors_dir is not None and not Path(self.vectors_dir).is_dir():
             raise PersonavecError(f"--vectors {self.vectors_dir} is not a folder; pass one")
 

@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from personavec.core.models import LoadedModel, Message, chat_messages
-from personavec.engines.generation import GenerationRequest, HFEngine, SamplingConfig
+from personavec.engines.factory import open_engine
+from personavec.engines.generation import GenerationRequest, SamplingConfig
 from personavec.errors import PersonavecError
 from personavec.judges.base import Judge, JudgeItem
 from personavec.judges.factory import make_judge
@@ -96,13 +97,15 @@ class BuildResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def local_generator(loaded: LoadedModel) -> Generator:
-    """Answers from the subject model through the HF engine (seeded, batched). Each prompt's
-    random stream is keyed by its content, so an answer does not depend on its batch."""
+def local_generator(loaded: LoadedModel, engine: str = "hf") -> Generator:
+    """Answers from the subject model through ``engine`` (``hf`` or ``vllm``; seeded, batched).
+    Each prompt's random stream is keyed by its content, so an answer does not depend on its
+    batch."""
 
     def generate(prompts: list[list[Message]], sampling: SamplingConfig) -> list[str]:
         requests = [GenerationRequest(p, _prompt_key(p)) for p in prompts]
-        return [g.response_text.strip() for g in HFEngine(loaded).generate(requests, sampling)]
+        with open_engine(engine, loaded) as generator:
+            return [g.response_text.strip() for g in generator.generate(requests, sampling)]
 
     return generate
 
