@@ -112,7 +112,7 @@ def test_served_readings_equal_the_library_and_stream_per_token(
     assert token_ids(whole.choices[0]) == library.generation.response_token_ids
 
     chunks = list(chat(client, stream=True, **extra))
-    assert chunks[0].model_extra["persona"]["prompt_last"] == persona["prompt_last"]
+    assert chunks[0].choices[0].model_extra["persona"]["prompt_last"] == persona["prompt_last"]
     streamed = [c.choices[0].model_extra["persona"]["tokens"][0] for c in chunks[1:-1]]
     assert streamed == persona["tokens"]
 

@@ -61,6 +61,7 @@ def import_vllm() -> Any:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     # GiB of KV cache on vLLM's CPU backend (ignored on GPUs); unset, it reserves most of RAM.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its INFO lines drown our output
     try:
         import vllm  # type: ignore[import-not-found, unused-ignore]
     except ImportError as exc:
