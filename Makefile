@@ -71,11 +71,10 @@ unit: install-dev
 	$(BIN)/pytest -q
 
 # The vLLM parity tests, in the vLLM venv; PERSONAVEC_REQUIRE_VLLM=1 turns a skip into a failure.
-# Not part of `make test` yet: its timing on a fresh 2-core CI machine is unmeasured (issue 18).
 vllm-test: install-vllm
 	PERSONAVEC_REQUIRE_VLLM=1 $(VLLM_BIN)/pytest -q tests/test_vllm*.py
 
-test: lint typecheck unit
+test: lint typecheck unit vllm-test
 
 bench: install
 	$(BIN)/python benchmarks/bench_core.py

@@ -44,14 +44,17 @@ from personavec.engines.vllm_engine import RequestControls, VLLMEngine, controls
 from personavec.monitor.specs import MonitorSpec
 
 
-def timed(run: Callable[[], list[int]], repeats: int) -> tuple[float, int]:
-    """Median seconds of ``run()`` (which returns generated token counts) and its tokens."""
-    seconds, tokens = [], 0
+def timed(phases: dict[str, Callable[[], list[int]]], repeats: int) -> dict[str, tuple[float, int]]:
+    """Per phase: median seconds of ``run()`` (which returns generated token counts) and its
+    tokens, the phases interleaved round by round."""
+    seconds: dict[str, list[float]] = {name: [] for name in phases}
+    tokens: dict[str, int] = {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        tokens = sum(run())
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds), tokens
+        for name, run in phases.items():
+            start = time.perf_counter()
+            tokens[name] = sum(run())
+            seconds[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(seconds[name]), tokens[name]) for name in phases}
 
 
 def main() -> None:
@@ -100,10 +103,11 @@ def main() -> None:
         "vllm_monitored_b16": lambda: vllm(16, monitored),
         "vllm_16_settings_b16": lambda: vllm(16, distinct),
     }
-    results = {name: timed(run, args.repeats) for name, run in phases.items()}
     first = SamplingConfig(max_new_tokens=1, temperature=0.0)
-    ttft_hf, _ = timed(lambda: hf(1, first), args.repeats)
-    ttft_vllm, _ = timed(lambda: vllm(1, None, first), args.repeats)
+    phases["ttft_hf"] = lambda: hf(1, first)
+    phases["ttft_vllm"] = lambda: vllm(1, None, first)
+    results = timed(phases, args.repeats)
+    ttft_hf, ttft_vllm = results.pop("ttft_hf")[0], results.pop("ttft_vllm")[0]
     rate = {name: tokens / seconds for name, (seconds, tokens) in results.items()}
 
     def ratio(a: str, b: str, digits: int = 3) -> float:
