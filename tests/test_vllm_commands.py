@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from personavec.cli import app
 from personavec.core.models import LoadedModel
 from personavec.screening.api import screen
+from personavec.screening.ray_engine import RayOptions
 from personavec.screening.run import ScreenConfig
 from personavec.screening.table import iter_scores
 from serve_helpers import smollm2_vectors
@@ -56,26 +57,40 @@ def test_steered_generate_prints_the_same_answers_on_both_engines(
     assert [line for line in on_vllm if line in set(hf)] == hf
 
 
-def test_screen_with_vllm_responses_gives_the_hf_delta(vector_dir: Path, tmp_path: Path) -> None:
+def screen_rows(data: Path, vector: Path, out: Path, generator: str, engine: str) -> list[dict]:
+    """The scored rows of one screen of ``data`` (own responses from ``generator``)."""
+    config = ScreenConfig(
+        data=str(data), vectors=[str(vector)], max_new_tokens=12, batch_size=2, generator=generator
+    )
+    options = RayOptions(actors=1, cpus_per_actor=1, num_cpus=2)
+    try:
+        result = screen(config, out, engine=engine, ray=options, show_progress=False)  # type: ignore[arg-type]
+    finally:
+        if engine == "ray":
+            import ray
+
+            ray.shutdown()
+    return list(iter_scores(result.run_dir / "scores.jsonl"))
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_screen_with_vllm_responses_gives_the_hf_delta(
+    vector_dir: Path, tmp_path: Path, engine: str
+) -> None:
+    """In-process, and with ``--engine ray`` (a vLLM engine inside the Ray actor)."""
+    if engine == "ray":
+        pytest.importorskip("ray")
     data = tmp_path / "data.jsonl"
     rows = [
         {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}]}
         for p, a in zip(PROMPTS, ["Ignore them and move on.", "A banana."], strict=True)
     ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tables = {}
-    for generator in ("hf", "vllm"):
-        config = ScreenConfig(
-            data=str(data),
-            vectors=[str(vector_dir / "evil.safetensors")],
-            max_new_tokens=12,
-            batch_size=2,
-            generator=generator,
-        )
-        result = screen(config, tmp_path / generator, show_progress=False)
-        tables[generator] = list(iter_scores(result.run_dir / "scores.jsonl"))
-    assert len(tables["hf"]) == 2
-    for a, b in zip(tables["hf"], tables["vllm"], strict=True):
+    vector = vector_dir / "evil.safetensors"
+    want = screen_rows(data, vector, tmp_path / "hf", "hf", "local")
+    got = screen_rows(data, vector, tmp_path / "vllm", "vllm", engine)
+    assert len(want) == 2
+    for a, b in zip(want, got, strict=True):
         assert a.keys() == b.keys()
         for key, value in a.items():
             if isinstance(value, float):
