@@ -125,6 +125,32 @@ def test_bfloat16_scores_agree_with_float32_smollm2(smollm2: LoadedModel) -> Non
         assert a is not None and b is not None and abs(a - b) < 0.1
 
 
+def test_judge_dtype_variable_sets_auto_and_enters_the_identity(
+    tiny_model_factory: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$PERSONAVEC_JUDGE_DTYPE decides ``dtype="auto"`` (so cached judgments of the two dtypes
+    never mix); an explicit dtype wins; a bad value is a one-line error."""
+    from personavec.errors import PersonavecError
+    from personavec.judges.contrast import JUDGE_DTYPE_ENV
+
+    loaded = tiny_model_factory("llama")  # type: ignore[operator]
+    trait = load_trait("evil")
+    known = Calibration.from_means(0.3, -0.3)
+    monkeypatch.setenv(JUDGE_DTYPE_ENV, "float32")
+    fp32 = ContrastJudge(loaded, trait, max_pairs=1, calibration=known)
+    monkeypatch.setenv(JUDGE_DTYPE_ENV, "bfloat16")
+    bf16 = ContrastJudge(loaded, trait, max_pairs=1, calibration=known)
+    assert (fp32.dtype, bf16.dtype) == ("float32", "bfloat16")
+    assert fp32.identity.endswith(":float32") and bf16.identity.endswith(":bfloat16")
+    assert ContrastJudge(loaded, trait, max_pairs=1, dtype=None).dtype is None
+    items = _items()[:2]
+    for a, b in zip(fp32.raw_contrast(items), bf16.raw_contrast(items), strict=True):
+        assert a is not None and b is not None and a != b  # really scored in another dtype
+    monkeypatch.setenv(JUDGE_DTYPE_ENV, "fp16")
+    with pytest.raises(PersonavecError, match="PERSONAVEC_JUDGE_DTYPE='fp16': use float32 or"):
+        ContrastJudge(loaded, trait, max_pairs=1)
+
+
 def test_cross_trait_control_subtracts_the_contrast_under_the_joined_control_prompts(
     tiny_model_factory: object,
 ) -> None:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -139,12 +140,22 @@ _COPIES: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[int, ...], str, 
 _COPIES = weakref.WeakKeyDictionary()
 
 
+JUDGE_DTYPE_ENV = "PERSONAVEC_JUDGE_DTYPE"
+"""``float32`` or ``bfloat16``: what ``dtype="auto"`` means for every contrast judge."""
+
+
 def resolve_dtype(model: torch.nn.Module, dtype: str | None) -> str | None:
-    """The scoring dtype: ``"auto"`` is ``"bfloat16"`` for a float32 model on a CPU with native
-    bf16 (oneDNN: AVX512-BF16/AMX) — measured ~2.4x faster on the demo's answers with Spearman
-    0.997 to float32 scores, see docs/judging.md — and otherwise the model's own (``None``)."""
+    """The scoring dtype: ``"auto"`` is ``$PERSONAVEC_JUDGE_DTYPE`` when set, else
+    ``"bfloat16"`` for a float32 model on a CPU with native bf16 (oneDNN: AVX512-BF16/AMX) —
+    ~3x faster, Spearman 0.997 (evil) and 0.951 (sycophantic) to float32 scores, see
+    docs/judging.md — and otherwise the model's own (``None``)."""
     if dtype != "auto":
         return dtype
+    chosen = os.environ.get(JUDGE_DTYPE_ENV)
+    if chosen:
+        if chosen not in ("float32", "bfloat16"):
+            raise PersonavecError(f"{JUDGE_DTYPE_ENV}={chosen!r}: use float32 or bfloat16")
+        return chosen
     first = next(model.parameters())
     on_cpu = first.dtype == torch.float32 and first.device.type == "cpu"
     return "bfloat16" if on_cpu and torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
