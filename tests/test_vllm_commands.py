@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import personavec.screening.run as run_module
 from personavec.cli import app
 from personavec.core.models import LoadedModel
 from personavec.screening.api import screen
@@ -75,7 +76,7 @@ def screen_rows(data: Path, vector: Path, out: Path, generator: str, engine: str
 
 @pytest.mark.parametrize("engine", ["local", "ray"])
 def test_screen_with_vllm_responses_gives_the_hf_delta(
-    vector_dir: Path, tmp_path: Path, engine: str
+    vector_dir: Path, tmp_path: Path, engine: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """In-process, and with ``--engine ray`` (a vLLM engine inside the Ray actor)."""
     if engine == "ray":
@@ -88,7 +89,15 @@ def test_screen_with_vllm_responses_gives_the_hf_delta(
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     vector = vector_dir / "evil.safetensors"
     want = screen_rows(data, vector, tmp_path / "hf", "hf", "local")
+    kinds: list[str] = []
+    real = run_module.make_engine
+    monkeypatch.setattr(
+        run_module, "make_engine", lambda kind, loaded: kinds.append(kind) or real(kind, loaded)
+    )
     got = screen_rows(data, vector, tmp_path / "vllm", "vllm", engine)
+    # The own responses really came from vLLM (in process; in the Ray actor by its identity).
+    assert kinds == (["vllm"] if engine == "local" else [])
+    assert json.loads((tmp_path / "vllm" / "config.json").read_text())["generator"] == "vllm"
     assert len(want) == 2
     for a, b in zip(want, got, strict=True):
         assert a.keys() == b.keys()

@@ -194,3 +194,26 @@ def test_non_finite_steering_is_refused(smollm2: LoadedModel, engine) -> None:  
     assert (
         engine.generate([REQUEST], GREEDY)[0].response_token_ids == hf_tokens(smollm2, [REQUEST])[0]
     )
+
+
+def test_a_request_the_hooks_never_meet_is_an_error_not_an_unsteered_answer(
+    smollm2: LoadedModel,
+    engine,  # type: ignore[no-untyped-def]
+    vector: PersonaVector,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A model whose layers hide the token positions (simulated: the layout finds nothing)
+    would decode tracked requests without their controls; the engine says so in one line."""
+    from personavec.engines.vllm_engine import NOT_SERVED, controls_for
+    from personavec.engines.vllm_hooks import VLLMHooks
+    from personavec.errors import PersonavecError
+
+    setting = SteeringSetting.from_vector(vector, 15, 4.0, "raw", "all")
+    with monkeypatch.context() as patch:
+        patch.setattr(VLLMHooks, "_layout", lambda self, positions: [])
+        with pytest.raises(PersonavecError, match="without its steering"):
+            engine.run([REQUEST], GREEDY, [controls_for([setting])])
+    assert "use --engine hf" in NOT_SERVED
+    steered = engine.run([REQUEST], GREEDY, [controls_for([setting])])[0]
+    assert steered.generation.response_token_ids == hf_tokens(smollm2, [REQUEST], [setting])[0]
+

@@ -74,3 +74,13 @@ def test_hf_engine_through_the_factory_equals_hooks_around_hf_engine(
     assert got == want and got != plain
     chats = [r.messages for r in requests]
     assert answer_chats(loaded, chats, GREEDY, setting) == [want[0].response_text.strip()]
+
+
+@without_vllm
+def test_screen_needs_vllm_only_when_it_generates() -> None:
+    from personavec.screening.run import ScreenConfig
+
+    prompt_only = ScreenConfig(data="d.jsonl", vectors=["v"], mode="prompt", generator="vllm")
+    assert prompt_only.generator == "vllm"  # nothing generated: no engine needed
+    with pytest.raises(PersonavecError, match="make install-vllm"):
+        ScreenConfig(data="d.jsonl", vectors=["v"], generator="vllm")

@@ -196,12 +196,33 @@ def runtime_for(loaded: LoadedModel, options: VLLMOptions | None = None) -> VLLM
     if options.max_model_len is None:
         limit = context_length(loaded) or 4096
         options = replace(options, max_model_len=min(limit, 4096))
+    options = _fit_gpu_memory(options)
     location, _ = _resolve_source(loaded.spec)
     dtype = str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
     key = (location, dtype, options)
     if key not in _RUNTIMES:
         _RUNTIMES[key] = VLLMRuntime(location, dtype, options)
     return _RUNTIMES[key]
+
+
+def _fit_gpu_memory(options: VLLMOptions) -> VLLMOptions:
+    """On a GPU, at most the memory still free (less 5 %) for vLLM: the HF copy of the model
+    (capture, judges) is already there, and vLLM refuses to start when it asks for more than is
+    free. CPU: unchanged."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return options
+    free, total = torch.cuda.mem_get_info()
+    limit = round(free / total - 0.05, 3)
+    if options.gpu_memory_utilization <= limit:
+        return options
+    if limit < 0.05:
+        raise PersonavecError(
+            f"only {free / 2**30:.1f} GiB of GPU memory is free for vLLM; free some or use "
+            "--engine hf"
+        )
+    return replace(options, gpu_memory_utilization=limit)
 
 
 def controls_for(steering: Sequence[SteeringSetting]) -> RequestControls:
@@ -330,10 +351,24 @@ class VLLMEngine:
             runtime.abort([k for k in keys if k not in finished])
             raise
         records = runtime.hooks.release(keys)
+        check_served([records.get(u.key) for u in units if not u.controls.empty])
         broken = [u for u in units if records.get(u.key, RequestRecord()).non_finite]
         if broken:
             raise non_finite_error(list(broken[0].controls.interventions))
         return {k: (*finished[k], records.get(k, RequestRecord())) for k in keys}
+
+
+NOT_SERVED = (
+    "vLLM ran a request without its steering, readings or guards (this model's layers do not "
+    "pass the token positions personavec reads); use --engine hf"
+)
+
+
+def check_served(records: Sequence[RequestRecord | None]) -> None:
+    """A one-line error when a request with controls never met the hooks: never an answer
+    that silently lacks its steering."""
+    if any(record is None or not record.served for record in records):
+        raise PersonavecError(NOT_SERVED)
 
 
 def _ids_and_reason(completion: Any, stops: set[int]) -> tuple[list[int], FinishReason]:

@@ -47,6 +47,7 @@ from personavec.core.steering import (
     guarded,
     prepare_intervention,
 )
+from personavec.errors import PersonavecError
 from personavec.monitor.specs import ConditionalSteering, MonitorSpec
 
 REQUEST_KEY = "personavec_request"
@@ -109,12 +110,15 @@ class RequestRecord:
     Attributes:
         readings: absolute position → ``{spec name: h · v̂}``.
         guarded: positions where a guard changed the stream.
-        non_finite: a steered or guarded position became NaN or inf.
+        non_finite: a position of a request that changes the stream became NaN or inf.
+        served: the hooks found the request in a forward pass (False after decoding means its
+            controls were never applied: an unsupported model layout).
     """
 
     readings: dict[int, dict[str, float]] = field(default_factory=dict)
     guarded: set[int] = field(default_factory=set)
     non_finite: bool = False
+    served: bool = False
 
 
 @dataclass
@@ -127,8 +131,15 @@ class _Plan:
     guards: dict[int, list[tuple[int, Intervention]]]  # (column, prepared guard)
 
     @property
-    def layers(self) -> set[int]:
-        return set(self.steer) | set(self.units)
+    def first_change(self) -> int | None:
+        """The first layer whose stream this plan changes (None: readings only)."""
+        changed = set(self.steer) | set(self.guards)
+        return min(changed) if changed else None
+
+    def acts_at(self, layer: int) -> bool:
+        """Steers, reads or checks for NaN/inf at ``layer`` (every layer after a change)."""
+        first = self.first_change
+        return layer in self.steer or layer in self.units or (first is not None and layer >= first)
 
 
 def _prepare(controls: RequestControls, blocks: nn.ModuleList) -> _Plan:
@@ -244,7 +255,14 @@ class VLLMHooks:
         if not isinstance(positions, torch.Tensor) or positions.ndim != 1:
             return None
         self._groups = self._layout(positions)
-        if not isinstance(hidden, torch.Tensor) or values.get("residual") is not None:
+        if not isinstance(hidden, torch.Tensor):
+            return None
+        if values.get("residual") is not None:
+            if any(0 in g.plan.steer or 0 in g.plan.units for g in self._groups):
+                raise PersonavecError(
+                    "this model's first block gets a residual, so layer 0 cannot be steered or "
+                    "read on vLLM; use a layer >= 1 or --engine hf"
+                )
             return None
         changed = self._apply(0, hidden)
         if changed is None:
@@ -268,6 +286,7 @@ class VLLMHooks:
             if key not in self._tracked:
                 continue
             plan, record = self._tracked[key]
+            record.served = True
             spans = by_plan.setdefault(id(plan), (plan, []))[1]
             spans.append((starts[i], starts[i + 1], int(state.num_prompt_tokens), record))
         groups = []
@@ -299,7 +318,7 @@ class VLLMHooks:
         """Every group's operators, readings and guards at ``layer`` on the flat ``hidden``
         ``[tokens, width]``; the new tensor, or None when nothing changed."""
         groups = self._groups
-        if not groups or all(layer not in g.plan.layers for g in groups):
+        if not groups or not any(g.plan.acts_at(layer) for g in groups):
             return None
         changed = hidden
         for group in groups:
@@ -326,7 +345,10 @@ class VLLMHooks:
                     hidden = hidden.index_copy(0, index, rows2)
                     for token in fire.nonzero().flatten().tolist():
                         group.records[token].guarded.add(group.where[token])
-        if items or plan.guards.get(layer):
+        first = plan.first_change
+        if first is not None and layer >= first:
+            # Every layer after a change: an overflow in an unsteered later layer must not
+            # reach the KV cache or pass unflagged either.
             hidden = _zero_non_finite(hidden, group)
         return hidden
 

@@ -91,7 +91,8 @@ class ScreenConfig:
 
     def __post_init__(self) -> None:
         ScoreSettings(self.mode, self.max_new_tokens, self.batch_size)  # validates
-        check_engine(self.generator)
+        if self.mode == "full":  # prompt mode generates nothing
+            check_engine(self.generator)
         if self.on_bad not in ("error", "skip"):
             raise PersonavecError(f"unknown --on-bad {self.on_bad!r}; use error or skip")
         if self.sample is not None and self.sample < 1:
@@ -191,7 +192,8 @@ def prepare_run(
         PersonavecError: The directory holds a run with another identity (without
             ``overwrite``); the message names what changed.
     """
-    settings = {k: v for k, v in asdict(config).items() if k not in ("vectors", "force")}
+    unused = ("vectors", "force") + (("generator",) if config.mode != "full" else ())
+    settings = {k: v for k, v in asdict(config).items() if k not in unused}
     identity = {
         **settings,
         "vectors": vector_key(config.vectors),

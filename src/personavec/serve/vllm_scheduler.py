@@ -21,7 +21,7 @@ from typing import Any
 
 from personavec.core.models import LoadedModel
 from personavec.engines.generation import SamplingConfig
-from personavec.engines.vllm_engine import VLLMEngine, VLLMRuntime
+from personavec.engines.vllm_engine import NOT_SERVED, VLLMEngine, VLLMRuntime
 from personavec.engines.vllm_hooks import RequestControls
 from personavec.monitor.specs import Reading
 from personavec.serve.jobs import Failed, Job
@@ -105,17 +105,21 @@ class VLLMScheduler(Scheduler):
                 continue
             state = row.state
             record = runtime.hooks.record(row.key)
-            state.add_readings(self._readings(row, record), record.guarded if record else ())
-            ids = list(output.outputs[0].token_ids)
-            for token in ids[row.seen :]:
-                if state.done:
-                    break
-                state.push(int(token), None)
-            row.seen = len(ids)
+            # Checked before any token is pushed: a broken or unsteered answer is never sent.
+            if record is not None and not record.served and not state.done:
+                state.fail(Failed(NOT_SERVED, 500))
             if record is not None and record.non_finite and not state.done:
                 message = "steering made the activations NaN or inf; use a smaller coefficient"
                 prefix = f"{state.job.setting}: " if state.job.setting else ""
                 state.fail(Failed(prefix + message, 400))
+            if not state.done:
+                state.add_readings(self._readings(row, record), record.guarded if record else ())
+                ids = list(output.outputs[0].token_ids)
+                for token in ids[row.seen :]:
+                    if state.done:
+                        break
+                    state.push(int(token), None)
+                row.seen = len(ids)
             if output.finished and not state.done:
                 state.close()
             state.deliver()
