@@ -216,4 +216,3 @@ def test_a_request_the_hooks_never_meet_is_an_error_not_an_unsteered_answer(
     assert "use --engine hf" in NOT_SERVED
     steered = engine.run([REQUEST], GREEDY, [controls_for([setting])])[0]
     assert steered.generation.response_token_ids == hf_tokens(smollm2, [REQUEST], [setting])[0]
-
