@@ -129,12 +129,13 @@ class _Plan:
     names: dict[int, list[str]]
     units: dict[int, torch.Tensor]  # float32 [hidden, k]
     guards: dict[int, list[tuple[int, Intervention]]]  # (column, prepared guard)
+    first_change: int | None = field(init=False)
+    """The first layer whose stream this plan changes (None: readings only); fixed once here,
+    since the hooks ask at every layer of every pass."""
 
-    @property
-    def first_change(self) -> int | None:
-        """The first layer whose stream this plan changes (None: readings only)."""
+    def __post_init__(self) -> None:
         changed = set(self.steer) | set(self.guards)
-        return min(changed) if changed else None
+        self.first_change = min(changed) if changed else None
 
     def acts_at(self, layer: int) -> bool:
         """Steers, reads or checks for NaN/inf at ``layer`` (every layer after a change)."""
