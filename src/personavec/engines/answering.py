@@ -2,36 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from personavec.core.models import LoadedModel, Message, chat_messages
-from personavec.core.setting import SteeringSetting, apply_settings
-from personavec.engines.factory import open_engine
+from personavec.engines.factory import Steering, open_engine
 from personavec.engines.generation import GenerationRequest, SamplingConfig
 from personavec.errors import PersonavecError
-
-Steering = SteeringSetting | Sequence[SteeringSetting] | None
-"""One setting, several applied together, or none (unsteered)."""
-
-
-def _as_list(steering: Steering) -> list[SteeringSetting]:
-    if steering is None:
-        return []
-    if isinstance(steering, SteeringSetting):
-        return [steering]
-    return list(steering)
-
-
-@contextlib.contextmanager
-def steering_context(loaded: LoadedModel, steering: Steering) -> Iterator[None]:
-    """Apply every setting at once for the ``with`` block (nothing when there is none)."""
-    settings = _as_list(steering)
-    if not settings:
-        yield
-        return
-    with apply_settings(loaded.model, settings):
-        yield
 
 
 def answer_chats(

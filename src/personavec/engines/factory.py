@@ -45,11 +45,36 @@ def make_engine(kind: str, loaded: LoadedModel, *, show_progress: bool = False) 
     return HFEngine(loaded, show_progress=show_progress)
 
 
+Steering = SteeringSetting | Sequence[SteeringSetting] | None
+"""One setting, several applied together, or none (unsteered)."""
+
+
+def as_settings(steering: Steering) -> list[SteeringSetting]:
+    """``steering`` as a list of settings (empty when there is none)."""
+    if steering is None:
+        return []
+    if isinstance(steering, SteeringSetting):
+        return [steering]
+    return list(steering)
+
+
+@contextlib.contextmanager
+def steering_context(loaded: LoadedModel, steering: Steering) -> Iterator[None]:
+    """Apply every setting at once on the HF model for the ``with`` block (nothing when there
+    is none)."""
+    settings = as_settings(steering)
+    if not settings:
+        yield
+        return
+    with apply_settings(loaded.model, settings):
+        yield
+
+
 @contextlib.contextmanager
 def open_engine(
     kind: str,
     loaded: LoadedModel,
-    steering: SteeringSetting | Sequence[SteeringSetting] | None = None,
+    steering: Steering = None,
     *,
     show_progress: bool = False,
 ) -> Iterator[GenerationEngine]:
@@ -61,12 +86,8 @@ def open_engine(
         steering: one setting, several applied together, or None (unsteered).
         show_progress: a progress bar (HF engine).
     """
-    settings = [steering] if isinstance(steering, SteeringSetting) else list(steering or [])
     if check_engine(kind) == "vllm":
-        yield VLLMEngine(loaded, steering=settings)
+        yield VLLMEngine(loaded, steering=as_settings(steering))
         return
-    if not settings:
-        yield make_engine(kind, loaded, show_progress=show_progress)
-        return
-    with apply_settings(loaded.model, settings):
+    with steering_context(loaded, steering):
         yield HFEngine(loaded, show_progress=show_progress)

@@ -30,7 +30,7 @@ import torch
 
 from personavec.core.models import LoadedModel
 from personavec.core.setting import SteeringSetting
-from personavec.engines.answering import steering_context
+from personavec.engines.factory import steering_context
 from personavec.errors import PersonavecError
 
 
